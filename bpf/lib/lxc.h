@@ -1,0 +1,39 @@
+/* Delivery to local endpoints. */
+#ifndef PORIN_LXC_H
+#define PORIN_LXC_H
+
+#include "common.h"
+#include "eth.h"
+#include "ipv4.h"
+#include "endpoint.h"
+#include "metrics.h"
+
+/* Route a from-container IPv4 packet straight into a local endpoint:
+ * decrement TTL, rewrite MACs as the gateway would, and hand the packet to
+ * the peer of the destination's host veth without crossing the host stack. */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct iphdr *ip,
+						struct endpoint_info *dst)
+{
+	struct ethhdr *eth;
+	int ret;
+
+	if (ip->ttl <= 1)
+		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
+	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
+		return drop(skb, DROP_CSUM_FAILED, DIR_EGRESS);
+
+	/* the helpers above invalidate packet pointers: reload */
+	eth = ctx_data(skb);
+	if ((void *)(eth + 1) > ctx_data_end(skb))
+		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
+	eth_rewrite(eth, dst->mac, dst->node_mac);
+
+	ret = bpf_redirect_peer(dst->ifindex, 0);
+	if (ret != TC_ACT_REDIRECT)
+		return drop(skb, DROP_REDIRECT_FAILED, DIR_EGRESS);
+	update_metrics(skb->len, REASON_FORWARDED, DIR_EGRESS);
+	update_metrics(skb->len, REASON_FORWARDED, DIR_INGRESS);
+	return ret;
+}
+
+#endif /* PORIN_LXC_H */

@@ -1,0 +1,34 @@
+/* Verdict reasons, shared by the datapath and user space.
+ *
+ * Every packet a Porin program handles is counted under exactly one reason
+ * and direction in the metrics map. Reasons below 128 are successful
+ * verdicts, 128 and above are drops. The agent and CLI parse this file for
+ * the names: keep one `#define NAME value  // description` per line.
+ */
+#ifndef PORIN_REASONS_H
+#define PORIN_REASONS_H
+
+/* successful verdicts */
+#define REASON_FORWARDED 0         // forwarded to a local endpoint
+#define REASON_TO_STACK 1          // passed to the host stack
+#define REASON_ARP_REPLY 2         // ARP request answered by the datapath
+#define REASON_ARP_PASS 3          // ARP reply or announcement passed to the stack
+#define REASON_IPV6_PASS 4         // IPv6 passed to the stack unprocessed
+#define REASON_TTL_EXPIRED 5       // TTL exhausted, stack sends time-exceeded
+
+/* drops */
+#define DROP_TRUNCATED 130         // truncated or malformed header
+#define DROP_INVALID_SIP 131       // source IP is not the endpoint's
+#define DROP_INVALID_SMAC 132      // source MAC is not the endpoint's
+#define DROP_UNKNOWN_L3 133        // unsupported ethertype
+#define DROP_INVALID_ARP 134       // malformed or non-IPv4 ARP
+#define DROP_ARP_SPOOFED 135       // ARP sender is not the endpoint
+#define DROP_IP_OPTIONS_BAD 136    // bad IPv4 version or header length
+#define DROP_CSUM_FAILED 137       // checksum rewrite failed
+#define DROP_REDIRECT_FAILED 138   // redirect to endpoint failed
+
+/* directions, seen from the endpoint */
+#define DIR_INGRESS 1              // towards the endpoint
+#define DIR_EGRESS 2               // from the endpoint
+
+#endif /* PORIN_REASONS_H */

@@ -1,0 +1,168 @@
+"""porin-agent: owns the node's datapath, endpoints and IPAM.
+
+Start-up order: config -> state dir -> node device -> compile and load the
+datapath (maps pinned and reused) -> restore endpoints (re-attach, finish
+pending DELs, sweep leftovers) -> serve the API. On SIGTERM/SIGINT the API
+stops and the process exits; programs stay attached and keep forwarding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from porin import __version__
+from porin.daemon import links
+from porin.daemon.api import Api, ApiServer
+from porin.daemon.config import AgentConfig, ConfigError, load_config
+from porin.daemon.datapath import DatapathError, LxcDatapath
+from porin.daemon.endpoints import EndpointManager
+from porin.daemon.ipam import Ipam
+from porin.daemon.store import EndpointStore
+from porin.maps.endpoints import EndpointsMap
+from porin.maps.metrics import MetricsMap
+
+log = logging.getLogger("porin.agent")
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.started = time.time()
+        self.server: ApiServer | None = None
+
+    def start(self) -> None:
+        cfg = self.cfg
+        _refuse_if_running(cfg.api_socket)
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
+        self.datapath = LxcDatapath(cfg)
+        self.endpoints_map = EndpointsMap(cfg.bpffs_root)
+        self.metrics_map = MetricsMap(cfg.bpffs_root)
+        self.manager = EndpointManager(
+            cfg,
+            self.datapath,
+            Ipam(cfg.pod_cidr, cfg.gateway, cfg.state_dir),
+            EndpointStore(cfg.state_dir),
+            self.endpoints_map,
+        )
+        links.ensure_host_device(self.manager.ipr, cfg.gateway, cfg.pod_cidr, cfg.mtu)
+        self.manager.restore()
+        self.server = ApiServer(cfg.api_socket, Api(self.manager, self.status))
+        threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
+        log.info(
+            "porin-agent %s ready: node=%s podCIDR=%s gateway=%s socket=%s bpffs=%s endpoints=%d",
+            __version__,
+            cfg.node_name,
+            cfg.pod_cidr,
+            cfg.gateway,
+            cfg.api_socket,
+            cfg.bpffs_root,
+            len(self.manager.list()),
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            try:
+                os.unlink(self.cfg.api_socket)
+            except FileNotFoundError:
+                pass
+        log.info("porin-agent stopped; the datapath keeps forwarding")
+
+    def status(self) -> dict[str, Any]:
+        eps = self.manager.list()
+        drops = sum(m.packets for m in self.metrics_map.metrics() if m.is_drop)
+        return {
+            "version": __version__,
+            "node": self.cfg.node_name,
+            "podCIDR": self.cfg.pod_cidr,
+            "gateway": self.cfg.gateway,
+            "mtu": self.cfg.mtu,
+            "uptimeSeconds": int(time.time() - self.started),
+            "bpffsRoot": self.cfg.bpffs_root,
+            "apiSocket": self.cfg.api_socket,
+            "datapath": {
+                "programs": sorted(self.datapath.programs),
+                "endpointsMap": f"{len(self.endpoints_map)}/{self.endpoints_map.max_entries}",
+                "droppedPackets": drops,
+            },
+            "ipam": {
+                "allocated": len(self.manager.ipam.allocations()),
+                "capacity": self.manager.ipam.capacity,
+            },
+            "endpoints": {
+                "total": len(eps),
+                "ready": sum(1 for e in eps if e.state == "ready"),
+            },
+        }
+
+
+def _refuse_if_running(path: str) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return
+    finally:
+        s.close()
+    raise AgentError(f"another porin-agent is already serving {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="porin-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config file (default: embedded single-node)")
+    parser.add_argument("--log-level", help="override logLevel from the config")
+    parser.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the embedded default config and exit",
+    )
+    args = parser.parse_args(argv)
+    if args.print_default_config:
+        from porin.daemon.config import DEFAULT_CONFIG_YAML
+
+        print(DEFAULT_CONFIG_YAML, end="")
+        return
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"porin-agent: invalid configuration: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=(args.log_level or cfg.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    agent = Agent(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.start()
+    except (AgentError, DatapathError, OSError) as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)
+    stop.wait()
+    agent.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The agent's JSON API over a unix socket (HTTP/1.0, one request per connection).
+
+    GET    /v1/healthz                       readiness (CNI STATUS)
+    GET    /v1/status                        node, datapath and endpoint summary
+    GET    /v1/endpoints                     list endpoints
+    GET    /v1/endpoints/{id}                one endpoint
+    PUT    /v1/endpoints                     create (CNI ADD), body: EndpointRequest
+    DELETE /v1/endpoints?containerID=&ifname= delete (CNI DEL), idempotent
+    DELETE /v1/endpoints/{id}                delete by id
+    POST   /v1/endpoints/check               CNI CHECK, body: {containerID, ifname, netns}
+    POST   /v1/gc                            CNI GC, body: {network, validAttachments}
+
+Errors are JSON {"error": message, "cniCode": code}; a request that fails
+validation gets a 4xx and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socketserver
+import stat
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from porin.daemon.endpoints import EndpointConflict, EndpointManager, EndpointNotFound
+from porin.daemon.ipam import IpamExhausted
+from porin.daemon.netns import NetnsError
+from porin.models import EndpointRequest, ValidationError, validate_container_id, validate_ifname
+
+log = logging.getLogger("porin.api")
+
+MAX_BODY = 1 << 20
+
+# CNI error codes the plugin passes on to the runtime
+CNI_CONTAINER_UNKNOWN = 3
+CNI_INVALID_CONFIG = 7
+CNI_TRY_AGAIN = 11
+CNI_PORIN_INTERNAL = 100
+CNI_PORIN_IPAM_EXHAUSTED = 102
+CNI_PORIN_CONFLICT = 104
+CNI_PORIN_CHECK_FAILED = 105
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, cni_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.cni_code = cni_code
+
+
+Handler = Callable[[dict[str, Any], Any, re.Match[str]], tuple[int, Any]]
+
+
+class Api:
+    """Routes and handlers; independent of the transport for easy testing."""
+
+    def __init__(self, manager: EndpointManager, status: Callable[[], dict[str, Any]]) -> None:
+        self.manager = manager
+        self.status = status
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"^/v1/healthz$"), self._healthz),
+            ("GET", re.compile(r"^/v1/status$"), self._status),
+            ("GET", re.compile(r"^/v1/endpoints$"), self._list),
+            ("GET", re.compile(r"^/v1/endpoints/(\d+)$"), self._get),
+            ("PUT", re.compile(r"^/v1/endpoints$"), self._add),
+            ("DELETE", re.compile(r"^/v1/endpoints$"), self._delete),
+            ("DELETE", re.compile(r"^/v1/endpoints/(\d+)$"), self._delete_id),
+            ("POST", re.compile(r"^/v1/endpoints/check$"), self._check),
+            ("POST", re.compile(r"^/v1/gc$"), self._gc),
+        ]
+
+    def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        allowed = []
+        for m, pattern, fn in self.routes:
+            match = pattern.match(url.path)
+            if match:
+                if m == method:
+                    return self._call(fn, query, body, match)
+                allowed.append(m)
+        if allowed:
+            return 405, {"error": f"{method} not allowed on {url.path} (use {', '.join(allowed)})"}
+        return 404, {"error": f"no such API path {url.path}"}
+
+    def _call(
+        self, fn: Handler, query: dict[str, Any], body: Any, m: re.Match[str]
+    ) -> tuple[int, Any]:
+        try:
+            return fn(query, body, m)
+        except HttpError as e:
+            return e.status, {"error": str(e), "cniCode": e.cni_code}
+        except ValidationError as e:
+            return 400, {"error": str(e), "cniCode": CNI_INVALID_CONFIG}
+        except EndpointNotFound as e:
+            return 404, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
+        except EndpointConflict as e:
+            return 409, {"error": str(e), "cniCode": CNI_PORIN_CONFLICT}
+        except IpamExhausted as e:
+            return 507, {"error": str(e), "cniCode": CNI_PORIN_IPAM_EXHAUSTED}
+        except NetnsError as e:
+            return 400, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
+        except Exception as e:
+            log.exception("request failed")
+            return 500, {"error": f"internal error: {e}", "cniCode": CNI_PORIN_INTERNAL}
+
+    # ----- handlers -----
+
+    def _healthz(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, {"status": "ok"}
+
+    def _status(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.status()
+
+    def _list(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, [ep.to_json() for ep in self.manager.list()]
+
+    def _get(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.manager.get(int(m.group(1))).to_json()
+
+    def _add(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        req = EndpointRequest.from_json(body)
+        return 200, self.manager.add(req).to_json()
+
+    def _delete(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        cid = validate_container_id(q.get("containerID", ""))
+        ifname = validate_ifname(q.get("ifname", ""))
+        ep = self.manager.delete(cid, ifname)
+        return 200, {"deleted": ep.to_json() if ep else None}
+
+    def _delete_id(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        ep = self.manager.get(int(m.group(1)))
+        self.manager.delete(ep.container_id, ep.ifname)
+        return 200, {"deleted": ep.to_json()}
+
+    def _check(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            raise ValidationError("body", "must be a JSON object")
+        cid = validate_container_id(str(body.get("containerID", "")))
+        ifname = validate_ifname(str(body.get("ifname", "")))
+        problems = self.manager.check(cid, ifname, str(body.get("netns") or ""))
+        return 200, {"problems": problems}
+
+    def _gc(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            raise ValidationError("body", "must be a JSON object")
+        network = body.get("network")
+        if not isinstance(network, str) or not network:
+            raise ValidationError("network", "is required")
+        valid_raw = body.get("validAttachments")
+        if not isinstance(valid_raw, list):
+            raise ValidationError("validAttachments", "must be a list")
+        valid = set()
+        for i, a in enumerate(valid_raw):
+            if (
+                not isinstance(a, dict)
+                or not isinstance(a.get("containerID"), str)
+                or not isinstance(a.get("ifname"), str)
+            ):
+                raise ValidationError(f"validAttachments[{i}]", "needs containerID and ifname")
+            valid.add((a["containerID"], a["ifname"]))
+        removed = self.manager.gc(network, valid)
+        return 200, {"removed": [ep.to_json() for ep in removed]}
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.0"
+
+    def _serve(self, method: str) -> None:
+        body: Any = None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return self._reply(400, {"error": "bad Content-Length"})
+        if length > MAX_BODY:
+            return self._reply(413, {"error": f"request body over {MAX_BODY} bytes"})
+        if length:
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except ValueError as e:
+                return self._reply(400, {"error": f"request body is not JSON: {e}", "cniCode": 6})
+        status, payload = self.server.api.handle(method, self.path, body)
+        self._reply(status, payload)
+
+    def _reply(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(
+            status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        )
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve("GET")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve("PUT")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("api: " + format, *args)
+
+
+class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, api: Api) -> None:
+        self.api = api
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            super().__init__(path, _RequestHandler)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)

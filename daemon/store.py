@@ -1,0 +1,54 @@
+"""Crash-safe JSON state under the agent's state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write `data` to `path` so a crash leaves the old or the new file, never half."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+class EndpointStore:
+    """One JSON file per endpoint: <stateDir>/endpoints/<id>.json."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.dir = os.path.join(state_dir, "endpoints")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+
+    def _path(self, ep_id: int) -> str:
+        return os.path.join(self.dir, f"{ep_id}.json")
+
+    def save(self, ep_id: int, data: dict[str, Any]) -> None:
+        write_json_atomic(self._path(ep_id), data)
+
+    def delete(self, ep_id: int) -> None:
+        try:
+            os.unlink(self._path(ep_id))
+        except FileNotFoundError:
+            pass
+
+    def load_all(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            if name.endswith(".json"):
+                data = read_json(os.path.join(self.dir, name))
+                if isinstance(data, dict):
+                    out.append(data)
+        return out

@@ -1,0 +1,120 @@
+"""The `metrics` map: per-CPU packet/byte counters by (reason, direction).
+
+Mirrors bpf/lib/metrics.h; reason and direction names are read from
+bpf/lib/reasons.h, the single source of truth shared with the datapath.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from dataclasses import dataclass
+
+from porin.bpf import SOURCE_DIR
+from porin.maps.pinned import PinnedMap
+
+_DEFINE = re.compile(r"^#define\s+(REASON|DROP|DIR)_(\w+)\s+(\d+)\s*//\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: int
+    name: str  # e.g. INVALID_SIP
+    description: str
+
+    @property
+    def is_drop(self) -> bool:
+        return self.code >= 128
+
+
+@functools.cache
+def _table() -> tuple[dict[int, Reason], dict[int, str]]:
+    reasons: dict[int, Reason] = {}
+    dirs: dict[int, str] = {}
+    for line in (SOURCE_DIR / "lib" / "reasons.h").read_text().splitlines():
+        m = _DEFINE.match(line.strip())
+        if not m:
+            continue
+        kind, name, code, desc = m.group(1), m.group(2), int(m.group(3)), m.group(4).strip()
+        if kind == "DIR":
+            dirs[code] = name.lower()
+        else:
+            reasons[code] = Reason(code, name, desc)
+    return reasons, dirs
+
+
+def reasons() -> dict[int, Reason]:
+    """Every verdict reason the datapath can count, by code."""
+    return _table()[0]
+
+
+def reason_by_name(name: str) -> Reason:
+    for r in reasons().values():
+        if r.name == name:
+            return r
+    raise KeyError(name)
+
+
+def direction_name(code: int) -> str:
+    return _table()[1].get(code, f"dir-{code}")
+
+
+def reason_text(code: int) -> str:
+    r = reasons().get(code)
+    return r.description if r else f"unknown reason {code}"
+
+
+class MetricsKey(ctypes.Structure):
+    _fields_ = [
+        ("reason", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad1", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+class MetricsValue(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+@dataclass(frozen=True)
+class Metric:
+    reason: int
+    direction: int
+    packets: int
+    bytes: int
+
+    @property
+    def reason_text(self) -> str:
+        return reason_text(self.reason)
+
+    @property
+    def direction_text(self) -> str:
+        return direction_name(self.direction)
+
+    @property
+    def is_drop(self) -> bool:
+        return self.reason >= 128
+
+
+class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
+    NAME = "metrics"
+    KEY = MetricsKey
+    VALUE = MetricsValue
+
+    def merge_percpu(self, values: list[MetricsValue]) -> MetricsValue:
+        return MetricsValue(
+            packets=sum(v.packets for v in values), bytes=sum(v.bytes for v in values)
+        )
+
+    def metrics(self) -> list[Metric]:
+        out = [Metric(k.reason, k.dir, v.packets, v.bytes) for k, v in self.items()]
+        return sorted(out, key=lambda m: (m.reason, m.direction))
+
+    def count(self, reason: int, direction: int) -> Metric:
+        v = self.get_percpu(MetricsKey(reason=reason, dir=direction))
+        if v is None:
+            return Metric(reason, direction, 0, 0)
+        m = self.merge_percpu(v)
+        return Metric(reason, direction, m.packets, m.bytes)

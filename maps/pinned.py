@@ -1,0 +1,142 @@
+"""Generic typed view of one pinned BPF map.
+
+Each map module subclasses `PinnedMap` with the ctypes structures of its
+key and value; the sizes are checked against the kernel's view of the map
+when it is opened, so a layout drift between C and Python fails loudly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from typing import ClassVar, Generic, TypeVar
+
+from porin.maps import syscall
+
+K = TypeVar("K", bound=ctypes.Structure)
+V = TypeVar("V", bound=ctypes.Structure)
+
+DEFAULT_BPFFS_ROOT = "/sys/fs/bpf/porin"
+
+
+class MapNotFound(FileNotFoundError):
+    """The pinned map does not exist (agent never started, or wrong bpffs root)."""
+
+
+class PinnedMap(Generic[K, V]):
+    """A pinned map under a bpffs root, opened by name."""
+
+    NAME: ClassVar[str]
+    KEY: ClassVar[type[ctypes.Structure]]
+    VALUE: ClassVar[type[ctypes.Structure]]
+
+    def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT, read_only: bool = False) -> None:
+        self.path = os.path.join(bpffs_root, self.NAME)
+        try:
+            self.fd = syscall.obj_get(self.path, read_only=read_only)
+        except syscall.BpfError as e:
+            if e.errno == 2:
+                raise MapNotFound(
+                    f"BPF map {self.path} not found: is porin-agent running with "
+                    f"bpffs root {bpffs_root}?"
+                ) from None
+            raise
+        info = syscall.map_info(self.fd)
+        self.percpu = info.type in syscall.PERCPU_MAP_TYPES
+        self.max_entries = info.max_entries
+        if info.key_size != ctypes.sizeof(self.KEY) or info.value_size != ctypes.sizeof(self.VALUE):
+            os.close(self.fd)
+            raise ValueError(
+                f"{self.path}: kernel map has key/value size {info.key_size}/{info.value_size}, "
+                f"Python layout {ctypes.sizeof(self.KEY)}/{ctypes.sizeof(self.VALUE)}"
+            )
+        self._stride = (ctypes.sizeof(self.VALUE) + 7) & ~7
+        self._ncpu = syscall.possible_cpus() if self.percpu else 1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PinnedMap[K, V]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- value buffers (per-CPU maps carry one value per possible CPU) ---
+
+    def _value_buf(self) -> ctypes.Array:
+        return ctypes.create_string_buffer(self._stride * self._ncpu)
+
+    def _values_from(self, buf: ctypes.Array | bytes) -> list[V]:
+        raw = bytes(buf)
+        size = ctypes.sizeof(self.VALUE)
+        return [
+            self.VALUE.from_buffer_copy(raw[i * self._stride : i * self._stride + size])
+            for i in range(self._ncpu)
+        ]
+
+    @staticmethod
+    def _buf(obj: ctypes.Structure) -> ctypes.Array:
+        return ctypes.create_string_buffer(bytes(obj), ctypes.sizeof(obj))
+
+    # --- element operations ---
+
+    def get(self, key: K) -> V | None:
+        """The value for `key` (per-CPU maps: see get_percpu), or None."""
+        buf = self._value_buf()
+        if not syscall.lookup(self.fd, self._buf(key), buf):
+            return None
+        return self._values_from(buf)[0]
+
+    def get_percpu(self, key: K) -> list[V] | None:
+        buf = self._value_buf()
+        if not syscall.lookup(self.fd, self._buf(key), buf):
+            return None
+        return self._values_from(buf)
+
+    def put(self, key: K, value: V, flags: int = syscall.BPF_ANY) -> None:
+        if self.percpu:
+            raw = b"".join(bytes(value).ljust(self._stride, b"\0") for _ in range(self._ncpu))
+            vbuf = ctypes.create_string_buffer(raw, len(raw))
+        else:
+            vbuf = self._buf(value)
+        syscall.update(self.fd, self._buf(key), vbuf, flags)
+
+    def delete(self, key: K) -> bool:
+        return syscall.delete(self.fd, self._buf(key))
+
+    def keys(self) -> Iterator[K]:
+        ksize = ctypes.sizeof(self.KEY)
+        cur: ctypes.Array | None = None
+        out = ctypes.create_string_buffer(ksize)
+        while syscall.next_key(self.fd, cur, out):
+            yield self.KEY.from_buffer_copy(out.raw)
+            cur = ctypes.create_string_buffer(out.raw, ksize)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        """(key, value) pairs; per-CPU maps yield the value summed by `merge_percpu`."""
+        for key, values in self.items_percpu():
+            yield key, self.merge_percpu(values)
+
+    def items_percpu(self) -> Iterator[tuple[K, list[V]]]:
+        for key in list(self.keys()):
+            buf = self._value_buf()
+            if syscall.lookup(self.fd, self._buf(key), buf):
+                yield key, self._values_from(buf)
+
+    def merge_percpu(self, values: list[V]) -> V:
+        """Fold per-CPU values into one; maps with per-CPU counters override this."""
+        return values[0]
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many were removed."""
+        removed = 0
+        for key in list(self.keys()):
+            removed += self.delete(key)
+        return removed
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())

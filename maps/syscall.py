@@ -1,0 +1,254 @@
+"""Thin ctypes wrapper around the bpf(2) syscall.
+
+Only what Porin needs: open a pinned object, element operations, batch
+lookups, object info and BPF_PROG_TEST_RUN. No bcc import, so the CLI and
+the CNI plugin stay fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+_NR_BPF = 321  # x86_64
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_DELETE_BATCH = 27
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_F_RDONLY = 1 << 3
+
+# map types whose values are per CPU
+PERCPU_MAP_TYPES = {5, 6, 10}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed; errno and a message naming the operation."""
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+        ("pad", ctypes.c_uint8 * 64),
+    ]
+
+
+def _addr(buf: ctypes.Array | ctypes.Structure | None) -> int:
+    return 0 if buf is None else ctypes.addressof(buf)
+
+
+def bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    """Run one bpf(2) command; raise BpfError naming `what` on failure."""
+    ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def obj_get(path: str, read_only: bool = False) -> int:
+    """Open a pinned BPF object and return its fd."""
+    raw = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjAttr(pathname=_addr(raw), file_flags=BPF_F_RDONLY if read_only else 0)
+    return bpf(BPF_OBJ_GET, attr, f"open pinned object {path}")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "get map info")
+    return info
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """Number of possible CPUs, the stride of per-CPU map values."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return count
+
+
+def lookup(fd: int, key: ctypes.Array, value: ctypes.Array) -> bool:
+    """Fill `value` for `key`; False when the key is absent."""
+    attr = _ElemAttr(map_fd=fd, key=_addr(key), value=_addr(value))
+    try:
+        bpf(BPF_MAP_LOOKUP_ELEM, attr, "map lookup")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def update(fd: int, key: ctypes.Array, value: ctypes.Array, flags: int = BPF_ANY) -> None:
+    attr = _ElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
+    bpf(BPF_MAP_UPDATE_ELEM, attr, "map update")
+
+
+def delete(fd: int, key: ctypes.Array) -> bool:
+    """Delete `key`; False when it was absent."""
+    attr = _ElemAttr(map_fd=fd, key=_addr(key))
+    try:
+        bpf(BPF_MAP_DELETE_ELEM, attr, "map delete")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def next_key(fd: int, key: ctypes.Array | None, out: ctypes.Array) -> bool:
+    """Write the key after `key` (or the first key) into `out`; False at the end."""
+    attr = _ElemAttr(map_fd=fd, key=_addr(key), value=_addr(out))
+    try:
+        bpf(BPF_MAP_GET_NEXT_KEY, attr, "map get next key")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def lookup_batch(
+    fd: int,
+    in_batch: ctypes.Array | None,
+    out_batch: ctypes.Array,
+    keys: ctypes.Array,
+    values: ctypes.Array,
+    count: int,
+) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH step: (entries read, reached the end)."""
+    attr = _BatchAttr(
+        in_batch=_addr(in_batch),
+        out_batch=_addr(out_batch),
+        keys=_addr(keys),
+        values=_addr(values),
+        count=count,
+        map_fd=fd,
+    )
+    try:
+        bpf(BPF_MAP_LOOKUP_BATCH, attr, "map lookup batch")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return attr.count, True
+        raise
+    return attr.count, False
+
+
+def delete_batch(fd: int, keys: ctypes.Array, count: int) -> int:
+    """Delete `count` keys in one call; returns how many were deleted."""
+    attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)
+    try:
+        bpf(BPF_MAP_DELETE_BATCH, attr, "map delete batch")
+    except BpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    return attr.count
+
+
+def prog_test_run(
+    prog_fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1
+) -> tuple[int, bytes, int]:
+    """Run a loaded program on `data`: (return value, output packet, ns per run)."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.create_string_buffer(len(data) + 512)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=len(out),
+        data_in=_addr(data_in),
+        data_out=_addr(out),
+        repeat=repeat,
+    )
+    ctx_buf = None
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        attr.ctx_in = _addr(ctx_buf)
+        attr.ctx_size_in = len(ctx)
+    bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
+    return attr.retval, out.raw[: attr.data_size_out], attr.duration

@@ -1,0 +1,91 @@
+"""Minimal HTTP/1.0 JSON client for the agent's unix socket.
+
+Used by the CNI plugin (where start-up time matters, so no http.client or
+requests) and by the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+DEFAULT_SOCKET = "/var/run/porin/porin.sock"
+
+
+class AgentUnavailable(ConnectionError):
+    """The agent's socket cannot be reached."""
+
+
+class ApiError(Exception):
+    """The agent answered with an error status."""
+
+    def __init__(self, status: int, message: str, cni_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.cni_code = cni_code
+
+
+class AgentClient:
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request; return the decoded JSON body or raise ApiError."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.0\r\nHost: porin\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(self.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise AgentUnavailable(
+                    f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
+                    "is porin-agent running?"
+                ) from None
+            except PermissionError:
+                raise AgentUnavailable(
+                    f"permission denied on {self.socket_path}; run as root"
+                ) from None
+            sock.sendall(head + payload)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"porin-agent at {self.socket_path} did not answer within {self.timeout:g}s"
+            ) from None
+        except (ConnectionResetError, BrokenPipeError) as e:
+            raise AgentUnavailable(f"porin-agent closed the connection: {e}") from None
+        finally:
+            sock.close()
+        return _parse_response(b"".join(chunks))
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+
+def _parse_response(raw: bytes) -> Any:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise AgentUnavailable("porin-agent sent an incomplete response")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise AgentUnavailable(f"porin-agent sent a malformed status line: {status_line}") from None
+    data = json.loads(body) if body.strip() else None
+    if status >= 400:
+        msg = data.get("error", status_line) if isinstance(data, dict) else status_line
+        code = data.get("cniCode") if isinstance(data, dict) else None
+        raise ApiError(status, msg, code)
+    return data

@@ -1,0 +1,162 @@
+"""API objects exchanged between the agent, the CNI plugin and the CLI.
+
+Typed dataclasses with explicit validation: a malformed request becomes a
+`ValidationError` naming the field, which the agent turns into a 400.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+
+
+class ValidationError(ValueError):
+    """A request field is missing or invalid."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _str(d: dict[str, Any], key: str, required: bool = True) -> str | None:
+    v = d.get(key)
+    if v is None or v == "":
+        if required:
+            raise ValidationError(key, "is required")
+        return None
+    if not isinstance(v, str):
+        raise ValidationError(key, f"must be a string, got {type(v).__name__}")
+    return v
+
+
+def validate_container_id(cid: str) -> str:
+    if not CONTAINER_ID_RE.match(cid):
+        raise ValidationError(
+            "containerID", "must start with a letter or digit and hold only [A-Za-z0-9_.-]"
+        )
+    return cid
+
+
+def validate_ifname(name: str) -> str:
+    if not IFNAME_RE.match(name) or name in (".", ".."):
+        raise ValidationError("ifname", f"{name!r} is not a valid interface name (1-15 chars)")
+    return name
+
+
+def validate_mtu(mtu: Any) -> int | None:
+    if mtu is None:
+        return None
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+        raise ValidationError("mtu", f"must be an integer between 576 and 65535, got {mtu!r}")
+    return mtu
+
+
+def _labels(v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+    ):
+        raise ValidationError("labels", "must be an object of string to string")
+    return dict(v)
+
+
+@dataclass
+class EndpointRequest:
+    """CNI ADD as the plugin forwards it to the agent."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    network: str = "porin"
+    mtu: int | None = None
+    ipv4: str | None = None  # address/prefix handed out by a delegated IPAM plugin
+    gateway: str | None = None  # gateway handed out by a delegated IPAM plugin
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Any) -> EndpointRequest:
+        if not isinstance(d, dict):
+            raise ValidationError("body", "must be a JSON object")
+        netns = _str(d, "netns")
+        assert netns is not None
+        if not netns.startswith("/"):
+            raise ValidationError("netns", "must be an absolute path")
+        ipv4 = _str(d, "ipv4", required=False)
+        if ipv4 is not None:
+            try:
+                iface = ipaddress.IPv4Interface(ipv4)
+            except ValueError:
+                raise ValidationError("ipv4", f"{ipv4!r} is not an IPv4 address/prefix") from None
+            ipv4 = str(iface)
+        gateway = _str(d, "gateway", required=False)
+        if gateway is not None:
+            try:
+                gateway = str(ipaddress.IPv4Address(gateway))
+            except ValueError:
+                raise ValidationError("gateway", f"{gateway!r} is not an IPv4 address") from None
+        return cls(
+            container_id=validate_container_id(_str(d, "containerID") or ""),
+            ifname=validate_ifname(_str(d, "ifname") or ""),
+            netns=netns,
+            network=_str(d, "network", required=False) or "porin",
+            mtu=validate_mtu(d.get("mtu")),
+            ipv4=ipv4,
+            gateway=gateway,
+            labels=_labels(d.get("labels")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "containerID": self.container_id,
+            "ifname": self.ifname,
+            "netns": self.netns,
+            "network": self.network,
+            "mtu": self.mtu,
+            "ipv4": self.ipv4,
+            "gateway": self.gateway,
+            "labels": self.labels,
+        }
+
+
+ENDPOINT_STATES = ("creating", "ready", "disconnected")
+
+
+@dataclass
+class Endpoint:
+    """An endpoint as the agent owns it: persisted, listed, returned on ADD."""
+
+    id: int
+    container_id: str
+    ifname: str
+    netns: str
+    network: str
+    ipv4: str  # address/prefix as configured in the pod, e.g. 10.244.0.5/32
+    gateway: str
+    mtu: int
+    host_ifname: str
+    ipam: str = "agent"  # "agent" or "plugin" (a delegated IPAM plugin owns the address)
+    state: str = "creating"
+    mac: str = ""
+    host_ifindex: int = 0
+    host_mac: str = ""
+    pod_ifindex: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    @property
+    def ip(self) -> str:
+        return self.ipv4.split("/")[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Endpoint:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
