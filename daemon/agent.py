@@ -44,7 +44,7 @@ class Agent:
 
     def start(self) -> None:
         cfg = self.cfg
-        _refuse_if_running(cfg.api_socket)
+        refuse_if_running(cfg.api_socket)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.datapath = LxcDatapath(cfg)
@@ -110,7 +110,7 @@ class Agent:
         }
 
 
-def _refuse_if_running(path: str) -> None:
+def refuse_if_running(path: str) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)
@@ -146,6 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.uninstall:
+        from porin.daemon.uninstall import uninstall
+
+        try:
+            uninstall(cfg)
+        except (AgentError, OSError) as e:
+            log.error("uninstall failed: %s", e)
+            sys.exit(1)
+        return
     agent = Agent(cfg)
     stop = threading.Event()
 

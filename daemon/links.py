@@ -6,7 +6,6 @@ the CNI plugin process never imports it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
@@ -16,6 +15,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from porin.daemon.netns import NetnsError, iproute_in, open_netns
+from porin.models import lxc_name  # noqa: F401  (re-exported for callers)
 
 log = logging.getLogger("porin.links")
 
@@ -26,12 +26,6 @@ HOST_PEER = "porin_net"
 
 class LinkError(RuntimeError):
     """A netlink operation on an endpoint or node device failed."""
-
-
-def lxc_name(container_id: str, ifname: str) -> str:
-    """Host-side veth name: 'lxc' + 12 hex of sha256(container id, ifname)."""
-    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
-    return "lxc" + digest[:12]
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:

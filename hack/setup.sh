@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Idempotent node set-up for Porin on Debian 12, as root.
-#   hack/setup.sh [VENV]      (default VENV: ./.venv)
+#   hack/setup.sh [VENV [MODE]]   VENV default ./.venv; MODE dev (editable, with
+#                                 test tools) or install (a plain copy for the node)
 # Installs Debian packages, links kernel headers for bcc, mounts bpffs,
 # creates a virtual environment that can import bcc and installs Porin into it.
 set -euo pipefail
 
 VENV=${1:-.venv}
+MODE=${2:-dev}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PKGS=(python3 python3-venv python3-pip python3-bpfcc bpftool iproute2 iptables
-      containernetworking-plugins iperf3 tcpdump procps util-linux kmod linux-headers-cloud-amd64 etcd-server etcd-client)
+      containernetworking-plugins iperf3 tcpdump procps util-linux kmod iputils-ping
+      curl linux-headers-cloud-amd64)
 
 log() { echo "[setup] $*" >&2; }
 
@@ -52,10 +55,16 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/nu
   rm -rf "$VENV"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-stamp="$VENV/.porin-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  log "installing Porin and its Python dependencies into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
-  touch "$stamp"
+pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
+if [ "$MODE" = install ]; then
+  log "installing Porin into $VENV"
+  "${pip[@]}" "$ROOT" && "${pip[@]}" --force-reinstall --no-deps "$ROOT"
+else
+  stamp="$VENV/.porin-installed"
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    log "installing Porin (editable) and its test dependencies into $VENV"
+    "${pip[@]}" -e "$ROOT[test]"
+    touch "$stamp"
+  fi
 fi
 "$VENV/bin/python" -c 'import bcc, pyroute2, porin' || { echo "venv $VENV cannot import bcc/pyroute2/porin" >&2; exit 1; }

@@ -6,6 +6,7 @@ Typed dataclasses with explicit validation: a malformed request becomes a
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
@@ -13,6 +14,12 @@ from typing import Any
 
 IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
 CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+
+
+def lxc_name(container_id: str, ifname: str) -> str:
+    """Host-side veth name: 'lxc' + 12 hex of sha256(container id, ifname)."""
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
+    return "lxc" + digest[:12]
 
 
 class ValidationError(ValueError):
