@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print the embedded default config and exit",
     )
+    parser.add_argument(
+        "--uninstall",
+        action="store_true",
+        help="remove everything the (stopped) agent put on this node, then exit",
+    )
     args = parser.parse_args(argv)
     if args.print_default_config:
         from porin.daemon.config import DEFAULT_CONFIG_YAML

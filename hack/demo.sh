@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# make demo: porin-agent on its embedded single-node default, three pods
+# created through the CNI plugin exactly as a runtime would, shown talking.
+#
+# The node runs in its own network namespace (porin-demo-node) so the demo
+# never touches this machine's own interfaces; everything is removed on exit.
+set -euo pipefail
+
+NODE=porin-demo-node
+PODS=(porin-demo-pod1 porin-demo-pod2 porin-demo-pod3)
+SOCK=/var/run/porin/porin.sock
+NETCONF='{"cniVersion":"1.0.0","name":"porin","type":"porin"}'
+LOG=$(mktemp /tmp/porin-demo-agent.XXXXXX.log)
+AGENT_PID=""
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+in_node() { nsenter --net=/var/run/netns/$NODE "$@"; }
+
+cni() { # cni COMMAND POD
+  CNI_COMMAND=$1 CNI_CONTAINERID=${2/porin-demo-/demo-} CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 \
+    CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$NETCONF"
+}
+
+cleanup() {
+  set +e
+  say "tearing down"
+  for p in "${PODS[@]}"; do
+    [ -e /var/run/netns/$p ] && cni DEL "$p" && echo "CNI DEL $p: ok"
+    ip netns del "$p" 2>/dev/null
+  done
+  if [ -n "$AGENT_PID" ]; then kill -TERM "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; fi
+  in_node porin-agent --uninstall >/dev/null 2>&1
+  ip netns del $NODE 2>/dev/null
+  rm -f "$LOG"
+  echo "demo removed"
+}
+
+if [ -S "$SOCK" ] && porin status >/dev/null 2>&1; then
+  echo "a porin-agent is already running on $SOCK; stop it first (the demo uses the default paths)" >&2
+  exit 1
+fi
+if [ -n "$(ls -A /var/run/porin/endpoints 2>/dev/null)" ]; then
+  echo "/var/run/porin holds another agent's endpoints; run 'make uninstall' or stop that node first" >&2
+  exit 1
+fi
+ip netns del $NODE 2>/dev/null || true
+trap cleanup EXIT
+
+say "starting porin-agent (embedded default config) in node namespace $NODE"
+ip netns add $NODE
+ip -n $NODE link set lo up
+in_node porin-agent >"$LOG" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 300); do
+  porin status >/dev/null 2>&1 && break
+  kill -0 $AGENT_PID 2>/dev/null || { cat "$LOG"; exit 1; }
+  sleep 0.1
+done
+porin status
+
+say "creating three pods through the CNI plugin (CNI_COMMAND=ADD)"
+for p in "${PODS[@]}"; do
+  ip netns add "$p"
+  echo "CNI ADD $p:"
+  cni ADD "$p" | python3 -m json.tool --compact
+done
+ip_of() { ip -n "$1" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1; }
+IP1=$(ip_of ${PODS[0]}); IP2=$(ip_of ${PODS[1]}); IP3=$(ip_of ${PODS[2]})
+
+say "pod1 ($IP1) -> pod2 ($IP2) and pod3 ($IP3): ping"
+ip netns exec ${PODS[0]} ping -c 3 -i 0.2 -W 2 "$IP2"
+ip netns exec ${PODS[0]} ping -c 3 -i 0.2 -W 2 "$IP3"
+
+say "pod2 -> pod3: TCP (HTTP server in pod3, client in pod2)"
+ip netns exec ${PODS[2]} python3 -m http.server 8080 --bind "$IP3" >/dev/null 2>&1 &
+SRV=$!
+for _ in $(seq 1 100); do
+  ip netns exec ${PODS[1]} python3 -c "import socket; socket.create_connection(('$IP3', 8080), 1)" 2>/dev/null && break
+  sleep 0.05
+done
+ip netns exec ${PODS[1]} python3 - "$IP3" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://{sys.argv[1]}:8080/", timeout=5).read()
+print(f"GET http://{sys.argv[1]}:8080/ -> {len(body)} bytes")
+PY
+kill $SRV; wait $SRV 2>/dev/null || true
+
+say "pod3 -> node (gateway 10.244.0.1)"
+ip netns exec ${PODS[2]} ping -c 2 -i 0.2 -W 2 10.244.0.1
+
+say "porin endpoint list"
+porin endpoint list
+say "porin bpf endpoint list"
+porin bpf endpoint list
+say "porin metrics list"
+porin metrics list

@@ -1,0 +1,292 @@
+"""Lab helpers shared by the tests, the benchmarks and the demo tooling.
+
+A node is a network namespace running its own porin-agent (own state dir,
+bpffs root and socket); a pod is a network namespace attached through the
+real CNI plugin, invoked exactly as a runtime does (env + stdin). Every
+name is unique and every object is removed by `close()`, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("PORIN_VENV_BIN", ROOT / ".venv" / "bin"))
+CNI_PLUGIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
+NETNS_DIR = "/var/run/netns"
+PREFIX = "pl"  # every namespace the lab creates starts with this
+
+
+def run(cmd: list[str] | str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    shell = isinstance(cmd, str)
+    proc = subprocess.run(cmd, shell=shell, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{cmd!r} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `cond` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as e:  # the condition may raise until it holds
+            last_exc = e
+        time.sleep(0.02)
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
+
+
+def unique(kind: str) -> str:
+    return f"{PREFIX}{kind}-{uuid.uuid4().hex[:8]}"
+
+
+class Netns:
+    """A named network namespace with lo up."""
+
+    def __init__(self, name: str | None = None, kind: str = "ns") -> None:
+        self.name = name or unique(kind)
+        run(["ip", "netns", "add", self.name])
+        self.path = f"{NETNS_DIR}/{self.name}"
+        run(["ip", "-n", self.name, "link", "set", "lo", "up"])
+
+    def exec(
+        self, cmd: list[str] | str, check: bool = True, **kw: Any
+    ) -> subprocess.CompletedProcess:
+        """Run in the netns with nsenter (keeps /sys and its bpffs mount)."""
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        return run(["nsenter", f"--net={self.path}", *cmd], check=check, **kw)
+
+    def popen(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", f"--net={self.path}", *cmd], **kw)
+
+    def close(self) -> None:
+        run(["ip", "netns", "del", self.name], check=False)
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    pod_cidr: str = "10.244.0.0/24"
+    workdir: str = ""
+    bpffs_root: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket(self) -> str:
+        return f"{self.workdir}/run/porin.sock"
+
+    @property
+    def state_dir(self) -> str:
+        return f"{self.workdir}/state"
+
+    def to_yaml(self) -> str:
+        lines = [
+            f"nodeName: {self.node_name}",
+            f"podCIDR: {self.pod_cidr}",
+            f"stateDir: {self.state_dir}",
+            f"bpffsRoot: {self.bpffs_root}",
+            f"apiSocket: {self.socket}",
+            "logLevel: debug",
+        ]
+        lines += [f"{k}: {json.dumps(v)}" for k, v in self.extra.items()]
+        return "\n".join(lines) + "\n"
+
+
+class Node:
+    """A node namespace with its own porin-agent."""
+
+    def __init__(self, pod_cidr: str = "10.244.0.0/24", **extra: Any) -> None:
+        self.ns = Netns(kind="node")
+        self.workdir = tempfile.mkdtemp(prefix=f"{self.ns.name}-")
+        self.cfg = AgentConfig(
+            node_name=self.ns.name,
+            pod_cidr=pod_cidr,
+            workdir=self.workdir,
+            bpffs_root=f"/sys/fs/bpf/{self.ns.name}",
+            extra=extra,
+        )
+        self.config_path = f"{self.workdir}/agent.yaml"
+        Path(self.config_path).write_text(self.cfg.to_yaml())
+        self.log_path = f"{self.workdir}/agent.log"
+        self.proc: subprocess.Popen | None = None
+        self.pods: dict[str, Pod] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for the porin CLI against this node."""
+        return {**os.environ, "PORIN_CONFIG": self.config_path}
+
+    def start_agent(self, timeout: float = 60.0) -> None:
+        log = open(self.log_path, "a")
+        self.proc = self.ns.popen(
+            [str(VENV_BIN / "porin-agent"), "--config", self.config_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.healthy, timeout, f"porin-agent of {self.ns.name} to be ready")
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"porin-agent exited with {self.proc.returncode}:\n{self.log()}")
+        r = self.porin("status", "-o", "json", check=False)
+        return r.returncode == 0
+
+    def stop_agent(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-5000:]
+        except OSError:
+            return ""
+
+    def porin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.ns.exec([str(VENV_BIN / "porin"), *args], check=check, env=self.env)
+
+    def porin_json(self, *args: str) -> Any:
+        return json.loads(self.porin(*args, "-o", "json").stdout)
+
+    def netconf(self, **over: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "cniVersion": "1.0.0",
+            "name": "porin",
+            "type": "porin",
+            "agentSocket": self.cfg.socket,
+        }
+        conf.update(over)
+        return conf
+
+    def cni(
+        self,
+        command: str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "eth0",
+        conf: dict[str, Any] | bytes | None = None,
+        env: dict[str, str] | None = None,
+        drop_env: tuple[str, ...] = (),
+    ) -> tuple[int, Any]:
+        """Invoke the CNI plugin as a runtime does, inside the node netns."""
+        full = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": ":".join(CNI_PLUGIN_DIRS),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+        full.update(env or {})
+        for k in drop_env:
+            full.pop(k, None)
+        stdin = conf if isinstance(conf, bytes) else json.dumps(conf or self.netconf()).encode()
+        proc = subprocess.run(
+            ["nsenter", f"--net={self.ns.path}", str(VENV_BIN / "porin-cni")],
+            input=stdin,
+            env=full,
+            capture_output=True,
+            timeout=120,
+        )
+        out = proc.stdout.decode().strip()
+        return proc.returncode, (json.loads(out) if out else None)
+
+    def add_pod(self, name: str | None = None, ifname: str = "eth0", **conf: Any) -> Pod:
+        ns = Netns(kind="pod")
+        pod = Pod(ns=ns, container_id=f"c{uuid.uuid4().hex}", ifname=ifname, node=self)
+        rc, result = self.cni("ADD", pod.container_id, ns.path, ifname, self.netconf(**conf))
+        if rc != 0:
+            ns.close()
+            raise RuntimeError(f"CNI ADD failed: {result}\nagent log:\n{self.log()}")
+        pod.result = result
+        self.pods[name or ns.name] = pod
+        return pod
+
+    def del_pod(self, pod: Pod) -> tuple[int, Any]:
+        rc, out = self.cni("DEL", pod.container_id, pod.ns.path, pod.ifname)
+        pod.ns.close()
+        self.pods = {k: v for k, v in self.pods.items() if v is not pod}
+        return rc, out
+
+    def links(self) -> list[str]:
+        out = self.ns.exec(["ip", "-o", "link", "show"]).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def close(self) -> None:
+        for pod in list(self.pods.values()):
+            try:
+                self.cni("DEL", pod.container_id, pod.ns.path, pod.ifname)
+            except Exception:
+                pass
+            pod.ns.close()
+        self.stop_agent()
+        self.ns.close()
+        # the agent's pins and state belong to this lab node only
+        if os.path.isdir(self.cfg.bpffs_root):
+            shutil.rmtree(self.cfg.bpffs_root, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class Pod:
+    ns: Netns
+    container_id: str
+    ifname: str
+    node: Node
+    result: dict[str, Any] | None = None
+
+    @property
+    def ip(self) -> str:
+        assert self.result is not None
+        return self.result["ips"][0]["address"].split("/")[0]
+
+    def exec(
+        self, cmd: list[str] | str, check: bool = True, **kw: Any
+    ) -> subprocess.CompletedProcess:
+        return self.ns.exec(cmd, check=check, **kw)
+
+    def popen(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
+        return self.ns.popen(cmd, **kw)
+
+    def ping(self, ip: str, count: int = 1) -> bool:
+        return (
+            self.exec(
+                ["ping", "-c", str(count), "-W", "2", "-i", "0.2", ip], check=False
+            ).returncode
+            == 0
+        )
+
+
+def sweep_stale() -> None:
+    """Remove lab namespaces and pins left by a run that was killed."""
+    for name in os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []:
+        if name.startswith(PREFIX) and "-" in name:
+            run(["ip", "netns", "del", name], check=False)
+    if os.path.isdir("/sys/fs/bpf"):
+        for name in os.listdir("/sys/fs/bpf"):
+            if name.startswith(PREFIX) and "-" in name:
+                shutil.rmtree(f"/sys/fs/bpf/{name}", ignore_errors=True)
