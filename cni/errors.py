@@ -19,6 +19,7 @@ PORIN_IPAM_EXHAUSTED = 102
 PORIN_IPAM_PLUGIN = 103
 PORIN_CONFLICT = 104
 PORIN_CHECK_FAILED = 105
+PORIN_INTERFACE = 106  # the pod interface cannot be created or configured
 
 
 class CniError(Exception):

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from porin.daemon.endpoints import EndpointConflict, EndpointManager, EndpointNotFound
 from porin.daemon.ipam import IpamExhausted
+from porin.daemon.links import LinkError
 from porin.daemon.netns import NetnsError
 from porin.models import EndpointRequest, ValidationError, validate_container_id, validate_ifname
 
@@ -45,6 +46,7 @@ CNI_PORIN_INTERNAL = 100
 CNI_PORIN_IPAM_EXHAUSTED = 102
 CNI_PORIN_CONFLICT = 104
 CNI_PORIN_CHECK_FAILED = 105
+CNI_PORIN_INTERFACE = 106
 
 
 class HttpError(Exception):
@@ -106,6 +108,8 @@ class Api:
             return 507, {"error": str(e), "cniCode": CNI_PORIN_IPAM_EXHAUSTED}
         except NetnsError as e:
             return 400, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
+        except LinkError as e:
+            return 409, {"error": str(e), "cniCode": CNI_PORIN_INTERFACE}
         except Exception as e:
             log.exception("request failed")
             return 500, {"error": f"internal error: {e}", "cniCode": CNI_PORIN_INTERNAL}

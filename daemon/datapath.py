@@ -61,7 +61,7 @@ def compile_programs(
     started = time.monotonic()
     text = flatten(SOURCE_DIR / entry)
     try:
-        module = BPF(text=text, cflags=build_flags(cfg))
+        module = BPF(text=text.encode(), cflags=build_flags(cfg))
         progs = {}
         for name in names:
             fn = module.load_func(name.encode(), BPF.SCHED_CLS)

@@ -1,0 +1,79 @@
+"""Compile the real datapath once and run it with BPF_PROG_TEST_RUN.
+
+The maps are pinned under a private bpffs root, so the tests never touch a
+running agent's state. BPF_PROG_TEST_RUN runs tc programs with skb->ifindex
+1 (loopback), so an endpoint "on this interface" has ifindex 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from porin.daemon.config import AgentConfig
+from porin.daemon.datapath import compile_programs
+from porin.maps import syscall
+from porin.maps.endpoints import EndpointEntry, EndpointsMap
+from porin.maps.metrics import MetricsMap, reason_by_name
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7
+DIR_INGRESS = 1
+DIR_EGRESS = 2
+
+
+@dataclass
+class Lxc:
+    progs: dict
+    endpoints: EndpointsMap
+    metrics: MetricsMap
+
+    def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
+        ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
+        return ret, out
+
+    def count(self, reason: str, direction: int = DIR_EGRESS) -> int:
+        return self.metrics.count(reason_by_name(reason).code, direction).packets
+
+
+@pytest.fixture(scope="session")
+def lxc_datapath():
+    root = f"/sys/fs/bpf/pltest-{uuid.uuid4().hex[:8]}"
+    cfg = AgentConfig(bpffs_root=root)
+    module, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
+    eps = EndpointsMap(root)
+    met = MetricsMap(root)
+    try:
+        yield Lxc(progs=progs, endpoints=eps, metrics=met), module
+    finally:
+        eps.close()
+        met.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def lxc(lxc_datapath):
+    dp, _module = lxc_datapath
+    dp.endpoints.clear()
+    yield dp
+    dp.endpoints.clear()
+
+
+POD_A = EndpointEntry(
+    ip="10.244.0.10",
+    ifindex=1,
+    endpoint_id=10,
+    mac="02:00:00:00:00:0a",
+    node_mac="02:aa:00:00:00:0a",
+)
+POD_B = EndpointEntry(
+    ip="10.244.0.11",
+    ifindex=77,
+    endpoint_id=11,
+    mac="02:00:00:00:00:0b",
+    node_mac="02:aa:00:00:00:0b",
+)
