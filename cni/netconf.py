@@ -148,6 +148,7 @@ class CniEnv:
     ifname: str = ""
     args: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    environ: dict[str, str] = field(default_factory=dict)  # passed on to delegated plugins
 
 
 def parse_env(environ: dict[str, str]) -> CniEnv:
@@ -158,7 +159,7 @@ def parse_env(environ: dict[str, str]) -> CniEnv:
             f"CNI_COMMAND is {cmd!r}" if cmd else "CNI_COMMAND is not set",
             f"expected one of {', '.join(COMMANDS)}",
         )
-    env = CniEnv(command=cmd)
+    env = CniEnv(command=cmd, environ=dict(environ))
     if cmd in ("VERSION", "STATUS", "GC"):
         env.path = _split_path(environ.get("CNI_PATH", ""))
         return env

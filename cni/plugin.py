@@ -37,7 +37,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, Any]:
         )
     ipam_result = None
     if conf.ipam is not None:
-        ipam_result = run_ipam(conf.ipam["type"], "ADD", stdin, dict(os.environ), env.path)
+        ipam_result = run_ipam(conf.ipam["type"], "ADD", stdin, env.environ, env.path)
     req: dict[str, Any] = {
         "containerID": env.container_id,
         "ifname": env.ifname,
@@ -56,7 +56,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, Any]:
     except CniError:
         if ipam_result is not None:  # give the address back: leak nothing
             try:
-                run_ipam(conf.ipam["type"], "DEL", stdin, dict(os.environ), env.path)
+                run_ipam(conf.ipam["type"], "DEL", stdin, env.environ, env.path)
             except CniError as e:
                 print(f"porin: IPAM rollback failed: {e.msg}", file=sys.stderr)
         raise
@@ -73,7 +73,7 @@ def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes) -> None:
     except ApiError as e:
         raise CniError(e.cni_code or errors.PORIN_INTERNAL, e.message) from None
     if conf.ipam is not None:
-        run_ipam(conf.ipam["type"], "DEL", stdin, dict(os.environ), env.path)
+        run_ipam(conf.ipam["type"], "DEL", stdin, env.environ, env.path)
 
 
 def _del_without_agent(conf: NetConf, env: CniEnv) -> None:
@@ -111,7 +111,7 @@ def cmd_check(conf: NetConf, env: CniEnv, stdin: bytes) -> None:
         if ep["ipv4"].split("/")[0] not in want:
             problems.append(f"prevResult does not list the endpoint's address {ep['ipv4']}")
     if conf.ipam is not None:
-        run_ipam(conf.ipam["type"], "CHECK", stdin, dict(os.environ), env.path)
+        run_ipam(conf.ipam["type"], "CHECK", stdin, env.environ, env.path)
     if problems:
         raise CniError(errors.PORIN_CHECK_FAILED, "CHECK failed: " + "; ".join(problems))
 
@@ -127,7 +127,7 @@ def cmd_gc(conf: NetConf, env: CniEnv, stdin: bytes) -> None:
     valid = conf.valid_attachments or []
     _agent(conf, "POST", "/v1/gc", {"network": conf.name, "validAttachments": valid})
     if conf.ipam is not None and version_tuple(conf.cni_version) >= (1, 1, 0):
-        run_ipam(conf.ipam["type"], "GC", stdin, dict(os.environ), env.path)
+        run_ipam(conf.ipam["type"], "GC", stdin, env.environ, env.path)
 
 
 def _agent(conf: NetConf, method: str, path: str, body: Any = None) -> Any:

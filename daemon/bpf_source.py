@@ -39,4 +39,6 @@ def _inline(path: Path, root: Path, seen: set[Path], out: list[str]) -> None:
         if not target.exists():
             raise FileNotFoundError(f"{rel}:{lineno}: included file {m.group(1)} not found")
         _inline(target, root, seen, out)
+        if out and not out[-1].endswith("\n"):
+            out.append("\n")
         out.append(f'#line {lineno + 1} "{rel}"\n')
