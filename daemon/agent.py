@@ -22,10 +22,14 @@ from porin import __version__
 from porin.daemon import links
 from porin.daemon.api import Api, ApiServer
 from porin.daemon.config import AgentConfig, ConfigError, load_config
+from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.ipam import Ipam
+from porin.daemon.service_file import ServiceFileError, load_service_file
+from porin.daemon.services import LbMaps, ServiceConflict, ServiceManager
 from porin.daemon.store import EndpointStore
+from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.metrics import MetricsMap
 
@@ -59,7 +63,20 @@ class Agent:
         )
         links.ensure_host_device(self.manager.ipr, cfg.gateway, cfg.pod_cidr, cfg.mtu)
         self.manager.restore()
-        self.server = ApiServer(cfg.api_socket, Api(self.manager, self.status))
+        self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir)
+        self.services.restore()
+        if cfg.services_file:
+            self.reload_services_file()
+        self.ct_gc = CtGarbageCollector(
+            ConntrackMap(cfg.bpffs_root),
+            cfg.ct_gc_interval,
+            cfg.ct_gc_min_interval,
+            cfg.ct_gc_max_interval,
+        )
+        self.ct_gc.start()
+        self.server = ApiServer(
+            cfg.api_socket, Api(self.manager, self.services, self.ct_gc, self.status)
+        )
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         log.info(
             "porin-agent %s ready: node=%s podCIDR=%s gateway=%s socket=%s bpffs=%s endpoints=%d",
@@ -72,7 +89,24 @@ class Agent:
             len(self.manager.list()),
         )
 
+    def reload_services_file(self) -> bool:
+        """(Re)load servicesFile; on any error keep the programmed services."""
+        path = self.cfg.services_file
+        if not path:
+            log.info("SIGHUP: no servicesFile configured, nothing to reload")
+            return False
+        try:
+            svcs = load_service_file(path)
+            programmed, deleted = self.services.replace_source("file", svcs)
+        except (ServiceFileError, ServiceConflict) as e:
+            log.error("services file rejected, programmed services unchanged: %s", e)
+            return False
+        log.info("services file %s: %d services programmed, %d removed", path, programmed, deleted)
+        return True
+
     def stop(self) -> None:
+        if getattr(self, "ct_gc", None) is not None:
+            self.ct_gc.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -107,6 +141,8 @@ class Agent:
                 "total": len(eps),
                 "ready": sum(1 for e in eps if e.state == "ready"),
             },
+            "services": len(self.services.list()),
+            "conntrack": self.ct_gc.stats.to_json(),
         }
 
 
@@ -151,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
     if args.uninstall:
         from porin.daemon.uninstall import uninstall
 
@@ -167,14 +205,24 @@ def main(argv: list[str] | None = None) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 
+    reload = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda signum, frame: (reload.set(), stop.set()))
     try:
         agent.start()
     except (AgentError, DatapathError, OSError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
-    stop.wait()
+    while True:
+        stop.wait()
+        if reload.is_set():
+            reload.clear()
+            stop.clear()
+            log.info("received SIGHUP, reloading the services file")
+            agent.reload_services_file()
+            continue
+        break
     agent.stop()
 
 

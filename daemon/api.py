@@ -9,6 +9,15 @@
     DELETE /v1/endpoints/{id}                delete by id
     POST   /v1/endpoints/check               CNI CHECK, body: {containerID, ifname, netns}
     POST   /v1/gc                            CNI GC, body: {network, validAttachments}
+    GET    /v1/services                      list services
+    GET    /v1/services/{id}                 one service
+    PUT    /v1/services                      create or update (id optional), body: Service
+    PUT    /v1/services/{id}                 create or update service {id}
+    POST   /v1/services/batch                create or update many, body: [Service]
+    DELETE /v1/services/{id}                 delete
+    GET    /v1/ct/gc                         conntrack GC statistics
+    POST   /v1/ct/gc                         run a conntrack GC pass now
+    POST   /v1/ct/flush                      delete every conntrack entry
 
 Errors are JSON {"error": message, "cniCode": code}; a request that fails
 validation gets a 4xx and changes nothing.
@@ -32,7 +41,14 @@ from porin.daemon.endpoints import EndpointConflict, EndpointManager, EndpointNo
 from porin.daemon.ipam import IpamExhausted
 from porin.daemon.links import LinkError
 from porin.daemon.netns import NetnsError
-from porin.models import EndpointRequest, ValidationError, validate_container_id, validate_ifname
+from porin.daemon.services import ServiceConflict, ServiceManager, ServiceNotFound
+from porin.models import (
+    EndpointRequest,
+    Service,
+    ValidationError,
+    validate_container_id,
+    validate_ifname,
+)
 
 log = logging.getLogger("porin.api")
 
@@ -62,8 +78,16 @@ Handler = Callable[[dict[str, Any], Any, re.Match[str]], tuple[int, Any]]
 class Api:
     """Routes and handlers; independent of the transport for easy testing."""
 
-    def __init__(self, manager: EndpointManager, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        manager: EndpointManager,
+        services: ServiceManager,
+        ct: Any,
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
         self.manager = manager
+        self.services = services
+        self.ct = ct  # CtGarbageCollector
         self.status = status
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/healthz$"), self._healthz),
@@ -75,6 +99,15 @@ class Api:
             ("DELETE", re.compile(r"^/v1/endpoints/(\d+)$"), self._delete_id),
             ("POST", re.compile(r"^/v1/endpoints/check$"), self._check),
             ("POST", re.compile(r"^/v1/gc$"), self._gc),
+            ("GET", re.compile(r"^/v1/services$"), self._svc_list),
+            ("GET", re.compile(r"^/v1/services/(\d+)$"), self._svc_get),
+            ("PUT", re.compile(r"^/v1/services$"), self._svc_put),
+            ("PUT", re.compile(r"^/v1/services/(\d+)$"), self._svc_put),
+            ("POST", re.compile(r"^/v1/services/batch$"), self._svc_batch),
+            ("DELETE", re.compile(r"^/v1/services/(\d+)$"), self._svc_delete),
+            ("GET", re.compile(r"^/v1/ct/gc$"), self._ct_gc_stats),
+            ("POST", re.compile(r"^/v1/ct/gc$"), self._ct_gc_run),
+            ("POST", re.compile(r"^/v1/ct/flush$"), self._ct_flush),
         ]
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
@@ -102,6 +135,10 @@ class Api:
             return 400, {"error": str(e), "cniCode": CNI_INVALID_CONFIG}
         except EndpointNotFound as e:
             return 404, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
+        except ServiceNotFound as e:
+            return 404, {"error": str(e)}
+        except ServiceConflict as e:
+            return 409, {"error": str(e)}
         except EndpointConflict as e:
             return 409, {"error": str(e), "cniCode": CNI_PORIN_CONFLICT}
         except IpamExhausted as e:
@@ -171,6 +208,58 @@ class Api:
             valid.add((a["containerID"], a["ifname"]))
         removed = self.manager.gc(network, valid)
         return 200, {"removed": [ep.to_json() for ep in removed]}
+
+    # ----- services -----
+
+    def _svc_list(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, [s.to_json() for s in self.services.list()]
+
+    def _svc_get(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        sid = int(m.group(1))
+        return 200, {
+            **self.services.get(sid).to_json(),
+            "backendIds": self.services.backend_ids(sid),
+        }
+
+    def _svc_put(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            raise ValidationError("body", "must be a JSON object")
+        path_id = int(m.group(1)) if m.groups() else 0
+        if path_id and body.get("id", path_id) != path_id:
+            raise ValidationError("id", f"body id {body.get('id')} differs from path id {path_id}")
+        if path_id and not 1 <= path_id <= 65535:
+            raise ValidationError("id", "must be 1-65535")
+        svc = Service.from_json({**body, "source": "api"}, default_id=path_id)
+        return 200, self.services.upsert(svc).to_json()
+
+    def _svc_batch(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        if not isinstance(body, list):
+            raise ValidationError("body", "must be a JSON list of services")
+        svcs = []
+        for i, item in enumerate(body):
+            try:
+                svcs.append(
+                    Service.from_json({**item, "source": "api"} if isinstance(item, dict) else item)
+                )
+            except ValidationError as e:
+                raise ValidationError(f"[{i}].{e.field}", str(e).split(": ", 1)[-1]) from None
+        done = self.services.upsert_many(svcs)
+        return 200, {"programmed": len(done), "ids": [s.id for s in done]}
+
+    def _svc_delete(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, {"deleted": self.services.delete(int(m.group(1))).to_json()}
+
+    # ----- conntrack -----
+
+    def _ct_gc_stats(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.ct.stats.to_json()
+
+    def _ct_gc_run(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        deleted = self.ct.run_once()
+        return 200, {"deleted": deleted, **self.ct.stats.to_json()}
+
+    def _ct_flush(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, {"deleted": self.ct.ct.flush()}
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

@@ -24,6 +24,16 @@ stateDir: /var/run/porin
 bpffsRoot: /sys/fs/bpf/porin
 apiSocket: /var/run/porin/porin.sock
 logLevel: info
+servicesFile: ""        # declarative services, reloaded on SIGHUP
+maglevTableSize: 16381  # a prime
+ctMapSize: 262144
+ctLifetimeTCPSyn: 60
+ctLifetimeTCP: 21600
+ctLifetimeTCPClose: 10
+ctLifetimeNonTCP: 60
+ctGCInterval: 30        # first pass; adapts between ctGCMinInterval and ctGCMaxInterval
+ctGCMinInterval: 5
+ctGCMaxInterval: 300
 """
 
 
@@ -38,6 +48,16 @@ class AgentConfig:
     api_socket: str = "/var/run/porin/porin.sock"
     log_level: str = "info"
     endpoints_map_size: int = 65536
+    services_file: str = ""
+    maglev_table_size: int = 16381
+    ct_map_size: int = 262144
+    ct_lifetime_tcp_syn: int = 60
+    ct_lifetime_tcp: int = 21600
+    ct_lifetime_tcp_close: int = 10
+    ct_lifetime_nontcp: int = 60
+    ct_gc_interval: float = 30.0
+    ct_gc_min_interval: float = 5.0
+    ct_gc_max_interval: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +80,16 @@ _KEYS = {
     "apiSocket": "api_socket",
     "logLevel": "log_level",
     "endpointsMapSize": "endpoints_map_size",
+    "servicesFile": "services_file",
+    "maglevTableSize": "maglev_table_size",
+    "ctMapSize": "ct_map_size",
+    "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
+    "ctLifetimeTCP": "ct_lifetime_tcp",
+    "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
+    "ctLifetimeNonTCP": "ct_lifetime_nontcp",
+    "ctGCInterval": "ct_gc_interval",
+    "ctGCMinInterval": "ct_gc_min_interval",
+    "ctGCMaxInterval": "ct_gc_max_interval",
 }
 
 
@@ -131,6 +161,33 @@ def _validate(cfg: AgentConfig) -> None:
         raise ConfigError(f"logLevel: must be debug, info, warning or error, got {cfg.log_level!r}")
     if not isinstance(cfg.endpoints_map_size, int) or cfg.endpoints_map_size < 16:
         raise ConfigError("endpointsMapSize: must be an integer >= 16")
+    if not isinstance(cfg.services_file, str) or (
+        cfg.services_file and not cfg.services_file.startswith("/")
+    ):
+        raise ConfigError("servicesFile: must be an absolute path (or empty)")
+    m = cfg.maglev_table_size
+    if isinstance(m, bool) or not isinstance(m, int) or not 7 <= m <= 131071 or not _is_prime(m):
+        raise ConfigError(f"maglevTableSize: must be a prime between 7 and 131071, got {m!r}")
+    for attr in (
+        "ct_map_size",
+        "ct_lifetime_tcp_syn",
+        "ct_lifetime_tcp",
+        "ct_lifetime_tcp_close",
+        "ct_lifetime_nontcp",
+    ):
+        v = getattr(cfg, attr)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{_yaml_name(attr)}: must be a positive integer, got {v!r}")
+    for attr in ("ct_gc_interval", "ct_gc_min_interval", "ct_gc_max_interval"):
+        v = getattr(cfg, attr)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
+    if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
+        raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % i for i in range(2, int(n**0.5) + 1))
 
 
 def _yaml_name(attr: str) -> str:

@@ -44,6 +44,12 @@ def build_flags(cfg: AgentConfig) -> list[str]:
     return [
         f'-DPIN_ROOT="{cfg.bpffs_root}"',
         f"-DENDPOINTS_MAP_SIZE={cfg.endpoints_map_size}",
+        f"-DLB_MAGLEV_TABLE_SIZE={cfg.maglev_table_size}",
+        f"-DCT_MAP_SIZE={cfg.ct_map_size}",
+        f"-DCT_LIFETIME_TCP_SYN={cfg.ct_lifetime_tcp_syn}",
+        f"-DCT_LIFETIME_TCP={cfg.ct_lifetime_tcp}",
+        f"-DCT_LIFETIME_TCP_CLOSE={cfg.ct_lifetime_tcp_close}",
+        f"-DCT_LIFETIME_NONTCP={cfg.ct_lifetime_nontcp}",
         "-Wno-unused-function",
     ]
 

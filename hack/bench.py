@@ -17,6 +17,11 @@ One run measures, on lab namespaces only (never the machine's own interfaces):
    ratios, plus the medians of the absolute numbers.
 
 Everything created is removed at exit, also on error, Ctrl-C or SIGTERM.
+
+    make bench                      full run (100 pods, 5 rounds of 5 s), ~2-3 min
+    .venv/bin/python hack/bench.py --quick     smoke run (20 pods, 2 short rounds), <30 s
+
+Exit status: 0 every target met, 1 a target missed or a problem seen, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -195,19 +200,25 @@ class CniResult:
     del_ms: list[float]
     nsenter_ms: list[float]
     version_ms: list[float]
-    problems: list[str] = field(default_factory=list)
+    problems: list[str]
 
 
-def cni_env(command: str, pod: Pod) -> dict[str, str]:
-    """The environment Node.cni gives the plugin."""
-    return {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": pod.container_id,
-        "CNI_NETNS": pod.ns.path,
-        "CNI_IFNAME": pod.ifname,
-        "CNI_PATH": ":".join(CNI_PLUGIN_DIRS),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    }
+def cni_env(command: str, pod: Pod | None = None) -> dict[str, str]:
+    """The environment Node.cni gives the plugin.
+
+    PYTHONPATH passes through, so the bench can run against another checkout.
+    """
+    env = {"CNI_COMMAND": command, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if pod is not None:
+        env.update(
+            CNI_CONTAINERID=pod.container_id,
+            CNI_NETNS=pod.ns.path,
+            CNI_IFNAME=pod.ifname,
+            CNI_PATH=":".join(CNI_PLUGIN_DIRS),
+        )
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def exec_plugin(env: dict[str, str], stdin: bytes) -> tuple[float, subprocess.CompletedProcess]:
@@ -230,7 +241,7 @@ def measure_cni(lab: Lab, node: Node, n_pods: int) -> CniResult:
     version_ms, add_ms, del_ms = [], [], []
     with inside_netns(node.ns.path):
         for _ in range(min(20, n_pods)):  # interpreter start-up floor, no agent call
-            ms, proc = exec_plugin({"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"}, b"")
+            ms, proc = exec_plugin(cni_env("VERSION"), b"")
             version_ms.append(ms)
         for pod in pods:
             ms, proc = exec_plugin(cni_env("ADD", pod), netconf)
@@ -400,19 +411,22 @@ def forwarded_packets(node: Node) -> int:
 # ---------------------------------------------------------------- report
 
 
-def fmt_table(header: list[str], rows: list[list[str]]) -> str:
+def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """A boxed text table; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    out = [line, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
-    out.append(line)
-    for r in rows:
-        cells = [
-            c.rjust(w) if i in (1, 2) else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    out.append(line)
-    return "\n".join(out)
+    return "\n".join([line, fmt(header), line, *(fmt(r) for r in rows), line])
 
 
 def verdict(ok: bool) -> str:
@@ -462,7 +476,7 @@ def print_details(c: CniResult, rr: Rounds, stream: Rounds) -> None:
         ["nsenter true", str(len(vals)), f"{min(vals):.1f}", f"{statistics.median(vals):.1f}",
          f"{statistics.mean(vals):.1f}", f"{percentile(vals, 99):.1f}", f"{max(vals):.1f}"]
     )  # fmt: skip
-    print(fmt_table(["op", "n", "min", "p50", "mean", "p99", "max"], rows))
+    print(fmt_table(["op", "n", "min", "p50", "mean", "p99", "max"], rows, set(range(1, 7))))
     print(
         "  VERSION = interpreter start-up floor of the plugin (no agent call).\n"
         "  nsenter true = what invoking through `nsenter --net=<node>` (Node.cni) adds.\n"
@@ -481,6 +495,7 @@ def print_details(c: CniResult, rr: Rounds, stream: Rounds) -> None:
         fmt_table(
             ["round", "RR porin", "RR base", "ratio", "STREAM porin", "STREAM base", "ratio"],
             rows,
+            set(range(7)),
         )
     )
 
@@ -488,11 +503,21 @@ def print_details(c: CniResult, rr: Rounds, stream: Rounds) -> None:
 # ---------------------------------------------------------------- main
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Signals:
+    """SIGINT/SIGTERM raise KeyboardInterrupt, except while cleaning up."""
+
+    interrupted = False
+    cleaning = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: object) -> None:
+        cls.interrupted = True
+        if not cls.cleaning:
+            raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every target is met, 1 when not, 130 when interrupted."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 pods, short rounds")
     ap.add_argument("--pods", type=int, help="pods for the CNI latency test [100; quick 20]")
@@ -507,14 +532,15 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     stream_s = max(1, round(seconds))
     mode = "quick" if args.quick else "full"
-
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _Signals.handler)
+    signal.signal(signal.SIGTERM, _Signals.handler)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 
     started = time.monotonic()
     load_start = loadavg()
+    problems: list[str] = []
     lab = Lab()
     try:
         log(f"starting a porin node ({mode} run, {os.cpu_count()} CPUs)")
@@ -523,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         node.start_agent()
         log(f"CNI ADD/DEL latency over {pods} pods")
         cni = measure_cni(lab, node, pods)
+        problems += cni.problems
 
         log("pod pairs: porin (2 pods via CNI) and baseline (router netns, plain veth)")
         porin, base = porin_pair(lab, node), baseline_pair(lab)
@@ -533,21 +560,26 @@ def main(argv: list[str] | None = None) -> int:
         rr, stream = measure_traffic(porin, base, rounds, seconds, stream_s, log)
         fwd = forwarded_packets(node) - fwd_before
         if fwd == 0:
-            cni.problems.append("Porin's BPF forwarded no packets: traffic bypassed the datapath")
-        agent_errors = [
-            ln for ln in node.log().splitlines() if " ERROR " in ln or "Traceback" in ln
-        ]
-        if agent_errors:
-            cni.problems.append(f"agent log has {len(agent_errors)} error lines: {agent_errors[0]}")
+            problems.append("Porin's BPF forwarded no packets: traffic bypassed the datapath")
+        errors = [ln for ln in node.log().splitlines() if " ERROR " in ln or "Traceback" in ln]
+        if errors:
+            problems.append(f"agent log has {len(errors)} error lines, first: {errors[0]}")
+    except BaseException:
+        if not _Signals.interrupted:
+            raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
+        _Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
+        log("removing everything the benchmark created")
         lab.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _Signals.cleaning = False
+    if _Signals.interrupted:
+        print("interrupted; everything the benchmark created has been removed", file=sys.stderr)
+        return 130
 
     print_details(cni, rr, stream)
     rows = cni_rows(cni) + [traffic_row(rr), traffic_row(stream)]
     print(f"\nSummary ({mode} run):")
-    print(fmt_table(["metric", "porin", "baseline", "ratio/target", "pass/fail"], rows))
+    print(fmt_table(["metric", "porin", "baseline", "ratio/target", "pass/fail"], rows, {1, 2}))
     print(
         "  CNI: porin-cni exec->exit, wall clock, plugin spawned inside the node netns; add "
         f"~{statistics.median(cni.nsenter_ms):.1f} ms when invoked through nsenter.\n"
@@ -556,10 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  Porin BPF forwarded {fwd:,} packets during the traffic tests. "
         f"loadavg start {load_start}, end {loadavg()}; run took {time.monotonic() - started:.0f}s"
     )
-    for p in cni.problems:
+    for p in problems:
         print(f"  PROBLEM: {p}")
-    failed = any(r[4] == "FAIL" for r in rows) or cni.problems
-    return 1 if failed else 0
+    return 1 if problems or any(r[4] == "FAIL" for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class PinnedMap(Generic[K, V]):
     """A pinned map under a bpffs root, opened by name."""
 
     NAME: ClassVar[str]
+    BATCH: ClassVar[int] = 4096
     KEY: ClassVar[type[ctypes.Structure]]
     VALUE: ClassVar[type[ctypes.Structure]]
 
@@ -107,6 +108,61 @@ class PinnedMap(Generic[K, V]):
 
     def delete(self, key: K) -> bool:
         return syscall.delete(self.fd, self._buf(key))
+
+    def put_many(self, pairs: list[tuple[K, V]]) -> None:
+        """Write many entries with BPF_MAP_UPDATE_BATCH (each entry is atomic)."""
+        if not pairs:
+            return
+        if self.percpu:
+            for k, v in pairs:
+                self.put(k, v)
+            return
+        ksize, vsize = ctypes.sizeof(self.KEY), ctypes.sizeof(self.VALUE)
+        for start in range(0, len(pairs), self.BATCH):
+            chunk = pairs[start : start + self.BATCH]
+            keys = ctypes.create_string_buffer(
+                b"".join(bytes(k) for k, _ in chunk), ksize * len(chunk)
+            )
+            vals = ctypes.create_string_buffer(
+                b"".join(bytes(v) for _, v in chunk), vsize * len(chunk)
+            )
+            syscall.update_batch(self.fd, keys, vals, len(chunk))
+
+    def delete_many(self, keys: list[K]) -> int:
+        """Delete many keys with BPF_MAP_DELETE_BATCH; absent keys are skipped."""
+        removed = 0
+        for key in keys:
+            removed += self.delete(key)
+        return removed
+
+    def dump_raw(self) -> tuple[bytes, bytes, int]:
+        """All keys and values as two byte strings, read with BPF_MAP_LOOKUP_BATCH.
+
+        Fast path for large maps (conntrack): callers slice the buffers
+        themselves. Per-CPU maps are not supported here.
+        """
+        ksize, vsize = ctypes.sizeof(self.KEY), self._stride
+        batch = self.BATCH
+        keys_out, vals_out, total = [], [], 0
+        cursor: ctypes.Array | None = None
+        out_batch = ctypes.create_string_buffer(max(ksize, 8))
+        while True:
+            keys = ctypes.create_string_buffer(ksize * batch)
+            vals = ctypes.create_string_buffer(vsize * batch)
+            try:
+                n, done = syscall.lookup_batch(self.fd, cursor, out_batch, keys, vals, batch)
+            except syscall.BpfError as e:
+                if e.errno == 28 and batch < 1 << 20:  # ENOSPC: a bucket larger than batch
+                    batch *= 4
+                    continue
+                raise
+            keys_out.append(keys.raw[: n * ksize])
+            vals_out.append(vals.raw[: n * vsize])
+            total += n
+            if done:
+                break
+            cursor = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
+        return b"".join(keys_out), b"".join(vals_out), total
 
     def keys(self) -> Iterator[K]:
         ksize = ctypes.sizeof(self.KEY)

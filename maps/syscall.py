@@ -26,6 +26,7 @@ BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
@@ -218,6 +219,13 @@ def lookup_batch(
             return attr.count, True
         raise
     return attr.count, False
+
+
+def update_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int) -> int:
+    """Write `count` key/value pairs in one call; returns how many were written."""
+    attr = _BatchAttr(keys=_addr(keys), values=_addr(values), count=count, map_fd=fd)
+    bpf(BPF_MAP_UPDATE_BATCH, attr, "map update batch")
+    return attr.count
 
 
 def delete_batch(fd: int, keys: ctypes.Array, count: int) -> int:

@@ -167,3 +167,150 @@ class Endpoint:
     def from_json(cls, d: dict[str, Any]) -> Endpoint:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---------------------------------------------------------------- services
+
+SERVICE_PROTOCOLS = ("tcp", "udp")
+SERVICE_TYPES = ("clusterip",)
+ALGORITHMS = ("random", "maglev")
+BACKEND_STATES = ("active", "terminating", "maintenance")
+MAX_WEIGHT = 100
+
+
+def parse_ip_port(value: Any, field_name: str) -> tuple[str, int]:
+    """'10.0.0.1:80' -> ('10.0.0.1', 80), with a ValidationError naming the field."""
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ValidationError(field_name, f"{value!r} is not IP:PORT")
+    host, _, port_s = value.partition(":")
+    try:
+        ip = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        raise ValidationError(field_name, f"{host!r} is not an IPv4 address") from None
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValidationError(field_name, f"port {port_s!r} is not in 1-65535")
+    return ip, int(port_s)
+
+
+@dataclass
+class Backend:
+    ip: str
+    port: int
+    weight: int = 1
+    state: str = "active"
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @classmethod
+    def from_json(cls, d: Any, field_name: str) -> Backend:
+        if isinstance(d, str):
+            d = {"address": d}
+        if not isinstance(d, dict):
+            raise ValidationError(field_name, "must be IP:PORT or {address, weight, state}")
+        unknown = set(d) - {"address", "weight", "state"}
+        if unknown:
+            raise ValidationError(field_name, f"unknown field(s) {', '.join(sorted(unknown))}")
+        ip, port = parse_ip_port(d.get("address"), f"{field_name}.address")
+        weight = d.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise ValidationError(f"{field_name}.weight", f"must be an integer 0-{MAX_WEIGHT}")
+        state = d.get("state", "active")
+        if state not in BACKEND_STATES:
+            raise ValidationError(
+                f"{field_name}.state", f"must be one of {', '.join(BACKEND_STATES)}"
+            )
+        return cls(ip=ip, port=port, weight=weight, state=state)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "weight": self.weight, "state": self.state}
+
+
+@dataclass
+class Service:
+    """A load-balanced frontend (VIP:port/protocol) with its backends."""
+
+    id: int
+    ip: str
+    port: int
+    protocol: str = "tcp"
+    type: str = "clusterip"
+    backends: list[Backend] = field(default_factory=list)
+    algorithm: str = "random"
+    affinity_timeout: int = 0
+    source: str = "api"  # "api" or "file"
+
+    @property
+    def frontend(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def active_backends(self) -> list[Backend]:
+        return [b for b in self.backends if b.state == "active" and b.weight > 0]
+
+    @classmethod
+    def from_json(cls, d: Any, default_id: int = 0) -> Service:
+        if not isinstance(d, dict):
+            raise ValidationError("service", "must be an object")
+        unknown = set(d) - {
+            "id",
+            "frontend",
+            "protocol",
+            "type",
+            "backends",
+            "algorithm",
+            "affinityTimeout",
+            "source",
+        }
+        if unknown:
+            raise ValidationError("service", f"unknown field(s) {', '.join(sorted(unknown))}")
+        sid = d.get("id", default_id)
+        if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid <= 65535:
+            raise ValidationError("id", "must be an integer 1-65535")
+        ip, port = parse_ip_port(d.get("frontend"), "frontend")
+        proto = str(d.get("protocol", "tcp")).lower()
+        if proto not in SERVICE_PROTOCOLS:
+            raise ValidationError("protocol", f"must be one of {', '.join(SERVICE_PROTOCOLS)}")
+        stype = str(d.get("type", "clusterip")).lower()
+        if stype not in SERVICE_TYPES:
+            raise ValidationError("type", f"must be one of {', '.join(SERVICE_TYPES)}")
+        algo = str(d.get("algorithm", "random")).lower()
+        if algo not in ALGORITHMS:
+            raise ValidationError("algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+        aff = d.get("affinityTimeout", 0)
+        if isinstance(aff, bool) or not isinstance(aff, int) or not 0 <= aff <= 86400:
+            raise ValidationError("affinityTimeout", "must be an integer 0-86400 (seconds)")
+        raw_backends = d.get("backends", [])
+        if not isinstance(raw_backends, list):
+            raise ValidationError("backends", "must be a list")
+        backends = [Backend.from_json(b, f"backends[{i}]") for i, b in enumerate(raw_backends)]
+        seen: set[str] = set()
+        for i, b in enumerate(backends):
+            if b.address in seen:
+                raise ValidationError(f"backends[{i}]", f"{b.address} is listed twice")
+            seen.add(b.address)
+        source = d.get("source", "api")
+        return cls(
+            id=sid,
+            ip=ip,
+            port=port,
+            protocol=proto,
+            type=stype,
+            backends=backends,
+            algorithm=algo,
+            affinity_timeout=aff,
+            source=source if source in ("api", "file") else "api",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "frontend": self.frontend,
+            "protocol": self.protocol,
+            "type": self.type,
+            "backends": [b.to_json() for b in self.backends],
+            "algorithm": self.algorithm,
+            "affinityTimeout": self.affinity_timeout,
+            "source": self.source,
+        }

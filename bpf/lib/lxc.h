@@ -8,15 +8,17 @@
 #include "endpoint.h"
 #include "metrics.h"
 
-/* Route a from-container IPv4 packet straight into a local endpoint:
- * decrement TTL, rewrite MACs as the gateway would, and hand the packet to
- * the peer of the destination's host veth without crossing the host stack. */
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct iphdr *ip,
-						struct endpoint_info *dst)
+/* Route an IPv4 packet straight into a local endpoint: decrement TTL,
+ * rewrite MACs as the gateway would, and hand the packet to the peer of the
+ * destination's host veth without crossing the host stack. */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst)
 {
-	struct ethhdr *eth;
+	struct ethhdr *eth = ctx_data(skb);
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	int ret;
 
+	if ((void *)(ip + 1) > ctx_data_end(skb))
+		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
 	if (ip->ttl <= 1)
 		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
 	if (ipv4_dec_ttl(skb, ip->ttl) < 0)

@@ -26,6 +26,10 @@
 #define DROP_IP_OPTIONS_BAD 136    // bad IPv4 version or header length
 #define DROP_CSUM_FAILED 137       // checksum rewrite failed
 #define DROP_REDIRECT_FAILED 138   // redirect to endpoint failed
+#define DROP_NO_SERVICE_BACKEND 139 // service has no active backend (ICMP unreachable sent)
+#define DROP_CT_CREATE_FAILED 140  // conntrack table full or entry not created
+#define DROP_NAT_FAILED 141        // address translation failed
+#define DROP_FRAG_NOT_SUPPORTED 142 // fragmented packet to a service
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

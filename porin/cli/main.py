@@ -242,6 +242,272 @@ def bpf_endpoint_list(ctx: Context, output: str) -> None:
     )
 
 
+# ---------------- services ----------------
+
+
+@cli.group()
+def service() -> None:
+    """Load-balanced services (frontend VIP:port -> backends)."""
+
+
+def _backends_text(svc: dict[str, Any]) -> str:
+    parts = []
+    for b in svc["backends"]:
+        extra = [] if b["state"] == "active" else [b["state"]]
+        if b["weight"] != 1:
+            extra.append(f"weight={b['weight']}")
+        parts.append(b["address"] + (f" ({', '.join(extra)})" if extra else ""))
+    return ", ".join(parts) or "(none)"
+
+
+@service.command("list")
+@output_option
+@click.pass_obj
+def service_list(ctx: Context, output: str) -> None:
+    """List services."""
+    svcs = ctx.api("GET", "/v1/services")
+    if output == "json":
+        return print_json(svcs)
+    print_table(
+        ("ID", "FRONTEND", "PROTO", "TYPE", "ALGORITHM", "AFFINITY", "BACKENDS"),
+        [
+            (
+                s["id"],
+                s["frontend"],
+                s["protocol"].upper(),
+                s["type"].upper(),
+                s["algorithm"],
+                f"{s['affinityTimeout']}s" if s["affinityTimeout"] else "-",
+                _backends_text(s),
+            )
+            for s in svcs
+        ],
+    )
+
+
+@service.command("get")
+@click.argument("service_id", type=int)
+@output_option
+@click.pass_obj
+def service_get(ctx: Context, service_id: int, output: str) -> None:
+    """Show one service."""
+    s = ctx.api("GET", f"/v1/services/{service_id}")
+    if output == "json":
+        return print_json(s)
+    for k in ("id", "frontend", "protocol", "type", "algorithm", "affinityTimeout", "source"):
+        click.echo(f"{k + ':':<17}{s[k]}")
+    click.echo("backends:")
+    for b in s["backends"]:
+        bid = s.get("backendIds", {}).get(b["address"], "?")
+        click.echo(f"  {b['address']:<22} id={bid:<6} weight={b['weight']:<4} {b['state']}")
+
+
+def _parse_backends(text: str) -> list[dict[str, Any]]:
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        addr, *opts = item.split("/")
+        b: dict[str, Any] = {"address": addr}
+        for opt in opts:
+            if opt.isdigit():
+                b["weight"] = int(opt)
+            else:
+                b["state"] = opt
+        out.append(b)
+    return out
+
+
+@service.command("update")
+@click.option("--id", "service_id", type=int, required=True, help="Service ID (1-65535).")
+@click.option("--frontend", required=True, help="VIP:PORT")
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option(
+    "--backends",
+    default="",
+    help="IP:PORT[/WEIGHT][/STATE],... (STATE: active, terminating, maintenance).",
+)
+@click.option(
+    "--algorithm", type=click.Choice(["random", "maglev"]), default="random", show_default=True
+)
+@click.option(
+    "--affinity-timeout", type=int, default=0, show_default=True, help="ClientIP affinity, s."
+)
+@output_option
+@click.pass_obj
+def service_update(
+    ctx: Context,
+    service_id: int,
+    frontend: str,
+    protocol: str,
+    backends: str,
+    algorithm: str,
+    affinity_timeout: int,
+    output: str,
+) -> None:
+    """Create or update a service."""
+    body = {
+        "id": service_id,
+        "frontend": frontend,
+        "protocol": protocol,
+        "backends": _parse_backends(backends),
+        "algorithm": algorithm,
+        "affinityTimeout": affinity_timeout,
+    }
+    s = ctx.api("PUT", f"/v1/services/{service_id}", body)
+    if output == "json":
+        return print_json(s)
+    click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']}: {_backends_text(s)}")
+
+
+@service.command("delete")
+@click.argument("service_id", type=int)
+@click.pass_obj
+def service_delete(ctx: Context, service_id: int) -> None:
+    """Delete a service."""
+    s = ctx.api("DELETE", f"/v1/services/{service_id}")["deleted"]
+    click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']} deleted")
+
+
+# ---------------- bpf lb / ct ----------------
+
+
+@bpf.group("lb")
+def bpf_lb() -> None:
+    """The load-balancer maps."""
+
+
+@bpf_lb.command("list")
+@output_option
+@click.pass_obj
+def bpf_lb_list(ctx: Context, output: str) -> None:
+    """Frontend slots and the backends they point to, as the datapath sees them."""
+    from porin.maps.lb_backends import BackendsMap
+    from porin.maps.lb_common import proto_name
+    from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, ServicesMap
+
+    with open_map(ctx, ServicesMap) as sm, open_map(ctx, BackendsMap) as bm:
+        slots = sm.slots()
+        backends = bm.backends()
+    rows = []
+    for s in slots:
+        front = f"{s.ip}:{s.port}/{proto_name(s.proto)}"
+        if s.slot == 0:
+            flags = [
+                n
+                for bit, n in ((SVC_F_MAGLEV, "maglev"), (SVC_F_AFFINITY, "affinity"))
+                if s.flags & bit
+            ]
+            tags = ", ".join([f"{s.count} slots", *flags])
+            what = f"0.0.0.0:0 ({s.rev_nat}) [{tags}]"
+            b_json = None
+        else:
+            b = backends.get(s.backend_id)
+            addr = f"{b.ip}:{b.host_port}" if b else f"<missing backend {s.backend_id}>"
+            state = f" {b.state_name}" if b and b.state_name != "active" else ""
+            what = f"{addr} ({s.rev_nat}) ({s.slot}){state}"
+            b_json = {"id": s.backend_id, "address": addr, "state": b.state_name if b else None}
+        rows.append((front, what, s, b_json))
+    if output == "json":
+        return print_json(
+            [
+                {
+                    "service": f,
+                    "slot": s.slot,
+                    "revNat": s.rev_nat,
+                    "count": s.count,
+                    "flags": s.flags,
+                    "backend": bj,
+                }
+                for f, _, s, bj in rows
+            ]
+        )
+    print_table(
+        ("SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"), [(f, w) for f, w, _, _ in rows]
+    )
+
+
+@bpf.group("ct")
+def bpf_ct() -> None:
+    """The conntrack table."""
+
+
+def _ct_line(c: Any) -> str:
+    kind = "SVC" if c.service else c.direction
+    extra = " Hairpin" if c.hairpin else ""
+    return (
+        f"{c.proto} {kind} {c.src}:{c.sport} -> {c.dst}:{c.dport} state={c.state} "
+        f"expires={c.expires_in} RxPackets={c.rx_packets} RxBytes={c.rx_bytes} "
+        f"TxPackets={c.tx_packets} TxBytes={c.tx_bytes} TxFlags={c.tx_flags} RxFlags={c.rx_flags} "
+        f"RevNAT={c.rev_nat} BackendID={c.backend_id} Age={c.age}s{extra}"
+    )
+
+
+@bpf_ct.command("list")
+@click.argument("table", type=click.Choice(["global"]))
+@click.option("--src", help="Initiator address (exact).")
+@click.option("--dst", help="Responder address (exact).")
+@click.option("--port", type=int, help="Either port.")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]))
+@click.option("--state", help="State name, e.g. ESTABLISHED.")
+@output_option
+@click.pass_obj
+def bpf_ct_list(
+    ctx: Context,
+    table: str,
+    src: str | None,
+    dst: str | None,
+    port: int | None,
+    proto: str | None,
+    state: str | None,
+    output: str,
+) -> None:
+    """Connections: SRC opened the connection to DST (OUT: by a local pod, IN: towards one,
+    SVC: the client -> service-frontend entry that pins the backend)."""
+    from porin.maps.conntrack import ConntrackMap
+
+    with open_map(ctx, ConntrackMap) as m:
+        conns = m.connections()
+    sel = [
+        c
+        for c in conns
+        if (src is None or c.src == src)
+        and (dst is None or c.dst == dst)
+        and (port is None or port in (c.sport, c.dport))
+        and (proto is None or c.proto == proto.upper())
+        and (state is None or c.state == state.upper())
+    ]
+    sel.sort(key=lambda c: (c.proto, c.src, c.sport, c.dst, c.dport, c.service))
+    if output == "json":
+        return print_json([c.to_json() for c in sel])
+    for c in sel:
+        click.echo(_ct_line(c))
+
+
+@bpf_ct.command("flush")
+@click.argument("table", type=click.Choice(["global"]))
+@click.pass_obj
+def bpf_ct_flush(ctx: Context, table: str) -> None:
+    """Delete every conntrack entry."""
+    from porin.maps.conntrack import ConntrackMap
+
+    try:
+        with ConntrackMap(ctx.bpffs_root) as m:
+            n = m.flush()
+    except MapNotFound as e:
+        fail(str(e))
+    click.echo(f"Flushed {n} entries from the global conntrack table")
+
+
+@metrics.command("agent")
+@output_option
+@click.pass_obj
+def metrics_agent(ctx: Context, output: str) -> None:
+    """Agent-side counters: conntrack GC."""
+    st = ctx.api("GET", "/v1/ct/gc")
+    if output == "json":
+        return print_json({"conntrackGC": st})
+    print_table(("METRIC", "VALUE"), [(f"ct_gc_{k}", v) for k, v in sorted(st.items())])
+
+
 def main() -> None:
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     cli(prog_name="porin")

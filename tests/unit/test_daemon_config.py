@@ -63,8 +63,11 @@ def test_default_derived_properties() -> None:
 
 
 def test_embedded_default_yaml_is_a_mapping_of_known_keys() -> None:
+    from porin.daemon.config import _KEYS
+
     data = defaults()
-    assert set(data) == {
+    assert set(data) <= set(_KEYS)
+    assert {
         "nodeName",
         "podCIDR",
         "gateway",
@@ -73,7 +76,10 @@ def test_embedded_default_yaml_is_a_mapping_of_known_keys() -> None:
         "bpffsRoot",
         "apiSocket",
         "logLevel",
-    }
+        "servicesFile",
+        "maglevTableSize",
+        "ctLifetimeTCP",
+    } <= set(data)
 
 
 def test_from_mapping_of_the_default_equals_load_config() -> None:

@@ -1,0 +1,251 @@
+/* Connection tracking for all pod traffic.
+ *
+ * One entry per connection, keyed by the tuple as the *initiator* sent it
+ * (saddr/sport = initiator, daddr/dport = responder); a reply is found by
+ * looking up its swapped tuple. "tx" counts the initiator's packets, "rx"
+ * the responder's. Service flows carry a second entry keyed on the
+ * client -> VIP tuple (CT_KEY_SERVICE) that remembers the chosen backend.
+ *
+ * Lifetimes (seconds, CLOCK_MONOTONIC) follow Cilium's defaults and are
+ * build flags: TCP SYN 60, established 21600, closing 10, non-TCP 60.
+ */
+#ifndef PORIN_CONNTRACK_H
+#define PORIN_CONNTRACK_H
+
+#include "common.h"
+#include "l4.h"
+#include "metrics.h"
+
+#ifndef CT_MAP_SIZE
+#define CT_MAP_SIZE 262144
+#endif
+#ifndef CT_LIFETIME_TCP_SYN
+#define CT_LIFETIME_TCP_SYN 60
+#endif
+#ifndef CT_LIFETIME_TCP
+#define CT_LIFETIME_TCP 21600
+#endif
+#ifndef CT_LIFETIME_TCP_CLOSE
+#define CT_LIFETIME_TCP_CLOSE 10
+#endif
+#ifndef CT_LIFETIME_NONTCP
+#define CT_LIFETIME_NONTCP 60
+#endif
+
+#define CT_KEY_SERVICE 1        /* client -> VIP entry of a service flow */
+
+/* entry->state */
+#define CT_STATE_NEW 0          /* non-TCP, or TCP first seen without SYN */
+#define CT_STATE_SYN_SENT 1
+#define CT_STATE_SYN_RECV 2
+#define CT_STATE_ESTABLISHED 3
+#define CT_STATE_FIN_WAIT 4     /* FIN seen in one direction */
+#define CT_STATE_CLOSING 5      /* FIN both ways */
+#define CT_STATE_CLOSED 6       /* RST */
+#define CT_STATE_REPLIED 7      /* non-TCP that has seen a reply */
+
+/* entry->dir: where the initiator is */
+#define CT_DIR_OUT 1            /* a local pod initiated (from_container) */
+#define CT_DIR_IN 2             /* initiated towards a local pod (to_container) */
+
+/* entry->flags */
+#define CT_F_HAIRPIN 1          /* pod reached itself through a service */
+#define CT_F_TX_FIN 2
+#define CT_F_RX_FIN 4
+
+/* ct_lookup results */
+#define CT_NEW 0
+#define CT_ESTABLISHED 1        /* packet in the initiator's direction */
+#define CT_REPLY 2              /* packet in the responder's direction */
+#define CT_RELATED 3            /* ICMP error about a tracked flow */
+
+struct ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 flags;
+	__u16 pad;
+};
+
+struct ct4_entry {
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u32 lifetime;         /* expiry, seconds of CLOCK_MONOTONIC */
+	__u32 created;          /* seconds of CLOCK_MONOTONIC */
+	__u32 backend_id;       /* service entries: the chosen backend */
+	__u16 rev_nat;          /* replies are translated back to this frontend */
+	__u8 tx_flags;          /* TCP flags seen from the initiator */
+	__u8 rx_flags;          /* TCP flags seen from the responder */
+	__u8 state;
+	__u8 dir;
+	__u8 flags;
+	__u8 pad;
+	__u32 pad2;
+};
+
+PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
+
+static __always_inline __u32 now_seconds(void)
+{
+	return bpf_ktime_get_ns() / 1000000000ULL;
+}
+
+static __always_inline void ct_key_from_flow(struct ct4_key *key, const struct ipv4_flow *f)
+{
+	key->saddr = f->saddr;
+	key->daddr = f->daddr;
+	key->sport = f->sport;
+	key->dport = f->dport;
+	key->proto = f->proto;
+	key->flags = 0;
+	key->pad = 0;
+}
+
+static __always_inline void ct_key_swap(struct ct4_key *key)
+{
+	__be32 a = key->saddr;
+	__be16 p = key->sport;
+
+	key->saddr = key->daddr;
+	key->daddr = a;
+	key->sport = key->dport;
+	key->dport = p;
+}
+
+static __always_inline __u32 ct_lifetime(const struct ct4_entry *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	switch (e->state) {
+	case CT_STATE_ESTABLISHED:
+	case CT_STATE_FIN_WAIT:
+		return CT_LIFETIME_TCP;
+	case CT_STATE_CLOSING:
+	case CT_STATE_CLOSED:
+		return CT_LIFETIME_TCP_CLOSE;
+	default:
+		return CT_LIFETIME_TCP_SYN;
+	}
+}
+
+/* Advance the TCP state machine with one packet's flags. */
+static __always_inline void ct_tcp_advance(struct ct4_entry *e, __u8 flags, int reply)
+{
+	if (flags & TCP_FLAG_RST) {
+		e->state = CT_STATE_CLOSED;
+		return;
+	}
+	if (flags & TCP_FLAG_FIN) {
+		e->flags |= reply ? CT_F_RX_FIN : CT_F_TX_FIN;
+		if ((e->flags & (CT_F_TX_FIN | CT_F_RX_FIN)) == (CT_F_TX_FIN | CT_F_RX_FIN))
+			e->state = CT_STATE_CLOSING;
+		else if (e->state != CT_STATE_CLOSING && e->state != CT_STATE_CLOSED)
+			e->state = CT_STATE_FIN_WAIT;
+		return;
+	}
+	switch (e->state) {
+	case CT_STATE_SYN_SENT:
+		if (reply && (flags & TCP_FLAG_SYN) && (flags & TCP_FLAG_ACK))
+			e->state = CT_STATE_SYN_RECV;
+		break;
+	case CT_STATE_SYN_RECV:
+		if (!reply && (flags & TCP_FLAG_ACK) && !(flags & TCP_FLAG_SYN))
+			e->state = CT_STATE_ESTABLISHED;
+		break;
+	case CT_STATE_NEW:
+		/* picked up mid-stream: established once both sides were seen */
+		if (e->rx_packets && e->tx_packets)
+			e->state = CT_STATE_ESTABLISHED;
+		break;
+	case CT_STATE_CLOSED:
+	case CT_STATE_CLOSING:
+		/* a new SYN reuses the tuple */
+		if ((flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK) && !reply) {
+			e->state = CT_STATE_SYN_SENT;
+			e->flags &= ~(CT_F_TX_FIN | CT_F_RX_FIN);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+static __always_inline void ct_account(struct ct4_entry *e, const struct ipv4_flow *f, __u32 len,
+				       int reply)
+{
+	if (reply) {
+		e->rx_packets += 1;
+		e->rx_bytes += len;
+		e->rx_flags |= f->tcp_flags;
+		if (f->proto != IPPROTO_TCP)
+			e->state = CT_STATE_REPLIED;
+	} else {
+		e->tx_packets += 1;
+		e->tx_bytes += len;
+		e->tx_flags |= f->tcp_flags;
+	}
+	if (f->proto == IPPROTO_TCP)
+		ct_tcp_advance(e, f->tcp_flags, reply);
+	e->lifetime = now_seconds() + ct_lifetime(e, f->proto);
+}
+
+/* Look a packet up: CT_ESTABLISHED / CT_REPLY with *entry set, or CT_NEW. */
+static __always_inline int ct_lookup(const struct ipv4_flow *f, struct ct4_entry **entry)
+{
+	struct ct4_key key;
+
+	ct_key_from_flow(&key, f);
+	*entry = ct4_global.lookup(&key);
+	if (*entry)
+		return CT_ESTABLISHED;
+	ct_key_swap(&key);
+	*entry = ct4_global.lookup(&key);
+	if (*entry)
+		return CT_REPLY;
+	return CT_NEW;
+}
+
+/* An ICMP error: is the packet it quotes part of a tracked flow? */
+static __always_inline int ct_lookup_related(const struct ipv4_flow *inner,
+					     struct ct4_entry **entry)
+{
+	int ret = ct_lookup(inner, entry);
+
+	return ret == CT_NEW ? CT_NEW : CT_RELATED;
+}
+
+static __always_inline __u8 ct_initial_state(const struct ipv4_flow *f)
+{
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_SYN) &&
+	    !(f->tcp_flags & TCP_FLAG_ACK))
+		return CT_STATE_SYN_SENT;
+	return CT_STATE_NEW;
+}
+
+/* Create the entry for a new flow; 0 or DROP_CT_CREATE_FAILED. */
+static __always_inline int ct_create(const struct ipv4_flow *f, __u32 len, __u8 dir, __u16 rev_nat,
+				     __u8 flags)
+{
+	struct ct4_entry e = {};
+	struct ct4_key key;
+
+	ct_key_from_flow(&key, f);
+	e.created = now_seconds();
+	e.dir = dir;
+	e.rev_nat = rev_nat;
+	e.flags = flags;
+	e.state = ct_initial_state(f);
+	e.tx_packets = 1;
+	e.tx_bytes = len;
+	e.tx_flags = f->tcp_flags;
+	e.lifetime = e.created + ct_lifetime(&e, f->proto);
+	if (ct4_global.update(&key, &e) < 0)
+		return DROP_CT_CREATE_FAILED;
+	return 0;
+}
+
+#endif /* PORIN_CONNTRACK_H */

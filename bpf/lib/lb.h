@@ -1,0 +1,271 @@
+/* Service load balancing: frontend lookup, backend selection, DNAT and
+ * reverse NAT. The agent programs the maps (maps/services.py):
+ *
+ *   lb4_services    {vip, dport, proto, slot} -> slot 0: the service (count,
+ *                   rev_nat, algorithm, affinity); slot 1..count: backend id
+ *   lb4_backends    backend id -> {ip, port, state}
+ *   lb4_reverse_nat rev_nat id -> {vip, port}   (replies are sourced from it)
+ *   lb4_maglev      rev_nat id -> Maglev lookup table of backend ids
+ *   lb4_affinity    {client ip, rev_nat id} -> {backend id, last used}
+ *
+ * A service is published by writing backends, then slots or the Maglev
+ * table, then slot 0 last, so a packet never sees a half-written service.
+ */
+#ifndef PORIN_LB_H
+#define PORIN_LB_H
+
+#include "common.h"
+#include "hash.h"
+#include "l4.h"
+#include "nat.h"
+#include "conntrack.h"
+
+#ifndef LB_SERVICES_MAP_SIZE
+#define LB_SERVICES_MAP_SIZE 131072
+#endif
+#ifndef LB_BACKENDS_MAP_SIZE
+#define LB_BACKENDS_MAP_SIZE 131072
+#endif
+#ifndef LB_MAGLEV_MAP_SIZE
+#define LB_MAGLEV_MAP_SIZE 1024
+#endif
+#ifndef LB_MAGLEV_TABLE_SIZE
+#define LB_MAGLEV_TABLE_SIZE 16381
+#endif
+#ifndef LB_AFFINITY_MAP_SIZE
+#define LB_AFFINITY_MAP_SIZE 65536
+#endif
+/* a pod reaching itself through a service is sourced from this address */
+#ifndef LB_HAIRPIN_IPV4
+#define LB_HAIRPIN_IPV4 0xa9fe2a01 /* 169.254.42.1 */
+#endif
+
+#define SVC_F_MAGLEV 1
+#define SVC_F_AFFINITY 2
+
+#define BACKEND_ACTIVE 0
+#define BACKEND_TERMINATING 1
+#define BACKEND_MAINTENANCE 2
+
+struct lb4_key {
+	__be32 address;
+	__be16 dport;
+	__u16 slot;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct lb4_service {
+	__u32 backend_id;       /* slots 1..count */
+	__u16 count;            /* slot 0: number of backend slots */
+	__u16 rev_nat;          /* slot 0 */
+	__u8 flags;             /* slot 0: SVC_F_* */
+	__u8 pad[3];
+	__u32 affinity_timeout; /* slot 0, seconds */
+};
+
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 state;
+};
+
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb4_maglev_table {
+	__u32 backend_ids[LB_MAGLEV_TABLE_SIZE];
+};
+
+struct lb4_affinity_key {
+	__be32 client;
+	__u16 rev_nat;
+	__u16 pad;
+};
+
+struct lb4_affinity_val {
+	__u32 backend_id;
+	__u32 last_used;
+};
+
+PORIN_MAP("hash", struct lb4_key, struct lb4_service, lb4_services, LB_SERVICES_MAP_SIZE);
+PORIN_MAP("hash", __u32, struct lb4_backend, lb4_backends, LB_BACKENDS_MAP_SIZE);
+PORIN_MAP("hash", __u16, struct lb4_reverse_nat, lb4_reverse_nat, LB_SERVICES_MAP_SIZE);
+BPF_TABLE_PINNED("hash", __u16, struct lb4_maglev_table, lb4_maglev, LB_MAGLEV_MAP_SIZE,
+		 PIN_ROOT "/lb4_maglev", BPF_F_NO_PREALLOC);
+PORIN_MAP("lru_hash", struct lb4_affinity_key, struct lb4_affinity_val, lb4_affinity,
+	  LB_AFFINITY_MAP_SIZE);
+
+static __always_inline struct lb4_service *lb4_lookup_service(const struct ipv4_flow *f)
+{
+	struct lb4_key key = {
+		.address = f->daddr,
+		.dport = f->dport,
+		.proto = f->proto,
+	};
+
+	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+		return NULL;
+	return lb4_services.lookup(&key);
+}
+
+static __always_inline struct lb4_backend *lb4_backend_usable(__u32 id, int for_new_flow)
+{
+	struct lb4_backend *b;
+
+	if (!id)
+		return NULL;
+	b = lb4_backends.lookup(&id);
+	if (b && for_new_flow && b->state != BACKEND_ACTIVE)
+		return NULL;
+	return b;
+}
+
+static __always_inline __u32 lb4_pick_random(const struct ipv4_flow *f,
+					     const struct lb4_service *svc)
+{
+	struct lb4_key key = {
+		.address = f->daddr,
+		.dport = f->dport,
+		.proto = f->proto,
+	};
+	struct lb4_service *slot;
+
+	key.slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = lb4_services.lookup(&key);
+	return slot ? slot->backend_id : 0;
+}
+
+static __always_inline __u32 lb4_pick_maglev(const struct ipv4_flow *f,
+					     const struct lb4_service *svc)
+{
+	__u16 id = svc->rev_nat;
+	struct lb4_maglev_table *t = lb4_maglev.lookup(&id);
+	__u32 h, idx;
+
+	if (!t)
+		return 0;
+	h = jhash_3words(f->saddr, f->daddr,
+			 ((__u32)f->sport << 16) | f->dport, f->proto);
+	idx = h % LB_MAGLEV_TABLE_SIZE;
+	/* keep the bound check: the verifier cannot see through the modulo */
+	asm volatile("" : "+r"(idx));
+	if (idx >= LB_MAGLEV_TABLE_SIZE)
+		return 0;
+	return t->backend_ids[idx];
+}
+
+/* Choose a backend for a new flow: affinity first, then the algorithm. */
+static __always_inline __u32 lb4_select_backend(const struct ipv4_flow *f,
+						const struct lb4_service *svc)
+{
+	struct lb4_affinity_key akey = { .client = f->saddr, .rev_nat = svc->rev_nat };
+	struct lb4_affinity_val *aff;
+	__u32 now = now_seconds();
+	__u32 id;
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		aff = lb4_affinity.lookup(&akey);
+		if (aff && now - aff->last_used <= svc->affinity_timeout &&
+		    lb4_backend_usable(aff->backend_id, 1)) {
+			aff->last_used = now;
+			return aff->backend_id;
+		}
+	}
+	id = (svc->flags & SVC_F_MAGLEV) ? lb4_pick_maglev(f, svc) : lb4_pick_random(f, svc);
+	if (id && (svc->flags & SVC_F_AFFINITY)) {
+		struct lb4_affinity_val val = { .backend_id = id, .last_used = now };
+
+		lb4_affinity.update(&akey, &val);
+	}
+	return id;
+}
+
+/* The backend of a service flow: the one conntrack remembers while it is
+ * still there (even terminating), else a fresh choice recorded in conntrack.
+ * Returns NULL when the service has no usable backend. */
+static __always_inline struct lb4_backend *lb4_flow_backend(const struct ipv4_flow *f,
+							    const struct lb4_service *svc,
+							    __u32 len, int *ct_err)
+{
+	struct ct4_key key;
+	struct ct4_entry *e;
+	struct lb4_backend *b;
+	__u32 id;
+
+	ct_key_from_flow(&key, f);
+	key.flags = CT_KEY_SERVICE;
+	e = ct4_global.lookup(&key);
+	if (e) {
+		b = lb4_backend_usable(e->backend_id, 0);
+		if (b) {
+			ct_account(e, f, len, 0);
+			return b;
+		}
+	}
+	if (svc->count == 0)
+		return NULL;
+	id = lb4_select_backend(f, svc);
+	b = lb4_backend_usable(id, 1);
+	if (!b)
+		return NULL;
+	if (e) {
+		/* its backend was removed: re-balance the flow */
+		e->backend_id = id;
+		ct_account(e, f, len, 0);
+	} else {
+		struct ct4_entry ne = {};
+
+		ne.created = now_seconds();
+		ne.backend_id = id;
+		ne.rev_nat = svc->rev_nat;
+		ne.dir = CT_DIR_OUT;
+		ne.state = ct_initial_state(f);
+		ct_account(&ne, f, len, 0);
+		if (ct4_global.update(&key, &ne) < 0)
+			*ct_err = DROP_CT_CREATE_FAILED;
+	}
+	return b;
+}
+
+/* A reply of a service flow: source back to the frontend (and, for a
+ * hairpin flow, destination back to the pod), and the client -> frontend
+ * entry refreshed so it lives as long as the connection. */
+static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *f,
+					   const struct ct4_entry *e, __u32 len)
+{
+	__u16 id = e->rev_nat;
+	struct lb4_reverse_nat *rn = lb4_reverse_nat.lookup(&id);
+	struct ct4_key key;
+	struct ct4_entry *svc;
+
+	if (!rn)
+		return 0; /* service deleted: leave the reply as it is */
+	if (e->flags & CT_F_HAIRPIN) {
+		if (nat_rewrite(skb, f, 0, f->saddr, 0) < 0)
+			return DROP_NAT_FAILED;
+		f->daddr = f->saddr;
+	}
+	if (nat_rewrite(skb, f, 1, rn->address, rn->port) < 0)
+		return DROP_NAT_FAILED;
+	f->saddr = rn->address;
+	f->sport = rn->port;
+
+	key.saddr = f->daddr;
+	key.daddr = f->saddr;
+	key.sport = f->dport;
+	key.dport = f->sport;
+	key.proto = f->proto;
+	key.flags = CT_KEY_SERVICE;
+	key.pad = 0;
+	svc = ct4_global.lookup(&key);
+	if (svc)
+		ct_account(svc, f, len, 1);
+	return 0;
+}
+
+#endif /* PORIN_LB_H */

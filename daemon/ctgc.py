@@ -1,0 +1,130 @@
+"""Conntrack garbage collection, off the request path.
+
+A background thread walks ct4_global with batch lookups, deletes entries
+whose lifetime has passed with batch deletes, and adapts its interval to
+what it finds, as Cilium does: when a pass deletes a large share of the
+table the next one comes sooner, when it deletes little the interval grows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
+
+log = logging.getLogger("porin.ctgc")
+
+
+@dataclass
+class GcStats:
+    runs: int = 0
+    deleted_total: int = 0
+    last_deleted: int = 0
+    last_alive: int = 0
+    last_duration_ms: float = 0.0
+    last_run_at: float = 0.0
+    interval_seconds: float = 0.0
+    max_entries: int = 0
+
+    def to_json(self) -> dict[str, float | int]:
+        d = asdict(self)
+        d["fill_ratio"] = round(self.last_alive / self.max_entries, 4) if self.max_entries else 0.0
+        return d
+
+
+def next_interval(current: float, deleted: int, total: int, lo: float, hi: float) -> float:
+    """Cilium's adaptation: many deletions -> sooner, few -> later."""
+    if total == 0:
+        return min(hi, current * 1.5)
+    ratio = deleted / total
+    if ratio >= 0.25:
+        return max(lo, current * (1.0 - ratio))
+    if ratio <= 0.05:
+        return min(hi, current * 1.5)
+    return current
+
+
+def expired_keys(keys: bytes, values: bytes, count: int, now: int) -> tuple[bytes, int]:
+    """The keys (packed) whose entry's lifetime is before `now`."""
+    ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
+    out = bytearray()
+    n = 0
+    unpack = struct.Struct("<I").unpack_from
+    for i in range(count):
+        if unpack(values, i * vs + LIFETIME_OFFSET)[0] < now:
+            out += keys[i * ks : (i + 1) * ks]
+            n += 1
+    return bytes(out), n
+
+
+class CtGarbageCollector:
+    def __init__(
+        self,
+        ct: ConntrackMap,
+        interval: float = 30.0,
+        min_interval: float = 5.0,
+        max_interval: float = 300.0,
+    ) -> None:
+        self.ct = ct
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.stats = GcStats(interval_seconds=interval, max_entries=ct.max_entries)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ct-gc", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("conntrack GC pass failed")
+            self._wake.wait(self.stats.interval_seconds)
+            self._wake.clear()
+
+    def run_once(self) -> int:
+        """One pass: delete expired entries; returns how many were deleted."""
+        with self._lock:
+            started = time.monotonic()
+            keys, values, n = self.ct.dump_raw()
+            dead, ndead = expired_keys(keys, values, n, monotonic_seconds())
+            deleted = self.ct.delete_raw(dead, ndead) if ndead else 0
+            s = self.stats
+            s.runs += 1
+            s.last_deleted = deleted
+            s.deleted_total += deleted
+            s.last_alive = n - deleted
+            s.last_duration_ms = round((time.monotonic() - started) * 1000, 1)
+            s.last_run_at = time.time()
+            s.interval_seconds = round(
+                next_interval(s.interval_seconds, deleted, n, self.min_interval, self.max_interval),
+                1,
+            )
+            if deleted:
+                log.info(
+                    "conntrack GC: %d of %d entries expired (%.1f ms), next pass in %.0fs",
+                    deleted,
+                    n,
+                    s.last_duration_ms,
+                    s.interval_seconds,
+                )
+            return deleted

@@ -1,0 +1,178 @@
+"""The `ct4_global` map: connection tracking for all pod traffic.
+
+Mirrors `struct ct4_key` / `struct ct4_entry` in bpf/lib/conntrack.h. Unlike
+Cilium's, the key is the tuple *as the initiator sent it*: `src` is always
+the side that opened the connection and `dst` the side it connected to, so
+a listing reads the way the connection was made.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from porin.maps import syscall
+from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
+from porin.maps.pinned import PinnedMap
+
+CT_KEY_SERVICE = 1
+
+STATES = {
+    0: "NEW",
+    1: "SYN_SENT",
+    2: "SYN_RECV",
+    3: "ESTABLISHED",
+    4: "FIN_WAIT",
+    5: "CLOSING",
+    6: "CLOSED",
+    7: "REPLIED",
+}
+DIRS = {1: "OUT", 2: "IN"}
+CT_F_HAIRPIN = 1
+CT_F_TX_FIN = 2
+CT_F_RX_FIN = 4
+
+TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"))
+
+
+class CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [
+        ("tx_packets", ctypes.c_uint64),
+        ("tx_bytes", ctypes.c_uint64),
+        ("rx_packets", ctypes.c_uint64),
+        ("rx_bytes", ctypes.c_uint64),
+        ("lifetime", ctypes.c_uint32),
+        ("created", ctypes.c_uint32),
+        ("backend_id", ctypes.c_uint32),
+        ("rev_nat", ctypes.c_uint16),
+        ("tx_flags", ctypes.c_uint8),
+        ("rx_flags", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+LIFETIME_OFFSET = CtEntry.lifetime.offset
+
+
+def monotonic_seconds() -> int:
+    """The datapath's clock: bpf_ktime_get_ns() is CLOCK_MONOTONIC."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC))
+
+
+def flag_names(flags: int) -> str:
+    return "|".join(n for bit, n in TCP_FLAG_NAMES if flags & bit) or "-"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One conntrack entry, decoded. `src` opened the connection to `dst`."""
+
+    proto: str
+    direction: str  # OUT: a local pod opened it; IN: opened towards a local pod
+    service: bool  # the client -> frontend entry of a service flow
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    state: str
+    expires_in: int
+    tx_packets: int
+    tx_bytes: int
+    rx_packets: int
+    rx_bytes: int
+    tx_flags: str
+    rx_flags: str
+    rev_nat: int
+    backend_id: int
+    hairpin: bool
+    age: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
+    icmp = key.proto == 1
+    return Connection(
+        proto=proto_name(key.proto),
+        direction=DIRS.get(e.dir, "?"),
+        service=bool(key.flags & CT_KEY_SERVICE),
+        src=be_to_ip(key.saddr),
+        sport=be_to_port(key.sport) if not icmp else be_to_port(key.sport),
+        dst=be_to_ip(key.daddr),
+        dport=be_to_port(key.dport),
+        state=STATES.get(e.state, str(e.state)),
+        expires_in=e.lifetime - now,
+        tx_packets=e.tx_packets,
+        tx_bytes=e.tx_bytes,
+        rx_packets=e.rx_packets,
+        rx_bytes=e.rx_bytes,
+        tx_flags=flag_names(e.tx_flags),
+        rx_flags=flag_names(e.rx_flags),
+        rev_nat=e.rev_nat,
+        backend_id=e.backend_id,
+        hairpin=bool(e.flags & CT_F_HAIRPIN),
+        age=now - e.created,
+    )
+
+
+class ConntrackMap(PinnedMap[CtKey, CtEntry]):
+    NAME = "ct4_global"
+    KEY = CtKey
+    VALUE = CtEntry
+    BATCH = 8192
+
+    def raw_entries(self) -> list[tuple[CtKey, CtEntry]]:
+        keys, vals, n = self.dump_raw()
+        ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
+        return [
+            (
+                CtKey.from_buffer_copy(keys, i * ks),
+                CtEntry.from_buffer_copy(vals, i * vs),
+            )
+            for i in range(n)
+        ]
+
+    def connections(self) -> list[Connection]:
+        now = monotonic_seconds()
+        return [decode(k, v, now) for k, v in self.raw_entries()]
+
+    def delete_raw(self, keys: bytes, count: int) -> int:
+        """Delete `count` keys packed back to back in `keys` (BPF_MAP_DELETE_BATCH).
+
+        A key that is already gone (evicted, or deleted by the datapath's
+        owner meanwhile) stops a batch; it is skipped and the batch resumed.
+        """
+        ks = ctypes.sizeof(CtKey)
+        deleted, i = 0, 0
+        while i < count:
+            n = min(self.BATCH, count - i)
+            buf = ctypes.create_string_buffer(keys[i * ks : (i + n) * ks], n * ks)
+            done = syscall.delete_batch(self.fd, buf, n)
+            deleted += done
+            i += done
+            if done < n:
+                i += 1  # the missing key
+        return deleted
+
+    def flush(self) -> int:
+        keys, _vals, n = self.dump_raw()
+        return self.delete_raw(keys, n)

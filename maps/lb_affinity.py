@@ -1,0 +1,29 @@
+"""The `lb4_affinity` map: {client IP, reverse-NAT id} -> {backend id, last used}."""
+
+from __future__ import annotations
+
+import ctypes
+
+from porin.maps.lb_common import be_to_ip
+from porin.maps.pinned import PinnedMap
+
+
+class AffinityKey(ctypes.Structure):
+    _fields_ = [("client", ctypes.c_uint32), ("rev_nat", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+    @property
+    def client_ip(self) -> str:
+        return be_to_ip(self.client)
+
+
+class AffinityValue(ctypes.Structure):
+    _fields_ = [("backend_id", ctypes.c_uint32), ("last_used", ctypes.c_uint32)]
+
+
+class AffinityMap(PinnedMap[AffinityKey, AffinityValue]):
+    NAME = "lb4_affinity"
+    KEY = AffinityKey
+    VALUE = AffinityValue
+
+    def forget_service(self, rev_nat: int) -> int:
+        return self.delete_many([k for k in self.keys() if k.rev_nat == rev_nat])
