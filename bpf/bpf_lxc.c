@@ -91,6 +91,11 @@ static __always_inline int lb_and_ct_egress(struct __sk_buff *skb, struct ipv4_f
 	case CT_NEW:
 		return ct_create(f, len, CT_DIR_OUT, rev_nat, ct_flags);
 	case CT_ESTABLISHED:
+		/* The initiator's packets decide which frontend replies are
+		 * translated to: a reused source port may reach the same backend
+		 * through another service, or directly. */
+		e->rev_nat = rev_nat;
+		e->flags = (e->flags & ~CT_F_HAIRPIN) | ct_flags;
 		ct_account(e, f, len, 0);
 		return 0;
 	case CT_REPLY:

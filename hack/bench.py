@@ -56,6 +56,7 @@ BASE_IPS = ("10.245.0.2", "10.245.0.3")
 ADD_TARGET_MS = 100.0
 DEL_TARGET_MS = 50.0
 RATIO_TARGET = 0.95
+NOISY_PCT = 10.0  # busy % of the CPUs the traffic tests leave idle that hints at other load
 
 RR_SERVER = r"""
 import socket, sys
@@ -145,6 +146,27 @@ def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies since boot, for "cpu" (all) and each "cpuN"."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if not name.startswith("cpu"):
+                break  # the cpu lines come first
+            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            out[name] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
+    """Average busy % of `cpus` since the `before` snapshot."""
+    after = cpu_ticks()
+    busy = sum(after[c][0] - before[c][0] for c in cpus)
+    total = sum(after[c][1] - before[c][1] for c in cpus)
+    return 100.0 * busy / max(1, total)
 
 
 class Lab:
@@ -548,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         lab.on_close(node.close)
         node.start_agent()
         log(f"CNI ADD/DEL latency over {pods} pods")
+        ticks = cpu_ticks()
         cni = measure_cni(lab, node, pods)
+        cni_busy = busy_pct(ticks, ["cpu"])
         problems += cni.problems
 
         log("pod pairs: porin (2 pods via CNI) and baseline (router netns, plain veth)")
@@ -557,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
             start_servers(lab, pair)
         fwd_before = forwarded_packets(node)
         log(f"traffic: {rounds} rounds x (TCP_RR {seconds:g}s, TCP_STREAM {stream_s}s) per variant")
+        ticks = cpu_ticks()
         rr, stream = measure_traffic(porin, base, rounds, seconds, stream_s, log)
+        others = [c for c in ticks if c.startswith("cpu") and c not in ("cpu", f"cpu{CPU}")]
+        idle_cpus_busy = busy_pct(ticks, others) if others else 0.0
         fwd = forwarded_packets(node) - fwd_before
         if fwd == 0:
             problems.append("Porin's BPF forwarded no packets: traffic bypassed the datapath")
@@ -588,6 +615,13 @@ def main(argv: list[str] | None = None) -> int:
         f"  Porin BPF forwarded {fwd:,} packets during the traffic tests. "
         f"loadavg start {load_start}, end {loadavg()}; run took {time.monotonic() - started:.0f}s"
     )
+    print(
+        f"  Noise check: CPUs other than {CPU} were {idle_cpus_busy:.0f}% busy during the traffic "
+        "tests (the benchmark leaves them idle: more\n  means concurrent load); the machine was "
+        f"{cni_busy:.0f}% busy during the CNI test (the benchmark alone keeps ~1 CPU busy)."
+    )
+    if idle_cpus_busy > NOISY_PCT:
+        print("  WARNING: other processes competed for the machine: the numbers may be noisy")
     for p in problems:
         print(f"  PROBLEM: {p}")
     return 1 if problems or any(r[4] == "FAIL" for r in rows) else 0

@@ -33,6 +33,7 @@ DIRS = {1: "OUT", 2: "IN"}
 CT_F_HAIRPIN = 1
 CT_F_TX_FIN = 2
 CT_F_RX_FIN = 4
+CT_F_RELATED = 8
 
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"))
 
@@ -103,6 +104,7 @@ class Connection:
     rev_nat: int
     backend_id: int
     hairpin: bool
+    related: bool
     age: int
 
     def to_json(self) -> dict[str, Any]:
@@ -110,13 +112,12 @@ class Connection:
 
 
 def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
-    icmp = key.proto == 1
     return Connection(
         proto=proto_name(key.proto),
         direction=DIRS.get(e.dir, "?"),
         service=bool(key.flags & CT_KEY_SERVICE),
         src=be_to_ip(key.saddr),
-        sport=be_to_port(key.sport) if not icmp else be_to_port(key.sport),
+        sport=be_to_port(key.sport),
         dst=be_to_ip(key.daddr),
         dport=be_to_port(key.dport),
         state=STATES.get(e.state, str(e.state)),
@@ -130,6 +131,7 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
         rev_nat=e.rev_nat,
         backend_id=e.backend_id,
         hairpin=bool(e.flags & CT_F_HAIRPIN),
+        related=bool(e.flags & CT_F_RELATED),
         age=now - e.created,
     )
 

@@ -52,6 +52,7 @@
 #define CT_F_HAIRPIN 1          /* pod reached itself through a service */
 #define CT_F_TX_FIN 2
 #define CT_F_RX_FIN 4
+#define CT_F_RELATED 8          /* an ICMP error about this flow was seen */
 
 /* ct_lookup results */
 #define CT_NEW 0
@@ -215,7 +216,10 @@ static __always_inline int ct_lookup_related(const struct ipv4_flow *inner,
 {
 	int ret = ct_lookup(inner, entry);
 
-	return ret == CT_NEW ? CT_NEW : CT_RELATED;
+	if (ret == CT_NEW)
+		return CT_NEW;
+	(*entry)->flags |= CT_F_RELATED;
+	return CT_RELATED;
 }
 
 static __always_inline __u8 ct_initial_state(const struct ipv4_flow *f)

@@ -432,7 +432,7 @@ def bpf_ct() -> None:
 
 def _ct_line(c: Any) -> str:
     kind = "SVC" if c.service else c.direction
-    extra = " Hairpin" if c.hairpin else ""
+    extra = (" Hairpin" if c.hairpin else "") + (" Related" if c.related else "")
     return (
         f"{c.proto} {kind} {c.src}:{c.sport} -> {c.dst}:{c.dport} state={c.state} "
         f"expires={c.expires_in} RxPackets={c.rx_packets} RxBytes={c.rx_bytes} "

@@ -15,7 +15,9 @@ import pytest
 
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import compile_programs
+from porin.daemon.services import LbMaps, ServiceManager
 from porin.maps import syscall
+from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.maps.metrics import MetricsMap, reason_by_name
 
@@ -31,6 +33,8 @@ class Lxc:
     progs: dict
     endpoints: EndpointsMap
     metrics: MetricsMap
+    ct: ConntrackMap
+    lb: LbMaps
 
     def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
         ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
@@ -45,22 +49,38 @@ def lxc_datapath():
     root = f"/sys/fs/bpf/pltest-{uuid.uuid4().hex[:8]}"
     cfg = AgentConfig(bpffs_root=root)
     module, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
-    eps = EndpointsMap(root)
-    met = MetricsMap(root)
+    dp = Lxc(
+        progs=progs,
+        endpoints=EndpointsMap(root),
+        metrics=MetricsMap(root),
+        ct=ConntrackMap(root),
+        lb=LbMaps.open(root),
+    )
     try:
-        yield Lxc(progs=progs, endpoints=eps, metrics=met), module
+        yield dp, module
     finally:
-        eps.close()
-        met.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _clear(dp: Lxc) -> None:
+    dp.endpoints.clear()
+    dp.ct.flush()
+    for m in (dp.lb.services, dp.lb.backends, dp.lb.reverse_nat, dp.lb.affinity):
+        m.clear()
 
 
 @pytest.fixture
 def lxc(lxc_datapath):
     dp, _module = lxc_datapath
-    dp.endpoints.clear()
+    _clear(dp)
     yield dp
-    dp.endpoints.clear()
+    _clear(dp)
+
+
+@pytest.fixture
+def services(lxc, tmp_path):
+    """The agent's real service programming, on the test's maps."""
+    return ServiceManager(lxc.lb, str(tmp_path))
 
 
 POD_A = EndpointEntry(

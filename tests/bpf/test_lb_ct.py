@@ -1,0 +1,370 @@
+"""Service load balancing and conntrack in bpf_lxc.c on crafted packets.
+
+Checksums are verified independently: scapy recomputes them from scratch
+and must agree with what the datapath wrote incrementally.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from conftest import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from porin.maps.conntrack import monotonic_seconds
+from porin.maps.endpoints import EndpointEntry
+from porin.models import Backend, Service
+
+VIP = "10.96.0.10"
+HAIRPIN = "169.254.42.1"
+POD_C = EndpointEntry(
+    ip="10.244.0.12",
+    ifindex=78,
+    endpoint_id=12,
+    mac="02:00:00:00:00:0c",
+    node_mac="02:aa:00:00:00:0c",
+)
+
+
+def on_ifindex(ep: EndpointEntry, ifindex: int) -> EndpointEntry:
+    return EndpointEntry(ep.ip, ifindex, ep.endpoint_id, ep.mac, ep.node_mac)
+
+
+def sending(lxc, ep: EndpointEntry) -> None:
+    """Make `ep` the endpoint on the test interface (BPF_PROG_TEST_RUN uses ifindex 1)."""
+    for other, idx in ((POD_A, 76), (POD_B, 77), (POD_C, 78)):
+        lxc.endpoints.upsert(on_ifindex(other, 1 if other.ip == ep.ip else idx))
+
+
+def frame(ep: EndpointEntry, pkt) -> bytes:
+    return bytes(Ether(src=ep.mac, dst=ep.node_mac) / pkt)
+
+
+def checksums_valid(pkt) -> bool:
+    """True when scapy, recomputing from scratch, gets the same checksums."""
+    ip = pkt[IP]
+    fresh = IP(bytes(ip))
+    del fresh.chksum
+    l4 = next((cls for cls in (TCP, UDP, ICMP) if cls in fresh), None)
+    keep_zero_udp = l4 is UDP and ip[UDP].chksum == 0
+    if l4 is not None and not keep_zero_udp:
+        del fresh[l4].chksum
+    rebuilt = IP(bytes(fresh))
+    if rebuilt.chksum != ip.chksum:
+        return False
+    return l4 is None or keep_zero_udp or rebuilt[l4].chksum == ip[l4].chksum
+
+
+def svc(services, backends, **kw) -> Service:
+    s = Service(
+        id=kw.pop("id", 1),
+        ip=kw.pop("ip", VIP),
+        port=kw.pop("port", 80),
+        protocol=kw.pop("protocol", "tcp"),
+        backends=[Backend(ip=ip, port=port) for ip, port in backends],
+        **kw,
+    )
+    return services.upsert(s)
+
+
+def ct_entry(lxc, src, sport, dst, dport, service=False):
+    for c in lxc.ct.connections():
+        if (c.src, c.sport, c.dst, c.dport, c.service) == (src, sport, dst, dport, service):
+            return c
+    return None
+
+
+@pytest.fixture
+def pods(lxc):
+    sending(lxc, POD_A)
+    return lxc
+
+
+def test_dnat_rewrites_address_port_and_checksums(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP, ttl=64) / TCP(sport=40000, dport=80, flags="S", seq=1000)
+    ret, out = pods.run("from_container", frame(POD_A, syn))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].src, got[IP].dst) == (POD_A.ip, POD_B.ip)
+    assert (got[TCP].sport, got[TCP].dport) == (40000, 8080)
+    assert got.dst == POD_B.mac
+    assert checksums_valid(got)
+    assert got[TCP].seq == 1000
+
+
+def test_udp_dnat_with_and_without_checksum(pods, services):
+    svc(services, [(POD_B.ip, 5353)], port=53, protocol="udp")
+    dgram = IP(src=POD_A.ip, dst=VIP) / UDP(sport=33333, dport=53) / Raw(b"query")
+    ret, out = pods.run("from_container", frame(POD_A, dgram))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].dst, got[UDP].dport) == (POD_B.ip, 5353)
+    assert got[UDP].chksum != 0 and checksums_valid(got)
+    # a UDP checksum of zero means "none" and must stay zero
+    raw = bytearray(
+        frame(POD_A, IP(src=POD_A.ip, dst=VIP) / UDP(sport=33334, dport=53) / Raw(b"q"))
+    )
+    raw[14 + 20 + 6 : 14 + 20 + 8] = b"\0\0"
+    ret, out = pods.run("from_container", bytes(raw))
+    got = Ether(out)
+    assert got[UDP].chksum == 0 and got[IP].dst == POD_B.ip and checksums_valid(got)
+
+
+def test_reply_is_reverse_translated(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40001, dport=80, flags="S", seq=1)
+    assert pods.run("from_container", frame(POD_A, syn))[0] == TC_ACT_REDIRECT
+    sending(pods, POD_B)
+    synack = IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=40001, flags="SA", seq=9, ack=2)
+    ret, out = pods.run("from_container", frame(POD_B, synack))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].src, got[TCP].sport) == (VIP, 80)
+    assert (got[IP].dst, got[TCP].dport) == (POD_A.ip, 40001)
+    assert got.dst == POD_A.mac
+    assert checksums_valid(got)
+
+
+def test_reply_through_host_stack_is_reverse_translated_in_to_container(pods, services):
+    """Backend outside the node: the reply reaches the pod via the stack (to_container)."""
+    svc(services, [("192.0.2.80", 80)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40002, dport=80, flags="S")
+    ret, out = pods.run("from_container", frame(POD_A, syn))
+    assert ret == TC_ACT_OK and Ether(out)[IP].dst == "192.0.2.80"
+    synack = IP(src="192.0.2.80", dst=POD_A.ip) / TCP(sport=80, dport=40002, flags="SA")
+    ret, out = pods.run("to_container", bytes(Ether(src=POD_A.node_mac, dst=POD_A.mac) / synack))
+    assert ret == TC_ACT_OK
+    got = Ether(out)
+    assert (got[IP].src, got[TCP].sport) == (VIP, 80)
+    assert checksums_valid(got)
+
+
+def test_established_flow_keeps_backend_when_backends_change(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    first = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40010, dport=80, flags="S")
+    assert Ether(pods.run("from_container", frame(POD_A, first))[1])[IP].dst == POD_B.ip
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)])  # backend added
+    seen = collections.Counter()
+    for _ in range(30):
+        ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40010, dport=80, flags="A")
+        seen[Ether(pods.run("from_container", frame(POD_A, ack))[1])[IP].dst] += 1
+    assert seen == {POD_B.ip: 30}
+    # new flows spread over both
+    for sport in range(41000, 41040):
+        syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+        seen[Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst] += 1
+    assert seen[POD_C.ip] > 0
+
+
+def test_terminating_backend_keeps_flows_but_gets_no_new_ones(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40020, dport=80, flags="S")
+    pods.run("from_container", frame(POD_A, syn))
+    s = Service(
+        id=1,
+        ip=VIP,
+        port=80,
+        backends=[Backend(POD_B.ip, 8080, state="terminating"), Backend(POD_C.ip, 8080)],
+    )
+    services.upsert(s)
+    ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40020, dport=80, flags="A")
+    assert Ether(pods.run("from_container", frame(POD_A, ack))[1])[IP].dst == POD_B.ip
+    for sport in range(42000, 42020):
+        syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+        assert Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst == POD_C.ip
+
+
+def test_removed_backend_flow_is_rebalanced(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40030, dport=80, flags="S")
+    pods.run("from_container", frame(POD_A, syn))
+    svc(services, [(POD_C.ip, 8080)])  # B removed
+    ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40030, dport=80, flags="A")
+    assert Ether(pods.run("from_container", frame(POD_A, ack))[1])[IP].dst == POD_C.ip
+    assert (
+        ct_entry(pods, POD_A.ip, 40030, VIP, 80, service=True).backend_id
+        == services.backend_ids(1)[f"{POD_C.ip}:8080"]
+    )
+
+
+def test_no_backend_answers_icmp_port_unreachable(pods, services):
+    svc(services, [])
+    before = pods.count("NO_SERVICE_BACKEND")
+    syn = IP(src=POD_A.ip, dst=VIP, id=4242) / TCP(sport=40040, dport=80, flags="S", seq=77)
+    ret, out = pods.run("from_container", frame(POD_A, syn))
+    assert ret == TC_ACT_REDIRECT  # back out of the pod's own veth
+    got = Ether(out)
+    assert got.dst == POD_A.mac and got.src == POD_A.node_mac
+    assert (got[IP].src, got[IP].dst) == (VIP, POD_A.ip)
+    assert (got[ICMP].type, got[ICMP].code) == (3, 3)
+    quoted = got[IPerror]
+    assert (quoted.src, quoted.dst, quoted.id) == (POD_A.ip, VIP, 4242)
+    assert bytes(got[IPerror])[20:24] == (40040).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    assert checksums_valid(got)
+    assert pods.count("NO_SERVICE_BACKEND") == before + 1
+
+
+def test_hairpin_is_sourced_from_the_hairpin_address(pods, services):
+    svc(services, [(POD_A.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40050, dport=80, flags="S")
+    ret, out = pods.run("from_container", frame(POD_A, syn))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].src, got[IP].dst, got[TCP].dport) == (HAIRPIN, POD_A.ip, 8080)
+    assert checksums_valid(got)
+    synack = IP(src=POD_A.ip, dst=HAIRPIN) / TCP(sport=8080, dport=40050, flags="SA")
+    ret, out = pods.run("from_container", frame(POD_A, synack))
+    got = Ether(out)
+    assert (got[IP].src, got[TCP].sport, got[IP].dst) == (VIP, 80, POD_A.ip)
+    assert checksums_valid(got)
+
+
+def test_session_affinity_keeps_client_on_one_backend(pods, services):
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)], affinity_timeout=300)
+    seen = set()
+    for sport in range(43000, 43040):
+        syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+        seen.add(Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst)
+    assert len(seen) == 1
+
+
+def test_maglev_picks_by_tuple_hash(pods, services):
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)], algorithm="maglev")
+    picks = {}
+    for sport in range(44000, 44060):
+        syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+        picks[sport] = Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst
+    assert set(picks.values()) == {POD_B.ip, POD_C.ip}
+    pods.ct.flush()  # without conntrack, the same tuples land on the same backends
+    for sport, dst in picks.items():
+        syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+        assert Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst == dst
+
+
+def test_tcp_state_machine_and_lifetimes(pods):
+    def step(sender, pkt):
+        sending(pods, sender)
+        pods.run("from_container", frame(sender, pkt))
+        return ct_entry(pods, POD_A.ip, 45000, POD_B.ip, 80)
+
+    a2b = IP(src=POD_A.ip, dst=POD_B.ip)
+    b2a = IP(src=POD_B.ip, dst=POD_A.ip)
+    now = monotonic_seconds()
+    e = step(POD_A, a2b / TCP(sport=45000, dport=80, flags="S"))
+    assert e.state == "SYN_SENT" and 58 <= e.expires_in <= 61 and e.direction == "OUT"
+    e = step(POD_B, b2a / TCP(sport=80, dport=45000, flags="SA"))
+    assert e.state == "SYN_RECV" and e.rx_packets == 1
+    e = step(POD_A, a2b / TCP(sport=45000, dport=80, flags="A"))
+    assert e.state == "ESTABLISHED" and 21598 <= e.expires_in <= 21601
+    e = step(POD_A, a2b / TCP(sport=45000, dport=80, flags="FA"))
+    assert e.state == "FIN_WAIT" and e.expires_in > 60
+    e = step(POD_B, b2a / TCP(sport=80, dport=45000, flags="FA"))
+    assert e.state == "CLOSING" and 8 <= e.expires_in <= 11
+    assert (e.tx_packets, e.rx_packets) == (3, 2)
+    assert "SYN" in e.tx_flags and "FIN" in e.rx_flags
+    assert monotonic_seconds() - now < 5
+
+
+def test_rst_closes(pods):
+    sending(pods, POD_A)
+    pods.run(
+        "from_container", frame(POD_A, IP(src=POD_A.ip, dst=POD_B.ip) / TCP(sport=45100, flags="S"))
+    )
+    sending(pods, POD_B)
+    pods.run(
+        "from_container",
+        frame(POD_B, IP(src=POD_B.ip, dst=POD_A.ip) / TCP(dport=45100, sport=80, flags="R")),
+    )
+    e = ct_entry(pods, POD_A.ip, 45100, POD_B.ip, 80)
+    assert e.state == "CLOSED" and e.expires_in <= 10
+
+
+def test_udp_and_icmp_echo_tracked(pods):
+    pods.run(
+        "from_container",
+        frame(POD_A, IP(src=POD_A.ip, dst="192.0.2.9") / UDP(sport=5000, dport=53)),
+    )
+    e = ct_entry(pods, POD_A.ip, 5000, "192.0.2.9", 53)
+    assert e.proto == "UDP" and e.state == "NEW" and 58 <= e.expires_in <= 61
+    reply = (
+        Ether(src=POD_A.node_mac, dst=POD_A.mac)
+        / IP(src="192.0.2.9", dst=POD_A.ip)
+        / UDP(sport=53, dport=5000)
+    )
+    pods.run("to_container", bytes(reply))
+    e = ct_entry(pods, POD_A.ip, 5000, "192.0.2.9", 53)
+    assert e.state == "REPLIED" and e.rx_packets == 1
+    pods.run(
+        "from_container", frame(POD_A, IP(src=POD_A.ip, dst="192.0.2.9") / ICMP(id=777, seq=1))
+    )
+    echo_reply = (
+        Ether(src=POD_A.node_mac, dst=POD_A.mac)
+        / IP(src="192.0.2.9", dst=POD_A.ip)
+        / ICMP(type=0, id=777, seq=1)
+    )
+    pods.run("to_container", bytes(echo_reply))
+    e = ct_entry(pods, POD_A.ip, 777, "192.0.2.9", 0)
+    assert e.proto == "ICMP" and (e.tx_packets, e.rx_packets) == (1, 1)
+
+
+def test_connection_towards_pod_is_tracked_as_in(pods):
+    syn = (
+        Ether(src=POD_A.node_mac, dst=POD_A.mac)
+        / IP(src="10.244.0.1", dst=POD_A.ip)
+        / TCP(sport=50000, dport=22, flags="S")
+    )
+    assert pods.run("to_container", bytes(syn))[0] == TC_ACT_OK
+    e = ct_entry(pods, "10.244.0.1", 50000, POD_A.ip, 22)
+    assert e.direction == "IN" and e.state == "SYN_SENT"
+
+
+def test_icmp_error_is_matched_to_its_flow_as_related(pods):
+    pods.run(
+        "from_container",
+        frame(POD_A, IP(src=POD_A.ip, dst="192.0.2.9") / UDP(sport=5001, dport=53)),
+    )
+    err = (
+        Ether(src=POD_A.node_mac, dst=POD_A.mac)
+        / IP(src="192.0.2.9", dst=POD_A.ip)
+        / ICMP(type=3, code=3)
+        / IPerror(src=POD_A.ip, dst="192.0.2.9", proto=17)
+        / UDPerror(sport=5001, dport=53)
+    )
+    assert pods.run("to_container", bytes(err))[0] == TC_ACT_OK
+    assert ct_entry(pods, POD_A.ip, 5001, "192.0.2.9", 53).related
+    # an error about no tracked flow creates nothing
+    stray = (
+        Ether(src=POD_A.node_mac, dst=POD_A.mac)
+        / IP(src="192.0.2.9", dst=POD_A.ip)
+        / ICMP(type=3, code=3)
+        / IPerror(src=POD_A.ip, dst="192.0.2.9", proto=17)
+        / UDPerror(sport=6000, dport=53)
+    )
+    n = len(pods.ct.connections())
+    pods.run("to_container", bytes(stray))
+    assert len(pods.ct.connections()) == n
+
+
+def test_reused_source_port_through_another_service_replies_from_that_service(pods, services):
+    svc(services, [(POD_B.ip, 8080)], id=1)
+    svc(services, [(POD_B.ip, 8080)], id=2, ip="10.96.0.20")
+    for vip in (VIP, "10.96.0.20", VIP):
+        sending(pods, POD_A)
+        syn = IP(src=POD_A.ip, dst=vip) / TCP(sport=46000, dport=80, flags="S")
+        assert Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst == POD_B.ip
+        sending(pods, POD_B)
+        synack = IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=46000, flags="SA")
+        assert Ether(pods.run("from_container", frame(POD_B, synack))[1])[IP].src == vip
+    # and straight to the backend from the same port: no translation at all
+    sending(pods, POD_A)
+    pods.run(
+        "from_container",
+        frame(POD_A, IP(src=POD_A.ip, dst=POD_B.ip) / TCP(sport=46000, dport=8080, flags="S")),
+    )
+    sending(pods, POD_B)
+    synack = IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=46000, flags="SA")
+    assert Ether(pods.run("from_container", frame(POD_B, synack))[1])[IP].src == POD_B.ip
