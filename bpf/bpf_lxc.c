@@ -33,79 +33,7 @@
 #include "lib/nat.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
-#include "lib/icmp.h"
 #include "lib/lxc.h"
-
-/* Steps 8-9 for a from-container packet; 0 to go on, or a drop reason.
- * *f is updated to the packet as it leaves (after NAT). */
-static __always_inline int lb_and_ct_egress(struct __sk_buff *skb, struct ipv4_flow *f, int *icmp_sent)
-{
-	__u32 len = skb->len;
-	struct lb4_service *svc;
-	struct ct4_entry *e;
-	__u16 rev_nat = 0;
-	__u8 ct_flags = 0;
-	int err = 0, ret;
-
-	svc = lb4_lookup_service(f);
-	if (svc) {
-		struct lb4_backend *b;
-		__be32 vip = f->daddr;
-
-		if (f->is_fragment)
-			return DROP_FRAG_NOT_SUPPORTED;
-		b = lb4_flow_backend(f, svc, len, &err);
-		if (!b) {
-			if (icmp_reply_unreach(skb, vip, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH) < 0)
-				return DROP_NO_SERVICE_BACKEND;
-			*icmp_sent = 1;
-			return DROP_NO_SERVICE_BACKEND;
-		}
-		if (err)
-			return err;
-		if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
-			return DROP_NAT_FAILED;
-		f->daddr = b->address;
-		f->dport = b->port;
-		rev_nat = svc->rev_nat;
-		if (f->daddr == f->saddr) {
-			if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
-				return DROP_NAT_FAILED;
-			f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
-			ct_flags = CT_F_HAIRPIN;
-		}
-	}
-
-	if (f->proto == IPPROTO_ICMP && icmp_is_error(f->icmp_type)) {
-		struct ipv4_flow inner;
-
-		if (icmp_inner_flow(skb, f, &inner) == 0)
-			ct_lookup_related(&inner, &e);
-		return 0;
-	}
-	if (f->is_fragment)
-		return 0;
-
-	ret = ct_lookup(f, &e);
-	switch (ret) {
-	case CT_NEW:
-		return ct_create(f, len, CT_DIR_OUT, rev_nat, ct_flags);
-	case CT_ESTABLISHED:
-		/* The initiator's packets decide which frontend replies are
-		 * translated to: a reused source port may reach the same backend
-		 * through another service, or directly. */
-		e->rev_nat = rev_nat;
-		e->flags = (e->flags & ~CT_F_HAIRPIN) | ct_flags;
-		ct_account(e, f, len, 0);
-		return 0;
-	case CT_REPLY:
-		ct_account(e, f, len, 1);
-		if (e->rev_nat)
-			return lb4_rev_nat(skb, f, e, len);
-		return 0;
-	}
-	return 0;
-}
 
 static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 {
@@ -113,7 +41,8 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 	struct endpoint_info *src, *dst;
 	struct ipv4_flow flow;
 	struct iphdr *ip;
-	__u8 reason = 0;
+	__u8 reason = 0, ct_flags = 0;
+	__u16 rev_nat = 0;
 	int icmp_sent = 0, ret;
 
 	ip = ipv4_header(skb, &reason);
@@ -130,11 +59,13 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 	if (ret)
 		return drop(skb, ret, DIR_EGRESS);
 
-	ret = lb_and_ct_egress(skb, &flow, &icmp_sent);
+	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
 		update_metrics(skb->len, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
 		return bpf_redirect(skb->ifindex, 0);
 	}
+	if (!ret)
+		ret = ct_process(skb, &flow, CT_DIR_OUT, rev_nat, ct_flags);
 	if (ret)
 		return drop(skb, ret, DIR_EGRESS);
 
@@ -164,38 +95,9 @@ int from_container(struct __sk_buff *skb)
 	}
 }
 
-/* Conntrack for what the host stack sends to a pod: replies to the pod's
- * own connections (translated back if they belong to a service flow),
- * ICMP errors about them, and connections initiated towards the pod. */
-static __always_inline int ct_ingress(struct __sk_buff *skb, struct ipv4_flow *f)
-{
-	__u32 len = skb->len;
-	struct ct4_entry *e;
-
-	if (f->proto == IPPROTO_ICMP && icmp_is_error(f->icmp_type)) {
-		struct ipv4_flow inner;
-
-		if (icmp_inner_flow(skb, f, &inner) == 0)
-			ct_lookup_related(&inner, &e);
-		return 0;
-	}
-	if (f->is_fragment)
-		return 0;
-	switch (ct_lookup(f, &e)) {
-	case CT_NEW:
-		return ct_create(f, len, CT_DIR_IN, 0, 0);
-	case CT_ESTABLISHED:
-		ct_account(e, f, len, 0);
-		return 0;
-	case CT_REPLY:
-		ct_account(e, f, len, 1);
-		if (e->rev_nat)
-			return lb4_rev_nat(skb, f, e, len);
-		return 0;
-	}
-	return 0;
-}
-
+/* What the host stack sends to a pod: replies to the pod's own
+ * connections (translated back if they belong to a service flow), ICMP
+ * errors about them, and connections initiated towards the pod. */
 int to_container(struct __sk_buff *skb)
 {
 	struct ethhdr *eth = ctx_data(skb);
@@ -215,7 +117,7 @@ int to_container(struct __sk_buff *skb)
 	ret = ipv4_flow_parse(skb, ip, &flow);
 	if (ret)
 		return drop(skb, ret, DIR_INGRESS);
-	ret = ct_ingress(skb, &flow);
+	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
 	if (ret)
 		return drop(skb, ret, DIR_INGRESS);
 	return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_INGRESS);

@@ -25,13 +25,15 @@ from porin.daemon.config import AgentConfig, ConfigError, load_config
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
+from porin.daemon.host import HostDatapath
 from porin.daemon.ipam import Ipam
 from porin.daemon.service_file import ServiceFileError, load_service_file
-from porin.daemon.services import LbMaps, ServiceConflict, ServiceManager
+from porin.daemon.services import LbMaps, NodeContext, ServiceConflict, ServiceManager
 from porin.daemon.store import EndpointStore
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.metrics import MetricsMap
+from porin.maps.nat import NatMap
 
 log = logging.getLogger("porin.agent")
 
@@ -62,9 +64,19 @@ class Agent:
             self.endpoints_map,
         )
         links.ensure_host_device(self.manager.ipr, cfg.gateway, cfg.pod_cidr, cfg.mtu)
+        self.host: HostDatapath | None = None
+        if cfg.devices:
+            self.host = HostDatapath(cfg, self.manager.ipr)
+            self.host.attach()
         self.manager.restore()
-        self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir)
+        node = NodeContext(
+            node_ips=self.host.node_ips if self.host else [],
+            node_port_range=cfg.node_ports,
+            is_local=self.manager.has_ip,
+        )
+        self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir, node)
         self.services.restore()
+        self.manager.on_change.append(self.services.refresh_local)
         if cfg.services_file:
             self.reload_services_file()
         self.ct_gc = CtGarbageCollector(
@@ -72,6 +84,7 @@ class Agent:
             cfg.ct_gc_interval,
             cfg.ct_gc_min_interval,
             cfg.ct_gc_max_interval,
+            nat=NatMap(cfg.bpffs_root) if self.host else None,
         )
         self.ct_gc.start()
         self.server = ApiServer(
@@ -143,6 +156,22 @@ class Agent:
             },
             "services": len(self.services.list()),
             "conntrack": self.ct_gc.stats.to_json(),
+            "host": self._host_status(),
+        }
+
+    def _host_status(self) -> dict[str, Any]:
+        cfg = self.cfg
+        nat = self.ct_gc.nat_stats() if self.host else {}
+        return {
+            "devices": [
+                {"name": u.name, "ifindex": u.ifindex, "nodeIP": u.node_ip}
+                for u in (self.host.uplinks if self.host else [])
+            ],
+            "masquerade": "bpf" if self.host and cfg.enable_masquerade else "disabled",
+            "nonMasqueradeCIDRs": cfg.non_masquerade_cidrs,
+            "snatPortRange": cfg.snat_port_range,
+            "nodePortRange": cfg.node_port_range,
+            "nat": nat,
         }
 
 

@@ -227,8 +227,8 @@ class Api:
         path_id = int(m.group(1)) if m.groups() else 0
         if path_id and body.get("id", path_id) != path_id:
             raise ValidationError("id", f"body id {body.get('id')} differs from path id {path_id}")
-        if path_id and not 1 <= path_id <= 65535:
-            raise ValidationError("id", "must be 1-65535")
+        if path_id and not 1 <= path_id <= 32767:
+            raise ValidationError("id", "must be 1-32767")
         svc = Service.from_json({**body, "source": "api"}, default_id=path_id)
         return 200, self.services.upsert(svc).to_json()
 

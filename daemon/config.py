@@ -34,6 +34,14 @@ ctLifetimeNonTCP: 60
 ctGCInterval: 30        # first pass; adapts between ctGCMinInterval and ctGCMaxInterval
 ctGCMinInterval: 5
 ctGCMaxInterval: 300
+devices: []             # uplinks bpf_host.c attaches to (masquerade, NodePort)
+nodeIPs: {}             # device -> node IP; default: the device's first IPv4 address
+enableMasquerade: true  # pods -> outside nonMasqueradeCIDRs leave as the node IP
+nonMasqueradeCIDRs: []  # default: the pod CIDR (and clusterCIDR when set)
+clusterCIDR: ""         # all nodes' pod CIDRs, for multi-node clusters
+snatPortRange: 32768-60999
+nodePortRange: 30000-32767
+natMapSize: 131072
 """
 
 
@@ -58,11 +66,27 @@ class AgentConfig:
     ct_gc_interval: float = 30.0
     ct_gc_min_interval: float = 5.0
     ct_gc_max_interval: float = 300.0
+    devices: list[str] = field(default_factory=list)
+    node_ips: dict[str, str] = field(default_factory=dict)
+    enable_masquerade: bool = True
+    non_masquerade_cidrs: list[str] = field(default_factory=list)
+    cluster_cidr: str = ""
+    snat_port_range: str = "32768-60999"
+    node_port_range: str = "30000-32767"
+    nat_map_size: int = 131072
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.pod_cidr)
+
+    @property
+    def snat_ports(self) -> tuple[int, int]:
+        return _port_range(self.snat_port_range, "snatPortRange")
+
+    @property
+    def node_ports(self) -> tuple[int, int]:
+        return _port_range(self.node_port_range, "nodePortRange")
 
     @property
     def pending_delete_dir(self) -> str:
@@ -90,6 +114,14 @@ _KEYS = {
     "ctGCInterval": "ct_gc_interval",
     "ctGCMinInterval": "ct_gc_min_interval",
     "ctGCMaxInterval": "ct_gc_max_interval",
+    "devices": "devices",
+    "nodeIPs": "node_ips",
+    "enableMasquerade": "enable_masquerade",
+    "nonMasqueradeCIDRs": "non_masquerade_cidrs",
+    "clusterCIDR": "cluster_cidr",
+    "snatPortRange": "snat_port_range",
+    "nodePortRange": "node_port_range",
+    "natMapSize": "nat_map_size",
 }
 
 
@@ -184,6 +216,60 @@ def _validate(cfg: AgentConfig) -> None:
             raise ConfigError(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
     if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
         raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
+    _validate_host(cfg)
+
+
+def _validate_host(cfg: AgentConfig) -> None:
+    if not isinstance(cfg.devices, list) or not all(
+        isinstance(d, str) and d and len(d) <= 15 for d in cfg.devices
+    ):
+        raise ConfigError("devices: must be a list of interface names")
+    if not isinstance(cfg.node_ips, dict):
+        raise ConfigError("nodeIPs: must map device names to IPv4 addresses")
+    for dev, ip in cfg.node_ips.items():
+        if dev not in cfg.devices:
+            raise ConfigError(f"nodeIPs: {dev} is not in devices")
+        try:
+            cfg.node_ips[dev] = str(ipaddress.IPv4Address(str(ip)))
+        except ValueError:
+            raise ConfigError(f"nodeIPs.{dev}: {ip!r} is not an IPv4 address") from None
+    if not isinstance(cfg.enable_masquerade, bool):
+        raise ConfigError("enableMasquerade: must be true or false")
+    if cfg.cluster_cidr:
+        try:
+            cfg.cluster_cidr = str(ipaddress.IPv4Network(str(cfg.cluster_cidr)))
+        except ValueError as e:
+            raise ConfigError(f"clusterCIDR: {e}") from None
+    if not isinstance(cfg.non_masquerade_cidrs, list):
+        raise ConfigError("nonMasqueradeCIDRs: must be a list of CIDRs")
+    cidrs = []
+    for i, c in enumerate(cfg.non_masquerade_cidrs):
+        try:
+            cidrs.append(str(ipaddress.IPv4Network(str(c))))
+        except ValueError as e:
+            raise ConfigError(f"nonMasqueradeCIDRs[{i}]: {e}") from None
+    if not cidrs:
+        cidrs = [cfg.pod_cidr] + ([cfg.cluster_cidr] if cfg.cluster_cidr else [])
+    cfg.non_masquerade_cidrs = cidrs
+    snat, nodeport = cfg.snat_ports, cfg.node_ports
+    if snat[0] <= nodeport[1] and nodeport[0] <= snat[1]:
+        raise ConfigError("snatPortRange: must not overlap nodePortRange")
+    if (
+        isinstance(cfg.nat_map_size, bool)
+        or not isinstance(cfg.nat_map_size, int)
+        or (cfg.nat_map_size < 16)
+    ):
+        raise ConfigError("natMapSize: must be an integer >= 16")
+
+
+def _port_range(text: str, name: str) -> tuple[int, int]:
+    lo, sep, hi = str(text).partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise ConfigError(f"{name}: must be LOW-HIGH, got {text!r}")
+    a, b = int(lo), int(hi)
+    if not 1 <= a <= b <= 65535:
+        raise ConfigError(f"{name}: {text!r} is not a port range within 1-65535")
+    return a, b
 
 
 def _is_prime(n: int) -> bool:

@@ -16,6 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
+from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap
+
+NAT_GRACE_SECONDS = 30  # a NAT entry this young may belong to a flow newer than the CT snapshot
 
 log = logging.getLogger("porin.ctgc")
 
@@ -69,8 +72,12 @@ class CtGarbageCollector:
         interval: float = 30.0,
         min_interval: float = 5.0,
         max_interval: float = 300.0,
+        nat: NatMap | None = None,
     ) -> None:
         self.ct = ct
+        self.nat = nat
+        self.nat_deleted_total = 0
+        self.nat_last_alive = 0
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.stats = GcStats(interval_seconds=interval, max_entries=ct.max_entries)
@@ -105,9 +112,15 @@ class CtGarbageCollector:
         """One pass: delete expired entries; returns how many were deleted."""
         with self._lock:
             started = time.monotonic()
+            now = monotonic_seconds()
             keys, values, n = self.ct.dump_raw()
-            dead, ndead = expired_keys(keys, values, n, monotonic_seconds())
+            dead, ndead = expired_keys(keys, values, n, now)
             deleted = self.ct.delete_raw(dead, ndead) if ndead else 0
+            if self.nat is not None:
+                ks = ctypes.sizeof(CtKey)
+                gone = {dead[i * ks : (i + 1) * ks] for i in range(ndead)}
+                alive = {keys[i * ks : (i + 1) * ks] for i in range(n)} - gone
+                self._gc_nat(alive, now)
             s = self.stats
             s.runs += 1
             s.last_deleted = deleted
@@ -128,3 +141,63 @@ class CtGarbageCollector:
                     s.interval_seconds,
                 )
             return deleted
+
+    def _gc_nat(self, ct_alive: set[bytes], now: int) -> int:
+        """Remove NAT entries whose conntrack entry is gone (both directions)."""
+        assert self.nat is not None
+        keys, vals, n = self.nat.dump_raw()
+        ks, vs = ctypes.sizeof(NatKey), ctypes.sizeof(NatEntry)
+        entries = [
+            (NatKey.from_buffer_copy(keys, i * ks), NatEntry.from_buffer_copy(vals, i * vs))
+            for i in range(n)
+        ]
+        doomed: list[NatKey] = []
+        outs: set[bytes] = set()
+        for k, v in entries:
+            if k.dir != NAT_DIR_OUT:
+                continue
+            raw = bytearray(bytes(k))
+            raw[13] = 0  # the conntrack key of the pod's flow: same tuple, no flags
+            if bytes(raw) in ct_alive or now - v.created < NAT_GRACE_SECONDS:
+                outs.add(bytes(k))
+                continue
+            doomed.append(k)
+            doomed.append(
+                NatKey(
+                    saddr=k.daddr,
+                    daddr=v.to_addr,
+                    sport=k.dport,
+                    dport=v.to_port,
+                    proto=k.proto,
+                    dir=NAT_DIR_IN,
+                )
+            )
+        for k, v in entries:
+            if k.dir != NAT_DIR_IN or now - v.created < NAT_GRACE_SECONDS:
+                continue
+            out = NatKey(
+                saddr=v.to_addr,
+                daddr=k.saddr,
+                sport=v.to_port,
+                dport=k.sport,
+                proto=k.proto,
+                dir=NAT_DIR_OUT,
+            )
+            if bytes(out) not in outs:
+                doomed.append(k)
+        deleted = self.nat.delete_many(doomed)
+        self.nat_deleted_total += deleted
+        self.nat_last_alive = n - deleted
+        if deleted:
+            log.info("NAT GC: %d orphaned entries removed", deleted)
+        return deleted
+
+    def nat_stats(self) -> dict[str, int | float]:
+        if self.nat is None:
+            return {}
+        return {
+            "entries": self.nat_last_alive,
+            "max_entries": self.nat.max_entries,
+            "fill_ratio": round(self.nat_last_alive / self.nat.max_entries, 4),
+            "deleted_total": self.nat_deleted_total,
+        }

@@ -50,6 +50,9 @@ def build_flags(cfg: AgentConfig) -> list[str]:
         f"-DCT_LIFETIME_TCP={cfg.ct_lifetime_tcp}",
         f"-DCT_LIFETIME_TCP_CLOSE={cfg.ct_lifetime_tcp_close}",
         f"-DCT_LIFETIME_NONTCP={cfg.ct_lifetime_nontcp}",
+        f"-DNAT_MAP_SIZE={cfg.nat_map_size}",
+        f"-DSNAT_PORT_MIN={cfg.snat_ports[0]}",
+        f"-DSNAT_PORT_MAX={cfg.snat_ports[1]}",
         "-Wno-unused-function",
     ]
 

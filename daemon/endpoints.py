@@ -60,6 +60,14 @@ class EndpointManager:
         self.ipr = IPRoute()
         self._lock = threading.RLock()
         self._eps: dict[int, Endpoint] = {}
+        self.on_change: list[Callable[[], object]] = []  # called after an endpoint comes or goes
+
+    def _changed(self) -> None:
+        for fn in self.on_change:
+            try:
+                fn()
+            except Exception:
+                log.exception("endpoint change hook failed")
 
     # ---------- queries ----------
 
@@ -73,6 +81,11 @@ class EndpointManager:
         if ep is None:
             raise EndpointNotFound(f"endpoint {ep_id} not found")
         return ep
+
+    def has_ip(self, ip: str) -> bool:
+        # lock-free on purpose: called by the service manager, which may hold its
+        # own lock while an endpoint change (holding ours) waits for it
+        return any(ep.ip == ip and ep.state == "ready" for ep in list(self._eps.values()))
 
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
@@ -160,6 +173,7 @@ class EndpointManager:
                 except Exception as e:  # keep undoing: leak nothing
                     log.error("rollback step failed for %s: %s", owner, e)
             raise
+        self._changed()
         log.info(
             "endpoint %d ready: container=%s ifname=%s ip=%s host=%s",
             ep.id,

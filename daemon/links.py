@@ -102,12 +102,15 @@ def _configure(
     if host_idx is None or pod_idx is None:
         raise LinkError(f"veth {host_ifname}/{ifname} vanished while configuring it")
     try:
+        # replies of NodePort flows from the node itself carry a node address as
+        # source once translated back: accept them on the pod's veth
+        set_sysctl(f"net/ipv4/conf/{host_ifname}/accept_local", "1")
         ipr.link("set", index=host_idx, state="up")
         pod.link("set", index=pod_idx, state="up")
         pod.addr("add", index=pod_idx, address=str(address.ip), prefixlen=address.network.prefixlen)
         pod.route("add", dst=f"{gateway}/32", oif=pod_idx, scope=RT_SCOPE_LINK)
         pod.route("add", dst="0.0.0.0/0", gateway=gateway, oif=pod_idx)
-    except NetlinkError as e:
+    except (NetlinkError, OSError) as e:
         raise LinkError(f"cannot configure {ifname} in the pod: {e}") from e
     return PodLink(
         host_ifname=host_ifname,

@@ -1,8 +1,13 @@
 """Services: the agent's source of truth, programmed into the lb4_* maps.
 
-A service is published so that a packet never sees half of it: backends
+A service has one frontend per address it answers on: its ClusterIP
+(VIP:port, reverse-NAT id = service id) and, for type nodeport, the node
+port on every node IP (reverse-NAT ids from 32768 up, so replies are
+translated back to the address the client used).
+
+A frontend is published so that a packet never sees half of it: backends
 first, then the Maglev table or the random-selection slots, the reverse-NAT
-entry, and the service entry (slot 0) last; what the new version no longer
+entry, and the frontend entry (slot 0) last; what the new version no longer
 needs (extra slots, old backends, an old frontend) is removed only after.
 Every map write is atomic on its own, so at any instant the datapath sees
 either the old or the new service. Bulk updates use batch map writes.
@@ -15,7 +20,8 @@ import math
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from functools import reduce
 
 from porin.daemon import maglev
@@ -25,12 +31,12 @@ from porin.maps.lb_backends import BackendId, BackendsMap, Lb4Backend
 from porin.maps.lb_maglev import MaglevMap
 from porin.maps.lb_reverse_nat import Lb4ReverseNat, ReverseNatMap, RevNatId
 from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, Lb4Key, Lb4Service, ServicesMap
-from porin.models import Backend, Service, ValidationError
+from porin.models import MAX_SERVICE_ID, Backend, Service, ValidationError
 
 log = logging.getLogger("porin.services")
 
-MAX_SERVICE_ID = 65535
 MAX_SLOTS = 65535
+FIRST_EXTRA_REV_NAT = MAX_SERVICE_ID + 1
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -62,12 +68,24 @@ class LbMaps:
 
 
 @dataclass
+class Frontend:
+    """One address a service answers on, as programmed."""
+
+    ip: str
+    port: int
+    rev_nat: int
+    slots: int = 0
+    maglev: bool = False
+    backends: list[str] = field(default_factory=list)  # "ip:port" it balances over
+
+
+@dataclass
 class Programmed:
-    """What the maps hold for one service: its backend ids and slot count."""
+    """What the maps hold for one service."""
 
     service: Service
     backend_ids: dict[str, int] = field(default_factory=dict)  # "ip:port" -> id
-    slots: int = 0
+    frontends: list[Frontend] = field(default_factory=list)
 
 
 @dataclass
@@ -82,11 +100,22 @@ class Plan:
     stale_slots: list[Lb4Key] = field(default_factory=list)
     stale_backends: list[BackendId] = field(default_factory=list)
     stale_maglev: list[int] = field(default_factory=list)
+    stale_rev_nat: list[int] = field(default_factory=list)
+
+
+@dataclass
+class NodeContext:
+    """What the services need to know about the node."""
+
+    node_ips: list[str] = field(default_factory=list)
+    node_port_range: tuple[int, int] = (30000, 32767)
+    is_local: Callable[[str], bool] = lambda ip: True
 
 
 class ServiceManager:
-    def __init__(self, maps: LbMaps, state_dir: str) -> None:
+    def __init__(self, maps: LbMaps, state_dir: str, node: NodeContext | None = None) -> None:
         self.maps = maps
+        self.node = node or NodeContext()
         self.path = os.path.join(state_dir, "services.json")
         self._lock = threading.RLock()
         self._svcs: dict[int, Programmed] = {}
@@ -109,6 +138,10 @@ class ServiceManager:
         with self._lock:
             return dict(self._svcs[sid].backend_ids)
 
+    def frontends(self, sid: int) -> list[Frontend]:
+        with self._lock:
+            return list(self._svcs[sid].frontends)
+
     # ---------- changes ----------
 
     def upsert(self, svc: Service) -> Service:
@@ -117,19 +150,22 @@ class ServiceManager:
     def upsert_many(self, svcs: list[Service]) -> list[Service]:
         with self._lock:
             self._assign_ids(svcs)
+            self._assign_node_ports(svcs)
             self._check_conflicts(svcs)
             plan = Plan()
-            progs = [self._plan_one(svc, plan) for svc in svcs]
+            extra_ids = self._extra_rev_nat_pool(svcs)
+            progs = [self._plan_one(svc, plan, extra_ids) for svc in svcs]
             self._apply(plan)
             for p in progs:
                 self._svcs[p.service.id] = p
             self._save()
             for svc in svcs:
                 log.info(
-                    "service %d %s/%s programmed: %d active of %d backends, %s",
+                    "service %d %s/%s %s programmed: %d active of %d backends, %s",
                     svc.id,
                     svc.frontend,
                     svc.protocol,
+                    svc.type,
                     len(svc.active_backends),
                     len(svc.backends),
                     svc.algorithm,
@@ -142,10 +178,12 @@ class ServiceManager:
             if p is None:
                 raise ServiceNotFound(f"service {sid} not found")
             plan = Plan()
-            self._plan_removal(p, plan)
+            for fe in p.frontends:
+                self._plan_frontend_removal(p.service, fe, plan)
+            plan.stale_backends += [BackendId(b) for b in p.backend_ids.values()]
             self._apply(plan)
-            self.maps.reverse_nat.delete(RevNatId(sid))
-            self.maps.affinity.forget_service(sid)
+            for fe in p.frontends:
+                self.maps.affinity.forget_service(fe.rev_nat)
             del self._svcs[sid]
             self._save()
             log.info("service %d %s/%s deleted", sid, p.service.frontend, p.service.protocol)
@@ -171,6 +209,17 @@ class ServiceManager:
                 self.delete(sid)
             return len(kept), len(gone)
 
+    def refresh_local(self) -> None:
+        """Local endpoints changed: re-plan services whose frontends depend on them."""
+        with self._lock:
+            affected = [
+                p.service
+                for p in self._svcs.values()
+                if p.service.type == "nodeport" and p.service.external_traffic_policy == "local"
+            ]
+            if affected:
+                self.upsert_many(affected)
+
     # ---------- planning ----------
 
     def _find_frontend(self, svc: Service) -> Service | None:
@@ -193,9 +242,37 @@ class ServiceManager:
             while nxt in used:
                 nxt += 1
             if nxt > MAX_SERVICE_ID:
-                raise ServiceConflict("no free service id (65535 services)")
+                raise ServiceConflict(f"no free service id ({MAX_SERVICE_ID} services)")
             s.id = nxt
             used.add(nxt)
+
+    def _assign_node_ports(self, svcs: list[Service]) -> None:
+        lo, hi = self.node.node_port_range
+        ids = {s.id for s in svcs}
+        taken = {
+            (p.service.protocol, p.service.node_port)
+            for p in self._svcs.values()
+            if p.service.type == "nodeport" and p.service.id not in ids
+        }
+        for s in svcs:
+            if s.type != "nodeport":
+                s.node_port = 0
+                continue
+            if not s.node_port:
+                old = self._svcs.get(s.id)
+                if old is not None and old.service.node_port:
+                    s.node_port = old.service.node_port
+            if s.node_port:
+                if not lo <= s.node_port <= hi:
+                    raise ValidationError("nodePort", f"{s.node_port} is outside {lo}-{hi}")
+                if (s.protocol, s.node_port) in taken:
+                    raise ServiceConflict(f"node port {s.node_port}/{s.protocol} is in use")
+            else:
+                free = next((n for n in range(lo, hi + 1) if (s.protocol, n) not in taken), None)
+                if free is None:
+                    raise ServiceConflict(f"no free node port in {lo}-{hi}")
+                s.node_port = free
+            taken.add((s.protocol, s.node_port))
 
     def _check_conflicts(self, svcs: list[Service]) -> None:
         frontends: dict[tuple[str, int, str], int] = {}
@@ -214,7 +291,45 @@ class ServiceManager:
                 )
             frontends[key] = s.id
 
-    def _plan_one(self, svc: Service, plan: Plan) -> Programmed:
+    def _extra_rev_nat_pool(self, svcs: list[Service]) -> list[int]:
+        """Free reverse-NAT ids for NodePort frontends, lowest first."""
+        ids = {s.id for s in svcs}
+        used = {
+            fe.rev_nat for p in self._svcs.values() if p.service.id not in ids for fe in p.frontends
+        }
+        need = sum(len(self.node.node_ips) for s in svcs if s.type == "nodeport")
+        pool = []
+        n = FIRST_EXTRA_REV_NAT
+        while len(pool) < need and n <= 65535:
+            if n not in used:
+                pool.append(n)
+            n += 1
+        if len(pool) < need:
+            raise ServiceConflict("no free reverse-NAT id for a NodePort frontend")
+        return pool
+
+    def _wanted_frontends(
+        self, svc: Service, pool: list[int], old: Programmed | None
+    ) -> list[Frontend]:
+        all_backends = [b.address for b in svc.active_backends]
+        fes = [Frontend(svc.ip, svc.port, svc.id, backends=all_backends)]
+        if svc.type == "nodeport":
+            local = (
+                [b.address for b in svc.active_backends if self.node.is_local(b.ip)]
+                if svc.external_traffic_policy == "local"
+                else all_backends
+            )
+            previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
+            for ip in self.node.node_ips:
+                rid = previous.get((ip, svc.node_port))
+                if rid is not None and rid in pool:
+                    pool.remove(rid)  # keep the frontend's id across updates
+                elif rid is None:
+                    rid = pool.pop(0)
+                fes.append(Frontend(ip, svc.node_port, rid, backends=local))
+        return fes
+
+    def _plan_one(self, svc: Service, plan: Plan, pool: list[int]) -> Programmed:
         old = self._svcs.get(svc.id)
         proto = PROTO[svc.protocol]
         prog = Programmed(service=svc)
@@ -226,89 +341,95 @@ class ServiceManager:
             prog.backend_ids[b.address] = bid
             plan.backends.append((BackendId(bid), Lb4Backend.of(b.ip, b.port, proto, b.state)))
 
-        active = svc.active_backends
-        flags = 0
-        if svc.algorithm == "maglev":
-            flags |= SVC_F_MAGLEV
-            plan.maglev.append((svc.id, self._maglev_ids(svc, prog, old, active)))
-        elif old is not None and old.service.algorithm == "maglev":
-            plan.stale_maglev.append(svc.id)
-        if svc.affinity_timeout:
-            flags |= SVC_F_AFFINITY
-
-        slot_ids = _weighted_slots(active, prog.backend_ids)
-        prog.slots = len(slot_ids)
-        for i, bid in enumerate(slot_ids, start=1):
-            plan.slots.append((Lb4Key.of(svc.ip, svc.port, proto, i), Lb4Service(backend_id=bid)))
-        plan.reverse_nat.append((RevNatId(svc.id), Lb4ReverseNat.of(svc.ip, svc.port)))
-        plan.masters.append(
-            (
-                Lb4Key.of(svc.ip, svc.port, proto, 0),
-                Lb4Service(
-                    count=len(slot_ids) if active else 0,
-                    rev_nat=svc.id,
-                    flags=flags,
-                    affinity_timeout=svc.affinity_timeout,
-                ),
+        by_addr = {b.address: b for b in svc.backends}
+        old_fes = {(f.ip, f.port): f for f in old.frontends} if old else {}
+        oproto = PROTO[old.service.protocol] if old else proto
+        for fe in self._wanted_frontends(svc, pool, old):
+            prev = old_fes.pop((fe.ip, fe.port), None)
+            if prev is not None and oproto != proto:
+                self._plan_frontend_removal(old.service, prev, plan)
+                prev = None
+            active = [by_addr[a] for a in fe.backends]
+            flags = SVC_F_AFFINITY if svc.affinity_timeout else 0
+            if svc.algorithm == "maglev":
+                flags |= SVC_F_MAGLEV
+                fe.maglev = True
+                plan.maglev.append((fe.rev_nat, self._maglev_ids(fe, prog, old, prev, active)))
+            elif prev is not None and prev.maglev:
+                plan.stale_maglev.append(prev.rev_nat)
+            slot_ids = _weighted_slots(active, prog.backend_ids)
+            fe.slots = len(slot_ids)
+            for i, bid in enumerate(slot_ids, start=1):
+                plan.slots.append((Lb4Key.of(fe.ip, fe.port, proto, i), Lb4Service(backend_id=bid)))
+            plan.reverse_nat.append((RevNatId(fe.rev_nat), Lb4ReverseNat.of(fe.ip, fe.port)))
+            plan.masters.append(
+                (
+                    Lb4Key.of(fe.ip, fe.port, proto, 0),
+                    Lb4Service(
+                        count=len(slot_ids),
+                        rev_nat=fe.rev_nat,
+                        flags=flags,
+                        affinity_timeout=svc.affinity_timeout,
+                    ),
+                )
             )
-        )
+            if prev is not None:
+                for i in range(fe.slots + 1, prev.slots + 1):
+                    plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, i))
+                if prev.rev_nat != fe.rev_nat:
+                    plan.stale_rev_nat.append(prev.rev_nat)
+            prog.frontends.append(fe)
+        for gone in old_fes.values():
+            self._plan_frontend_removal(old.service, gone, plan)
         if old is not None:
-            same_frontend = (old.service.ip, old.service.port, old.service.protocol) == (
-                svc.ip,
-                svc.port,
-                svc.protocol,
-            )
-            if same_frontend:
-                oproto = PROTO[old.service.protocol]
-                for i in range(prog.slots + 1, old.slots + 1):
-                    plan.stale_slots.append(Lb4Key.of(svc.ip, svc.port, oproto, i))
-            else:
-                self._plan_frontend_removal(old, plan)
             live = set(prog.backend_ids.values())
             plan.stale_backends += [BackendId(b) for b in old.backend_ids.values() if b not in live]
         return prog
 
     def _maglev_ids(
-        self, svc: Service, prog: Programmed, old: Programmed | None, active: list[Backend]
+        self,
+        fe: Frontend,
+        prog: Programmed,
+        old: Programmed | None,
+        prev: Frontend | None,
+        active: list[Backend],
     ) -> list[int]:
         m = self.maps.maglev.table_size
         previous = None
-        if old is not None and old.service.algorithm == "maglev":
-            current = self.maps.maglev.get(svc.id)
+        if old is not None and prev is not None and prev.maglev:
+            current = self.maps.maglev.get(prev.rev_nat)
             if current is not None:
                 by_id = {bid: addr for addr, bid in old.backend_ids.items()}
                 previous = [by_id.get(x) for x in current]
         table = maglev.build_table({b.address: b.weight for b in active}, m, previous)
         return [prog.backend_ids[a] if a else 0 for a in table]
 
-    def _plan_frontend_removal(self, p: Programmed, plan: Plan) -> None:
-        s = p.service
-        proto = PROTO[s.protocol]
-        plan.stale_slots.append(Lb4Key.of(s.ip, s.port, proto, 0))
-        for i in range(1, p.slots + 1):
-            plan.stale_slots.append(Lb4Key.of(s.ip, s.port, proto, i))
-
-    def _plan_removal(self, p: Programmed, plan: Plan) -> None:
-        self._plan_frontend_removal(p, plan)
-        plan.stale_backends += [BackendId(b) for b in p.backend_ids.values()]
-        if p.service.algorithm == "maglev":
-            plan.stale_maglev.append(p.service.id)
+    def _plan_frontend_removal(self, svc: Service, fe: Frontend, plan: Plan) -> None:
+        proto = PROTO[svc.protocol]
+        plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, 0))
+        for i in range(1, fe.slots + 1):
+            plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, i))
+        if fe.maglev:
+            plan.stale_maglev.append(fe.rev_nat)
+        plan.stale_rev_nat.append(fe.rev_nat)
 
     def _apply(self, plan: Plan) -> None:
         m = self.maps
         m.backends.put_many(plan.backends)
-        for sid, table in plan.maglev:
-            m.maglev.put(sid, table)
+        for rid, table in plan.maglev:
+            m.maglev.put(rid, table)
         m.services.put_many(plan.slots)
         m.reverse_nat.put_many(plan.reverse_nat)
         m.services.put_many(plan.masters)  # publish: slot 0 last
         # a removed frontend goes with its slot 0 first, so no packet picks a missing slot
-        masters = [k for k in plan.stale_slots if k.slot == 0]
-        m.services.delete_many(masters)
+        m.services.delete_many([k for k in plan.stale_slots if k.slot == 0])
         m.services.delete_many([k for k in plan.stale_slots if k.slot != 0])
         m.backends.delete_many(plan.stale_backends)
-        for sid in plan.stale_maglev:
-            m.maglev.delete(sid)
+        written = {k.id for k, _ in plan.reverse_nat}
+        m.reverse_nat.delete_many([RevNatId(r) for r in plan.stale_rev_nat if r not in written])
+        for rid in plan.stale_maglev:
+            if rid not in {r for r, _ in plan.maglev}:
+                m.maglev.delete(rid)
 
     # ---------- persistence ----------
 
@@ -318,7 +439,11 @@ class ServiceManager:
             {
                 "nextBackendId": self._next_backend_id,
                 "services": [
-                    {**p.service.to_json(), "backendIds": p.backend_ids, "slots": p.slots}
+                    {
+                        **p.service.to_json(),
+                        "backendIds": p.backend_ids,
+                        "frontends": [asdict(f) for f in p.frontends],
+                    }
                     for _, p in sorted(self._svcs.items())
                 ],
             },
@@ -332,15 +457,14 @@ class ServiceManager:
             for raw in data.get("services", []):
                 try:
                     svc = Service.from_json(
-                        {k: v for k, v in raw.items() if k not in ("backendIds", "slots")}
+                        {k: v for k, v in raw.items() if k not in ("backendIds", "frontends")}
                     )
-                except ValidationError as e:
+                    fes = [Frontend(**f) for f in raw.get("frontends", [])]
+                except (ValidationError, TypeError) as e:
                     log.error("skipping unreadable saved service %s: %s", raw.get("id"), e)
                     continue
                 self._svcs[svc.id] = Programmed(
-                    service=svc,
-                    backend_ids=dict(raw.get("backendIds", {})),
-                    slots=raw.get("slots", 0),
+                    service=svc, backend_ids=dict(raw.get("backendIds", {})), frontends=fes
                 )
             if self._svcs:
                 self.upsert_many([p.service for p in self._svcs.values()])
@@ -350,16 +474,18 @@ class ServiceManager:
         """Drop map entries no saved service owns (left by a crash mid-change)."""
         want_keys = set()
         want_backends = set()
+        want_rev_nat = set()
         for p in self._svcs.values():
-            s = p.service
-            proto = PROTO[s.protocol]
-            for i in range(p.slots + 1):
-                want_keys.add(bytes(Lb4Key.of(s.ip, s.port, proto, i)))
+            proto = PROTO[p.service.protocol]
+            for fe in p.frontends:
+                want_rev_nat.add(fe.rev_nat)
+                for i in range(fe.slots + 1):
+                    want_keys.add(bytes(Lb4Key.of(fe.ip, fe.port, proto, i)))
             want_backends |= set(p.backend_ids.values())
         m = self.maps
         m.services.delete_many([k for k in m.services.keys() if bytes(k) not in want_keys])
         m.backends.delete_many([k for k in m.backends.keys() if k.id not in want_backends])
-        m.reverse_nat.delete_many([k for k in m.reverse_nat.keys() if k.id not in self._svcs])
+        m.reverse_nat.delete_many([k for k in m.reverse_nat.keys() if k.id not in want_rev_nat])
 
 
 def _weighted_slots(active: list[Backend], ids: dict[str, int]) -> list[int]:

@@ -243,7 +243,9 @@ def cni_env(command: str, pod: Pod | None = None) -> dict[str, str]:
     return env
 
 
-def exec_plugin(env: dict[str, str], stdin: bytes) -> tuple[float, subprocess.CompletedProcess]:
+def exec_plugin(
+    env: dict[str, str], stdin: bytes
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Wall-clock ms from exec of porin-cni to its exit, in the caller's netns."""
     cmd = [str(VENV_BIN / "porin-cni")]
     t0 = time.perf_counter()
@@ -321,7 +323,8 @@ class Pair:
     server_ip: str
 
 
-def porin_pair(lab: Lab, node: Node) -> Pair:
+def porin_pair(node: Node) -> Pair:
+    """Two pods attached through the CNI plugin (Node.cni, as a runtime does)."""
     a, b = node.add_pod(), node.add_pod()
     return Pair("porin", a.ns, b.ns, b.ip)
 
@@ -576,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         problems += cni.problems
 
         log("pod pairs: porin (2 pods via CNI) and baseline (router netns, plain veth)")
-        porin, base = porin_pair(lab, node), baseline_pair(lab)
+        porin, base = porin_pair(node), baseline_pair(lab)
         for pair in (porin, base):
             start_servers(lab, pair)
         fwd_before = forwarded_packets(node)

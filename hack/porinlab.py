@@ -111,12 +111,74 @@ class AgentConfig:
         return "\n".join(lines) + "\n"
 
 
-class Node:
-    """A node namespace with its own porin-agent."""
+class Underlay:
+    """The node network: a bridge in a namespace of its own that nodes and
+    "external" hosts join with a veth each (their side named eth0)."""
 
-    def __init__(self, pod_cidr: str = "10.244.0.0/24", **extra: Any) -> None:
-        self.ns = Netns(kind="node")
-        self.workdir = tempfile.mkdtemp(prefix=f"{self.ns.name}-")
+    def __init__(self, subnet: str = "198.18.0.0/24", name: str | None = None) -> None:
+        self.subnet = subnet
+        self.prefixlen = int(subnet.split("/")[1])
+        self.ns = Netns(name=name, kind="net")
+        self.ns.exec(["ip", "link", "add", "br0", "type", "bridge"])
+        self.ns.exec(["ip", "link", "set", "br0", "up"])
+        self._n = 0
+
+    def attach(self, ns: Netns, ip: str, gateway: str | None = None, mtu: int = 1500) -> str:
+        """Give `ns` an eth0 on this network with `ip`; returns the bridge-side port name."""
+        self._n += 1
+        port = f"u{self._n}-{uuid.uuid4().hex[:6]}"
+        self.ns.exec(
+            [
+                "ip",
+                "link",
+                "add",
+                port,
+                "mtu",
+                str(mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.path,
+            ]
+        )
+        self.ns.exec(["ip", "link", "set", port, "master", "br0", "up"])
+        ns.exec(["ip", "link", "set", "eth0", "mtu", str(mtu), "up"])
+        ns.exec(["ip", "addr", "add", f"{ip}/{self.prefixlen}", "dev", "eth0"])
+        if gateway:
+            ns.exec(["ip", "route", "add", "default", "via", gateway])
+        return port
+
+    def close(self) -> None:
+        self.ns.close()
+
+
+class Node:
+    """A node namespace with its own porin-agent (optionally on an underlay)."""
+
+    def __init__(
+        self,
+        pod_cidr: str = "10.244.0.0/24",
+        underlay: Underlay | None = None,
+        node_ip: str | None = None,
+        gateway: str | None = None,
+        name: str | None = None,
+        workdir: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self.ns = Netns(name=name, kind="node")
+        self.node_ip = node_ip
+        if underlay is not None:
+            assert node_ip is not None
+            underlay.attach(self.ns, node_ip, gateway)
+            extra.setdefault("devices", ["eth0"])
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+            self.workdir = workdir
+        else:
+            self.workdir = tempfile.mkdtemp(prefix=f"{self.ns.name}-")
         self.cfg = AgentConfig(
             node_name=self.ns.name,
             pod_cidr=pod_cidr,
@@ -135,12 +197,13 @@ class Node:
         """Environment for the porin CLI against this node."""
         return {**os.environ, "PORIN_CONFIG": self.config_path}
 
-    def start_agent(self, timeout: float = 60.0) -> None:
+    def start_agent(self, timeout: float = 60.0, detach: bool = False) -> None:
         log = open(self.log_path, "a")
         self.proc = self.ns.popen(
             [str(VENV_BIN / "porin-agent"), "--config", self.config_path],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=detach,
         )
         wait_for(self.healthy, timeout, f"porin-agent of {self.ns.name} to be ready")
 

@@ -172,7 +172,9 @@ class Endpoint:
 # ---------------------------------------------------------------- services
 
 SERVICE_PROTOCOLS = ("tcp", "udp")
-SERVICE_TYPES = ("clusterip",)
+SERVICE_TYPES = ("clusterip", "nodeport")
+TRAFFIC_POLICIES = ("cluster", "local")
+MAX_SERVICE_ID = 32767  # reverse-NAT ids above it name NodePort frontends
 ALGORITHMS = ("random", "maglev")
 BACKEND_STATES = ("active", "terminating", "maintenance")
 MAX_WEIGHT = 100
@@ -240,6 +242,8 @@ class Service:
     algorithm: str = "random"
     affinity_timeout: int = 0
     source: str = "api"  # "api" or "file"
+    node_port: int = 0  # nodeport services: the port on every node IP (0: allocate)
+    external_traffic_policy: str = "cluster"  # local: only local backends, client kept
 
     @property
     def frontend(self) -> str:
@@ -262,12 +266,14 @@ class Service:
             "algorithm",
             "affinityTimeout",
             "source",
+            "nodePort",
+            "externalTrafficPolicy",
         }
         if unknown:
             raise ValidationError("service", f"unknown field(s) {', '.join(sorted(unknown))}")
         sid = d.get("id", default_id)
-        if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid <= 65535:
-            raise ValidationError("id", "must be an integer 1-65535")
+        if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid <= MAX_SERVICE_ID:
+            raise ValidationError("id", f"must be an integer 1-{MAX_SERVICE_ID}")
         ip, port = parse_ip_port(d.get("frontend"), "frontend")
         proto = str(d.get("protocol", "tcp")).lower()
         if proto not in SERVICE_PROTOCOLS:
@@ -291,6 +297,20 @@ class Service:
                 raise ValidationError(f"backends[{i}]", f"{b.address} is listed twice")
             seen.add(b.address)
         source = d.get("source", "api")
+        node_port = d.get("nodePort", 0)
+        if (
+            isinstance(node_port, bool)
+            or not isinstance(node_port, int)
+            or not (0 <= node_port <= 65535)
+        ):
+            raise ValidationError("nodePort", "must be a port number")
+        if node_port and stype != "nodeport":
+            raise ValidationError("nodePort", "is only valid with type nodeport")
+        policy = str(d.get("externalTrafficPolicy", "cluster")).lower()
+        if policy not in TRAFFIC_POLICIES:
+            raise ValidationError(
+                "externalTrafficPolicy", f"must be one of {', '.join(TRAFFIC_POLICIES)}"
+            )
         return cls(
             id=sid,
             ip=ip,
@@ -301,6 +321,8 @@ class Service:
             algorithm=algo,
             affinity_timeout=aff,
             source=source if source in ("api", "file") else "api",
+            node_port=node_port,
+            external_traffic_policy=policy,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -313,4 +335,6 @@ class Service:
             "algorithm": self.algorithm,
             "affinityTimeout": self.affinity_timeout,
             "source": self.source,
+            "nodePort": self.node_port,
+            "externalTrafficPolicy": self.external_traffic_policy,
         }

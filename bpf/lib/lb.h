@@ -19,6 +19,7 @@
 #include "l4.h"
 #include "nat.h"
 #include "conntrack.h"
+#include "icmp.h"
 
 #ifndef LB_SERVICES_MAP_SIZE
 #define LB_SERVICES_MAP_SIZE 131072
@@ -265,6 +266,83 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *
 	svc = ct4_global.lookup(&key);
 	if (svc)
 		ct_account(svc, f, len, 1);
+	return 0;
+}
+
+/* Service translation of a packet towards a frontend: DNAT to the flow's
+ * backend (and hairpin SNAT). Returns 0 (also when *f is no frontend),
+ * or a drop reason; *icmp_sent tells that the packet became an ICMP port
+ * unreachable to send back. *rev_nat and *ct_flags describe the flow for
+ * conntrack. */
+static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, __u16 *rev_nat,
+				    __u8 *ct_flags, int *icmp_sent)
+{
+	struct lb4_service *svc = lb4_lookup_service(f);
+	struct lb4_backend *b;
+	__be32 vip = f->daddr;
+	int err = 0;
+
+	if (!svc)
+		return 0;
+	if (f->is_fragment)
+		return DROP_FRAG_NOT_SUPPORTED;
+	b = lb4_flow_backend(f, svc, skb->len, &err);
+	if (!b) {
+		if (icmp_reply_unreach(skb, vip, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH) == 0)
+			*icmp_sent = 1;
+		return DROP_NO_SERVICE_BACKEND;
+	}
+	if (err)
+		return err;
+	if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
+		return DROP_NAT_FAILED;
+	f->daddr = b->address;
+	f->dport = b->port;
+	*rev_nat = svc->rev_nat;
+	if (f->daddr == f->saddr) {
+		if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
+			return DROP_NAT_FAILED;
+		f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
+		*ct_flags = CT_F_HAIRPIN;
+	}
+	return 0;
+}
+
+/* Conntrack for a packet after service translation; replies of service
+ * flows are translated back. `dir` says where a new flow's initiator is.
+ * Returns 0 or a drop reason. */
+static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f, __u8 dir,
+				      __u16 rev_nat, __u8 ct_flags)
+{
+	__u32 len = skb->len;
+	struct ct4_entry *e;
+
+	if (f->proto == IPPROTO_ICMP && icmp_is_error(f->icmp_type)) {
+		struct ipv4_flow inner;
+
+		if (icmp_inner_flow(skb, f, &inner) == 0)
+			ct_lookup_related(&inner, &e);
+		return 0;
+	}
+	if (f->is_fragment)
+		return 0;
+	switch (ct_lookup(f, &e)) {
+	case CT_NEW:
+		return ct_create(f, len, dir, rev_nat, ct_flags);
+	case CT_ESTABLISHED:
+		/* The initiator's packets decide which frontend replies are
+		 * translated to: a reused source port may reach the same backend
+		 * through another service, or directly. */
+		e->rev_nat = rev_nat;
+		e->flags = (e->flags & ~CT_F_HAIRPIN) | ct_flags;
+		ct_account(e, f, len, 0);
+		return 0;
+	case CT_REPLY:
+		ct_account(e, f, len, 1);
+		if (e->rev_nat)
+			return lb4_rev_nat(skb, f, e, len);
+		return 0;
+	}
 	return 0;
 }
 

@@ -26,8 +26,9 @@ static __always_inline __u64 l4_csum_flags(const struct ipv4_flow *f)
 }
 
 /* Rewrite the source (src=1) or destination address and, when `port` is
- * non-zero, the matching port. Checksums: IPv4 header, and the L4 pseudo
- * header and port for TCP/UDP. */
+ * non-zero, the matching port (for ICMP echo: the echo id). Checksums: IPv4
+ * header, and the L4 pseudo header and port for TCP/UDP, the ICMP checksum
+ * for an echo id. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_flow *f, int src,
 				       __be32 addr, __be16 port)
 {
@@ -37,8 +38,12 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_
 	int addr_off = src ? IPV4_SADDR_OFF : IPV4_DADDR_OFF;
 	int port_off = f->l4_off + (src ? 0 : 2);
 
+	if (f->proto == IPPROTO_ICMP) {
+		csum_off = f->l4_off + offsetof(struct icmphdr, checksum);
+		port_off = f->l4_off + offsetof(struct icmphdr, un.echo.id);
+	}
 	if (old_addr != addr) {
-		if (csum_off >= 0 &&
+		if (f->proto != IPPROTO_ICMP && csum_off >= 0 &&
 		    bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
 					BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(f)) < 0)
 			return -1;

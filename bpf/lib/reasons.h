@@ -15,6 +15,10 @@
 #define REASON_ARP_PASS 3          // ARP reply or announcement passed to the stack
 #define REASON_IPV6_PASS 4         // IPv6 passed to the stack unprocessed
 #define REASON_TTL_EXPIRED 5       // TTL exhausted, stack sends time-exceeded
+#define REASON_MASQUERADED 6       // source translated to the node address
+#define REASON_REV_SNAT 7          // reply to a masqueraded flow delivered to its pod
+#define REASON_NODEPORT 8          // NodePort packet delivered to its backend
+#define REASON_HOST_PASS 9         // not Porin's: passed to or from the node untouched
 
 /* drops */
 #define DROP_TRUNCATED 130         // truncated or malformed header
@@ -30,6 +34,8 @@
 #define DROP_CT_CREATE_FAILED 140  // conntrack table full or entry not created
 #define DROP_NAT_FAILED 141        // address translation failed
 #define DROP_FRAG_NOT_SUPPORTED 142 // fragmented packet to a service
+#define DROP_NAT_MAP_FULL 143      // NAT table full: no new masqueraded flow
+#define DROP_NAT_NO_PORT 144       // no free SNAT port towards that peer
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

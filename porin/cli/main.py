@@ -101,6 +101,22 @@ def status(ctx: Context, output: str) -> None:
         ("Programs", ", ".join(st["datapath"]["programs"])),
         ("Endpoints map", st["datapath"]["endpointsMap"]),
         ("Dropped packets", st["datapath"]["droppedPackets"]),
+        ("Services", st.get("services", 0)),
+        ("Masquerade", st["host"]["masquerade"]),
+        (
+            "Devices",
+            ", ".join(f"{d['name']} ({d['nodeIP']})" for d in st["host"]["devices"]) or "none",
+        ),
+        (
+            "NAT table",
+            f"{st['host']['nat'].get('entries', 0)}/{st['host']['nat'].get('max_entries', 0)}"
+            if st["host"]["nat"]
+            else "-",
+        ),
+        (
+            "Conntrack",
+            f"{st['conntrack']['last_alive']}/{st['conntrack']['max_entries']} after last GC",
+        ),
         ("BPF fs root", st["bpffsRoot"]),
         ("API socket", st["apiSocket"]),
     ]
@@ -275,7 +291,12 @@ def service_list(ctx: Context, output: str) -> None:
                 s["id"],
                 s["frontend"],
                 s["protocol"].upper(),
-                s["type"].upper(),
+                s["type"].upper()
+                + (
+                    f" :{s['nodePort']} ({s['externalTrafficPolicy']})"
+                    if s["type"] == "nodeport"
+                    else ""
+                ),
                 s["algorithm"],
                 f"{s['affinityTimeout']}s" if s["affinityTimeout"] else "-",
                 _backends_text(s),
@@ -294,7 +315,17 @@ def service_get(ctx: Context, service_id: int, output: str) -> None:
     s = ctx.api("GET", f"/v1/services/{service_id}")
     if output == "json":
         return print_json(s)
-    for k in ("id", "frontend", "protocol", "type", "algorithm", "affinityTimeout", "source"):
+    for k in (
+        "id",
+        "frontend",
+        "protocol",
+        "type",
+        "nodePort",
+        "externalTrafficPolicy",
+        "algorithm",
+        "affinityTimeout",
+        "source",
+    ):
         click.echo(f"{k + ':':<17}{s[k]}")
     click.echo("backends:")
     for b in s["backends"]:
@@ -317,7 +348,7 @@ def _parse_backends(text: str) -> list[dict[str, Any]]:
 
 
 @service.command("update")
-@click.option("--id", "service_id", type=int, required=True, help="Service ID (1-65535).")
+@click.option("--id", "service_id", type=int, required=True, help="Service ID (1-32767).")
 @click.option("--frontend", required=True, help="VIP:PORT")
 @click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
 @click.option(
@@ -331,6 +362,20 @@ def _parse_backends(text: str) -> list[dict[str, Any]]:
 @click.option(
     "--affinity-timeout", type=int, default=0, show_default=True, help="ClientIP affinity, s."
 )
+@click.option(
+    "--type",
+    "svc_type",
+    type=click.Choice(["clusterip", "nodeport"]),
+    default="clusterip",
+    show_default=True,
+)
+@click.option("--node-port", type=int, default=0, help="NodePort (default: allocated).")
+@click.option(
+    "--external-traffic-policy",
+    type=click.Choice(["cluster", "local"]),
+    default="cluster",
+    show_default=True,
+)
 @output_option
 @click.pass_obj
 def service_update(
@@ -341,6 +386,9 @@ def service_update(
     backends: str,
     algorithm: str,
     affinity_timeout: int,
+    svc_type: str,
+    node_port: int,
+    external_traffic_policy: str,
     output: str,
 ) -> None:
     """Create or update a service."""
@@ -351,11 +399,15 @@ def service_update(
         "backends": _parse_backends(backends),
         "algorithm": algorithm,
         "affinityTimeout": affinity_timeout,
+        "type": svc_type,
+        "nodePort": node_port,
+        "externalTrafficPolicy": external_traffic_policy,
     }
     s = ctx.api("PUT", f"/v1/services/{service_id}", body)
     if output == "json":
         return print_json(s)
-    click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']}: {_backends_text(s)}")
+    np = f" nodePort {s['nodePort']}" if s["type"] == "nodeport" else ""
+    click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']}{np}: {_backends_text(s)}")
 
 
 @service.command("delete")
@@ -388,6 +440,7 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
         slots = sm.slots()
         backends = bm.backends()
     rows = []
+    rev_nat_of = {(s.ip, s.port, s.proto): s.rev_nat for s in slots if s.slot == 0}
     for s in slots:
         front = f"{s.ip}:{s.port}/{proto_name(s.proto)}"
         if s.slot == 0:
@@ -403,7 +456,8 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
             b = backends.get(s.backend_id)
             addr = f"{b.ip}:{b.host_port}" if b else f"<missing backend {s.backend_id}>"
             state = f" {b.state_name}" if b and b.state_name != "active" else ""
-            what = f"{addr} ({s.rev_nat}) ({s.slot}){state}"
+            rid = rev_nat_of.get((s.ip, s.port, s.proto), 0)
+            what = f"{addr} ({rid}) ({s.slot}){state}"
             b_json = {"id": s.backend_id, "address": addr, "state": b.state_name if b else None}
         rows.append((front, what, s, b_json))
     if output == "json":
@@ -495,6 +549,60 @@ def bpf_ct_flush(ctx: Context, table: str) -> None:
     except MapNotFound as e:
         fail(str(e))
     click.echo(f"Flushed {n} entries from the global conntrack table")
+
+
+@bpf.group("nat")
+def bpf_nat() -> None:
+    """The masquerade (SNAT) table."""
+
+
+@bpf_nat.command("list")
+@click.option("--src", help="Source address as the packet carries it.")
+@click.option("--dst", help="Destination address as the packet carries it.")
+@click.option("--port", type=int, help="Any port of the entry (original or translated).")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]))
+@output_option
+@click.pass_obj
+def bpf_nat_list(
+    ctx: Context, src: str | None, dst: str | None, port: int | None, proto: str | None, output: str
+) -> None:
+    """OUT: pod -> world, source translated (XLATE_SRC); IN: world -> node, destination
+    translated back to the pod (XLATE_DST)."""
+    from porin.maps.nat import NatMap
+
+    with open_map(ctx, NatMap) as m:
+        entries = m.translations()
+    sel = [
+        t
+        for t in entries
+        if (src is None or t.src == src)
+        and (dst is None or t.dst == dst)
+        and (port is None or port in (t.sport, t.dport, t.xlate_port))
+        and (proto is None or t.proto == proto.upper())
+    ]
+    sel.sort(key=lambda t: (t.direction != "OUT", t.proto, t.src, t.sport, t.dst, t.dport))
+    if output == "json":
+        return print_json([t.to_json() for t in sel])
+    for t in sel:
+        what = "XLATE_SRC" if t.direction == "OUT" else "XLATE_DST"
+        click.echo(
+            f"{t.proto} {t.direction} {t.src}:{t.sport} -> {t.dst}:{t.dport} "
+            f"{what} {t.xlate_addr}:{t.xlate_port} Created={t.created_ago}s ago NeedsCT=1"
+        )
+
+
+@bpf_nat.command("flush")
+@click.pass_obj
+def bpf_nat_flush(ctx: Context) -> None:
+    """Delete every NAT entry (masqueraded connections break)."""
+    from porin.maps.nat import NatMap
+
+    try:
+        with NatMap(ctx.bpffs_root) as m:
+            n = m.flush()
+    except MapNotFound as e:
+        fail(str(e))
+    click.echo(f"Flushed {n} entries from the NAT table")
 
 
 @metrics.command("agent")

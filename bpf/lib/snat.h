@@ -1,0 +1,233 @@
+/* Masquerade (SNAT to the node's address) on the node's uplinks.
+ *
+ * Each masqueraded flow has two entries in nat4:
+ *   OUT {pod, peer, pod port, peer port, proto}  -> {node IP, NAT port}
+ *   IN  {peer, node IP, peer port, NAT port}     -> {pod, pod port}
+ * keyed by the tuple as the packet carries it in that direction. For ICMP
+ * echo the "port" is the echo id. The pod's own port is kept when it is free
+ * towards that peer; otherwise random ports of SNAT_PORT_MIN..MAX are tried.
+ * Entries live as long as the pod's conntrack entry: the agent's GC removes
+ * NAT entries whose conntrack entry is gone. The map is not LRU: when it is
+ * full a new flow is dropped with DROP_NAT_MAP_FULL, never silently evicted.
+ */
+#ifndef PORIN_SNAT_H
+#define PORIN_SNAT_H
+
+#include "common.h"
+#include "l4.h"
+#include "nat.h"
+#include "conntrack.h"
+
+#ifndef NAT_MAP_SIZE
+#define NAT_MAP_SIZE 131072
+#endif
+#ifndef SNAT_PORT_MIN
+#define SNAT_PORT_MIN 32768
+#endif
+#ifndef SNAT_PORT_MAX
+#define SNAT_PORT_MAX 60999
+#endif
+#define SNAT_TRIES 32
+
+#define NAT_DIR_OUT 1
+#define NAT_DIR_IN 2
+
+struct nat4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+struct nat4_entry {
+	__be32 to_addr;
+	__be16 to_port;
+	__u16 pad;
+	__u32 created;      /* seconds of CLOCK_MONOTONIC */
+	__u32 pad2;
+};
+
+/* Per uplink: the node address it masquerades to. */
+struct host_device {
+	__be32 node_ip;
+	__u32 flags;
+};
+
+#define HOST_DEV_MASQUERADE 1
+
+struct lpm_v4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+PORIN_MAP("hash", struct nat4_key, struct nat4_entry, nat4, NAT_MAP_SIZE);
+PORIN_MAP("hash", __u32, struct host_device, host_devices, 256);
+BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, 256,
+		 PIN_ROOT "/nonmasq_cidrs", BPF_F_NO_PREALLOC);
+
+static __always_inline int snat_wanted(__be32 daddr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = daddr };
+
+	return nonmasq_cidrs.lookup(&key) == NULL;
+}
+
+static __always_inline void nat_key_from_flow(struct nat4_key *k, const struct ipv4_flow *f,
+					      __u8 dir)
+{
+	k->saddr = f->saddr;
+	k->daddr = f->daddr;
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+/* Reserve a NAT port for a new flow: the IN entry is inserted first with
+ * BPF_NOEXIST, so two flows can never get the same translated tuple. */
+static __always_inline int snat_allocate(const struct ipv4_flow *f, __be32 node_ip,
+					 struct nat4_entry *out)
+{
+	struct nat4_key rkey = {
+		.saddr = f->daddr,
+		.daddr = node_ip,
+		.sport = f->dport,
+		.proto = f->proto,
+		.dir = NAT_DIR_IN,
+	};
+	struct nat4_entry rval = { .to_addr = f->saddr, .to_port = f->sport };
+	struct nat4_key okey;
+	__u16 port = bpf_ntohs(f->sport);
+	int i, ret = -1;
+
+	rval.created = now_seconds();
+	for (i = 0; i < SNAT_TRIES; i++) {
+		if (i > 0 || port == 0)
+			port = SNAT_PORT_MIN +
+			       bpf_get_prandom_u32() % (SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
+		rkey.dport = bpf_htons(port);
+		ret = nat4.insert(&rkey, &rval);
+		if (ret == 0)
+			break;
+		if (ret == -7) /* E2BIG: the map is full */
+			return DROP_NAT_MAP_FULL;
+	}
+	if (ret != 0)
+		return DROP_NAT_NO_PORT;
+	out->to_addr = node_ip;
+	out->to_port = rkey.dport;
+	out->created = rval.created;
+	nat_key_from_flow(&okey, f, NAT_DIR_OUT);
+	if (nat4.update(&okey, out) < 0) {
+		nat4.delete(&rkey);
+		return DROP_NAT_MAP_FULL;
+	}
+	return 0;
+}
+
+/* Masquerade a packet leaving through an uplink; 0 or a drop reason. */
+static __always_inline int snat_egress(struct __sk_buff *skb, struct ipv4_flow *f, __be32 node_ip)
+{
+	struct nat4_entry fresh = {}, *e;
+	struct nat4_key key;
+	__be32 to_addr;
+	__be16 to_port;
+	int ret;
+
+	nat_key_from_flow(&key, f, NAT_DIR_OUT);
+	e = nat4.lookup(&key);
+	if (e) {
+		to_addr = e->to_addr;
+		to_port = e->to_port;
+	} else {
+		ret = snat_allocate(f, node_ip, &fresh);
+		if (ret)
+			return ret;
+		to_addr = fresh.to_addr;
+		to_port = fresh.to_port;
+	}
+	if (nat_rewrite(skb, f, 1, to_addr, to_port) < 0)
+		return DROP_NAT_FAILED;
+	f->saddr = to_addr;
+	f->sport = to_port;
+	return 0;
+}
+
+/* A reply to a masqueraded flow arriving on an uplink: destination back to
+ * the pod. Returns 1 when translated, 0 when not a NAT flow, or -reason. */
+static __always_inline int snat_ingress(struct __sk_buff *skb, struct ipv4_flow *f)
+{
+	struct nat4_key key;
+	struct nat4_entry *e;
+
+	nat_key_from_flow(&key, f, NAT_DIR_IN);
+	e = nat4.lookup(&key);
+	if (!e)
+		return 0;
+	if (nat_rewrite(skb, f, 0, e->to_addr, e->to_port) < 0)
+		return -DROP_NAT_FAILED;
+	f->daddr = e->to_addr;
+	f->dport = e->to_port;
+	return 1;
+}
+
+/* An ICMP error about a masqueraded flow (port unreachable, fragmentation
+ * needed, time exceeded): the outer destination and the quoted source
+ * address and port go back to the pod's. The quoted header's checksum is
+ * fixed too, so the ICMP checksum only changes by the port. Returns 1 when
+ * translated, 0 when not a NAT flow, or -reason. */
+static __always_inline int snat_icmp_error_ingress(struct __sk_buff *skb, struct ipv4_flow *f)
+{
+	struct ipv4_flow inner;
+	struct nat4_key key;
+	struct nat4_entry *e;
+	__be32 pod_ip;
+	__be16 pod_port, old_port;
+	int inner_ip = f->l4_off + sizeof(struct icmphdr);
+	int icmp_csum = f->l4_off + offsetof(struct icmphdr, checksum);
+
+	if (icmp_inner_flow(skb, f, &inner))
+		return 0;
+	/* the quoted packet went node -> peer: its reply direction is the IN entry */
+	key.saddr = inner.daddr;
+	key.daddr = inner.saddr;
+	key.sport = inner.dport;
+	key.dport = inner.sport;
+	key.proto = inner.proto;
+	key.dir = NAT_DIR_IN;
+	key.pad = 0;
+	e = nat4.lookup(&key);
+	if (!e)
+		return 0;
+	pod_ip = e->to_addr;
+	pod_port = e->to_port;
+	old_port = inner.sport;
+
+	/* outer destination */
+	if (nat_rewrite(skb, f, 0, pod_ip, 0) < 0)
+		return -DROP_NAT_FAILED;
+	/* quoted source address, with the quoted header's own checksum */
+	if (bpf_l3_csum_replace(skb, inner_ip + offsetof(struct iphdr, check), inner.saddr, pod_ip,
+				sizeof(pod_ip)) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_ip + offsetof(struct iphdr, saddr), &pod_ip,
+				sizeof(pod_ip), 0) < 0)
+		return -DROP_NAT_FAILED;
+	/* quoted source port (echo id for ICMP), and the ICMP checksum by the same delta */
+	if (pod_port != old_port) {
+		int port_off = inner.l4_off;
+
+		if (inner.proto == IPPROTO_ICMP)
+			port_off = inner.l4_off + offsetof(struct icmphdr, un.echo.id);
+		if (bpf_l4_csum_replace(skb, icmp_csum, old_port, pod_port, sizeof(pod_port)) < 0 ||
+		    bpf_skb_store_bytes(skb, port_off, &pod_port, sizeof(pod_port), 0) < 0)
+			return -DROP_NAT_FAILED;
+	}
+	f->daddr = pod_ip;
+	return 1;
+}
+
+#endif /* PORIN_SNAT_H */

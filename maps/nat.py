@@ -1,0 +1,92 @@
+"""The `nat4` map: masquerade translations on the node's uplinks (bpf/lib/snat.h).
+
+Two entries per flow, each keyed by the tuple as the packet carries it:
+OUT {pod, peer, pod port, peer port} -> {node IP, NAT port} and
+IN {peer, node IP, peer port, NAT port} -> {pod, pod port}.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from porin.maps.conntrack import monotonic_seconds
+from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
+from porin.maps.pinned import PinnedMap
+
+NAT_DIR_OUT = 1
+NAT_DIR_IN = 2
+
+
+class NatKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class NatEntry(ctypes.Structure):
+    _fields_ = [
+        ("to_addr", ctypes.c_uint32),
+        ("to_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("created", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class Translation:
+    proto: str
+    direction: str  # OUT: pod -> world, source translated; IN: world -> node, destination
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    xlate_addr: str
+    xlate_port: int
+    created_ago: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decode(k: NatKey, v: NatEntry, now: int) -> Translation:
+    return Translation(
+        proto=proto_name(k.proto),
+        direction="OUT" if k.dir == NAT_DIR_OUT else "IN",
+        src=be_to_ip(k.saddr),
+        sport=be_to_port(k.sport),
+        dst=be_to_ip(k.daddr),
+        dport=be_to_port(k.dport),
+        xlate_addr=be_to_ip(v.to_addr),
+        xlate_port=be_to_port(v.to_port),
+        created_ago=max(0, now - v.created),
+    )
+
+
+class NatMap(PinnedMap[NatKey, NatEntry]):
+    NAME = "nat4"
+    KEY = NatKey
+    VALUE = NatEntry
+    BATCH = 8192
+
+    def translations(self) -> list[Translation]:
+        now = monotonic_seconds()
+        keys, vals, n = self.dump_raw()
+        ks, vs = ctypes.sizeof(NatKey), ctypes.sizeof(NatEntry)
+        return [
+            decode(
+                NatKey.from_buffer_copy(keys, i * ks), NatEntry.from_buffer_copy(vals, i * vs), now
+            )
+            for i in range(n)
+        ]
+
+    def flush(self) -> int:
+        return self.clear()
