@@ -39,7 +39,9 @@ bench: setup
 install:
 	@hack/setup.sh $(INSTALL_VENV) install
 	install -d $(CNI_BIN_DIR) $(CNI_CONF_DIR) $(PREFIX)/bin
-	install -m 0755 $(INSTALL_VENV)/bin/porin-cni $(CNI_BIN_DIR)/porin
+	hack/cni-launcher.sh $(INSTALL_VENV)/bin/python3 \
+	  "$$($(INSTALL_VENV)/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  $(CNI_BIN_DIR)/porin
 	install -m 0644 hack/05-porin.conflist $(CNI_CONF_DIR)/05-porin.conflist
 	ln -sfn $(INSTALL_VENV)/bin/porin $(PREFIX)/bin/porin
 	ln -sfn $(INSTALL_VENV)/bin/porin-agent $(PREFIX)/bin/porin-agent

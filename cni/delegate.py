@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 from porin.cni.errors import PORIN_IPAM_PLUGIN, CniError
 
@@ -29,6 +28,8 @@ def run_ipam(
     name: str, command: str, stdin: bytes, environ: dict[str, str], path: list[str]
 ) -> dict | None:
     """Run the IPAM plugin; the parsed result for ADD, None for the others."""
+    import subprocess  # only when an IPAM plugin is configured: keep the common path light
+
     binary = find_plugin(name, path)
     env = dict(environ)
     env["CNI_COMMAND"] = command

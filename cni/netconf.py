@@ -1,14 +1,13 @@
 """Network configuration and CNI_* environment, parsed and validated.
 
-Kept free of heavy imports: this runs in every CNI invocation.
+Kept free of heavy imports (no dataclasses, typing or subprocess): this
+runs in every CNI invocation, where the runtime waits for it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from porin.cni.errors import (
     DECODE_FAILURE,
@@ -31,20 +30,36 @@ def version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
-@dataclass
 class NetConf:
-    cni_version: str
-    name: str
-    type: str
-    raw: dict[str, Any]
-    mtu: int | None = None
-    ipam: dict[str, Any] | None = None
-    dns: dict[str, Any] | None = None
-    agent_socket: str = DEFAULT_SOCKET
-    prev_result: dict[str, Any] | None = None
-    runtime_config: dict[str, Any] = field(default_factory=dict)
-    args: dict[str, Any] = field(default_factory=dict)
-    valid_attachments: list[dict[str, str]] | None = None
+    """A validated network configuration."""
+
+    def __init__(
+        self,
+        cni_version: str,
+        name: str,
+        type: str,  # noqa: A002 - the spec's field name
+        raw: dict,
+        mtu: int | None = None,
+        ipam: dict | None = None,
+        dns: dict | None = None,
+        agent_socket: str = DEFAULT_SOCKET,
+        prev_result: dict | None = None,
+        runtime_config: dict | None = None,
+        args: dict | None = None,
+        valid_attachments: list[dict] | None = None,
+    ) -> None:
+        self.cni_version = cni_version
+        self.name = name
+        self.type = type
+        self.raw = raw
+        self.mtu = mtu
+        self.ipam = ipam
+        self.dns = dns
+        self.agent_socket = agent_socket
+        self.prev_result = prev_result
+        self.runtime_config = runtime_config or {}
+        self.args = args or {}
+        self.valid_attachments = valid_attachments
 
 
 def _bad(msg: str) -> CniError:
@@ -129,7 +144,7 @@ def parse_netconf(data: bytes) -> NetConf:
     )
 
 
-def _check_dns(dns: Any) -> None:
+def _check_dns(dns: object) -> None:
     if not isinstance(dns, dict):
         raise _bad("dns must be an object")
     for key in ("nameservers", "search", "options"):
@@ -140,15 +155,26 @@ def _check_dns(dns: Any) -> None:
         raise _bad("dns.domain must be a string")
 
 
-@dataclass
 class CniEnv:
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: dict[str, str] = field(default_factory=dict)
-    path: list[str] = field(default_factory=list)
-    environ: dict[str, str] = field(default_factory=dict)  # passed on to delegated plugins
+    """The CNI_* parameters of one invocation."""
+
+    def __init__(
+        self,
+        command: str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "",
+        args: dict[str, str] | None = None,
+        path: list[str] | None = None,
+        environ: dict[str, str] | None = None,  # passed on to delegated plugins
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args or {}
+        self.path = path or []
+        self.environ = environ or {}
 
 
 def parse_env(environ: dict[str, str]) -> CniEnv:

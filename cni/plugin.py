@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 from porin.client import AgentClient, AgentUnavailable, ApiError
 from porin.cni import errors
@@ -30,7 +29,7 @@ from porin.cni.netconf import (
 from porin.cni.result import build_result, first_ipv4, merge_dns
 
 
-def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, Any]:
+def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, object]:
     if conf.prev_result is not None:
         raise CniError(
             errors.INVALID_CONFIG, "porin creates the interface: put it first in the chain"
@@ -38,7 +37,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, Any]:
     ipam_result = None
     if conf.ipam is not None:
         ipam_result = run_ipam(conf.ipam["type"], "ADD", stdin, env.environ, env.path)
-    req: dict[str, Any] = {
+    req: dict[str, object] = {
         "containerID": env.container_id,
         "ifname": env.ifname,
         "netns": env.netns,
@@ -130,7 +129,7 @@ def cmd_gc(conf: NetConf, env: CniEnv, stdin: bytes) -> None:
         run_ipam(conf.ipam["type"], "GC", stdin, env.environ, env.path)
 
 
-def _agent(conf: NetConf, method: str, path: str, body: Any = None) -> Any:
+def _agent(conf: NetConf, method: str, path: str, body: object = None) -> object:
     try:
         return AgentClient(conf.agent_socket).request(method, path, body)
     except AgentUnavailable as e:
@@ -139,7 +138,7 @@ def _agent(conf: NetConf, method: str, path: str, body: Any = None) -> Any:
         raise CniError(e.cni_code or errors.PORIN_INTERNAL, e.message) from None
 
 
-def cmd_version(stdin: bytes) -> dict[str, Any]:
+def cmd_version(stdin: bytes) -> dict[str, object]:
     requested = LATEST_VERSION
     try:
         data = json.loads(stdin) if stdin.strip() else {}
@@ -150,7 +149,7 @@ def cmd_version(stdin: bytes) -> dict[str, Any]:
     return {"cniVersion": requested, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
-def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
+def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, object] | None]:
     """One plugin invocation: (exit status, JSON to print or None)."""
     version = LATEST_VERSION
     try:

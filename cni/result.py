@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from porin.cni.netconf import version_tuple
 
 
 def build_result(
-    cni_version: str, ep: dict[str, Any], dns: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    cni_version: str, ep: dict[str, object], dns: dict[str, object] | None = None
+) -> dict[str, object]:
     """The spec result for an endpoint as the agent returned it."""
     v = version_tuple(cni_version)
-    pod_if: dict[str, Any] = {"name": ep["ifname"], "mac": ep["mac"], "sandbox": ep["netns"]}
+    pod_if: dict[str, object] = {"name": ep["ifname"], "mac": ep["mac"], "sandbox": ep["netns"]}
     if v >= (1, 1, 0):
         pod_if["mtu"] = ep["mtu"]
-    ip: dict[str, Any] = {"address": ep["ipv4"], "gateway": ep["gateway"], "interface": 1}
+    ip: dict[str, object] = {"address": ep["ipv4"], "gateway": ep["gateway"], "interface": 1}
     if v < (1, 0, 0):  # 0.3.x and 0.4.0 carry the address family
         ip["version"] = "4"
-    result: dict[str, Any] = {
+    result: dict[str, object] = {
         "cniVersion": cni_version,
         "interfaces": [{"name": ep["host_ifname"], "mac": ep["host_mac"]}, pod_if],
         "ips": [ip],
@@ -29,9 +27,9 @@ def build_result(
     return result
 
 
-def merge_dns(*sources: dict[str, Any] | None) -> dict[str, Any] | None:
+def merge_dns(*sources: dict[str, object] | None) -> dict[str, object] | None:
     """Netconf dns first, then anything an IPAM plugin returned."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for src in sources:
         if not src:
             continue
@@ -45,7 +43,7 @@ def merge_dns(*sources: dict[str, Any] | None) -> dict[str, Any] | None:
     return out or None
 
 
-def first_ipv4(ipam_result: dict[str, Any]) -> tuple[str, str | None]:
+def first_ipv4(ipam_result: dict[str, object]) -> tuple[str, str | None]:
     """(address/prefix, gateway) of the first IPv4 entry of an IPAM result."""
     for ip in ipam_result.get("ips") or []:
         addr = ip.get("address", "")

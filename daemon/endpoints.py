@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,47 @@ from porin.models import Endpoint, EndpointRequest
 log = logging.getLogger("porin.endpoints")
 
 MAX_ENDPOINT_ID = 65535
+
+
+class LinkReaper:
+    """Deletes endpoint veths in the background, one netlink socket of its own."""
+
+    def __init__(self, store: EndpointStore) -> None:
+        self.store = store
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="link-reaper", daemon=True).start()
+
+    def delete(self, name: str) -> None:
+        with self._cond:
+            self._pending.add(name)
+        self._queue.put(name)
+
+    def pending(self, name: str) -> bool:
+        with self._cond:
+            return name in self._pending
+
+    def wait(self, name: str, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: name not in self._pending, timeout)
+
+    def idle(self, timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def _run(self) -> None:
+        ipr = IPRoute()
+        while True:
+            name = self._queue.get()
+            try:
+                links.delete_link(ipr, name)
+                self.store.deleted(name)
+            except Exception as e:
+                log.error("cannot delete veth %s: %s (retried on the next start)", name, e)
+            with self._cond:
+                self._pending.discard(name)
+                self._cond.notify_all()
 
 
 class EndpointNotFound(LookupError):
@@ -58,6 +100,7 @@ class EndpointManager:
         self.store = store
         self.map = endpoints_map
         self.ipr = IPRoute()
+        self.reaper = LinkReaper(store)
         self._lock = threading.RLock()
         self._eps: dict[int, Endpoint] = {}
         self.on_change: list[Callable[[], object]] = []  # called after an endpoint comes or goes
@@ -150,7 +193,8 @@ class EndpointManager:
             self.store.save(ep.id, ep.to_json())
             undo.append(lambda: self.store.delete(ep.id))
 
-            # a leftover veth of an earlier, crashed attempt would block the name
+            # a veth still being reaped, or left by a crashed attempt, blocks the name
+            self.reaper.wait(ep.host_ifname)
             links.delete_link(self.ipr, ep.host_ifname)
             link = links.create_pod_link(
                 self.ipr, ep.host_ifname, ep.netns, ep.ifname, ipv4, gateway, ep.mtu
@@ -219,22 +263,28 @@ class EndpointManager:
             ep = self.find(container_id, ifname)
             if ep is None:
                 # nothing recorded; still sweep what a crash may have left
-                links.delete_link(self.ipr, links.lxc_name(container_id, ifname))
+                name = links.lxc_name(container_id, ifname)
+                if not self.reaper.pending(name):
+                    links.delete_link(self.ipr, name)
                 self.ipam.release(owner_key(container_id, ifname))
                 return None
             self._teardown(ep)
             return ep
 
     def _teardown(self, ep: Endpoint) -> None:
-        """Remove map entry, veth (and with it the host route), address, record."""
+        """Remove map entry, address and record; the veth (and with it the pod's
+        interface and the host route) is deleted by the reaper thread, since
+        unregistering a device waits for an RCU grace period (~20 ms) that the
+        runtime need not wait for. The datapath stops delivering at once."""
         entry = self.map.lookup(ep.ip)
         if entry is not None and entry.endpoint_id == ep.id:
             self.map.remove(ep.ip)
-        links.delete_link(self.ipr, ep.host_ifname)
         if ep.ipam == "agent":
             self.ipam.release(owner_key(ep.container_id, ep.ifname))
-        self.store.delete(ep.id)
+        self.store.mark_deleting(ep.id, ep.to_json())
         self._eps.pop(ep.id, None)
+        self.reaper.delete(ep.host_ifname)
+        self._changed()
         log.info(
             "endpoint %d removed: container=%s ifname=%s ip=%s",
             ep.id,
@@ -329,6 +379,10 @@ class EndpointManager:
                     log.error("skipping unreadable endpoint record %s: %s", data.get("id"), e)
                     continue
                 self._eps[ep.id] = ep
+            for data in self.store.load_deleting():
+                name = data.get("host_ifname")
+                if isinstance(name, str):
+                    self.reaper.delete(name)
             for ep in list(self._eps.values()):
                 self._restore_one(ep)
             self._process_pending_deletes()

@@ -45,10 +45,40 @@ class EndpointStore:
             pass
 
     def load_all(self) -> list[dict[str, Any]]:
-        out = []
-        for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json"):
-                data = read_json(os.path.join(self.dir, name))
-                if isinstance(data, dict):
-                    out.append(data)
-        return out
+        return _load_dir(self.dir)
+
+    # Endpoints being torn down: their veth is deleted in the background. The
+    # record moves out of endpoints/ at once (its id may be reused) and stays
+    # in deleting/ until the veth is gone, so a crash cannot leak the veth.
+
+    def _deleting_path(self, host_ifname: str) -> str:
+        return os.path.join(self.deleting_dir, f"{host_ifname}.json")
+
+    @property
+    def deleting_dir(self) -> str:
+        d = os.path.join(os.path.dirname(self.dir), "deleting")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        return d
+
+    def mark_deleting(self, ep_id: int, data: dict[str, Any]) -> None:
+        write_json_atomic(self._deleting_path(data["host_ifname"]), data)
+        self.delete(ep_id)
+
+    def deleted(self, host_ifname: str) -> None:
+        try:
+            os.unlink(self._deleting_path(host_ifname))
+        except FileNotFoundError:
+            pass
+
+    def load_deleting(self) -> list[dict[str, Any]]:
+        return _load_dir(self.deleting_dir)
+
+
+def _load_dir(path: str) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".json"):
+            data = read_json(os.path.join(path, name))
+            if isinstance(data, dict):
+                out.append(data)
+    return out

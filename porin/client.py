@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
 
 DEFAULT_SOCKET = "/var/run/porin/porin.sock"
 
@@ -32,7 +31,7 @@ class AgentClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: object = None) -> object:
         """Send one request; return the decoded JSON body or raise ApiError."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = (
@@ -70,11 +69,11 @@ class AgentClient:
             sock.close()
         return _parse_response(b"".join(chunks))
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str) -> object:
         return self.request("GET", path)
 
 
-def _parse_response(raw: bytes) -> Any:
+def _parse_response(raw: bytes) -> object:
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         raise AgentUnavailable("porin-agent sent an incomplete response")

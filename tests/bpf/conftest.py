@@ -9,39 +9,16 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import dataclass
 
 import pytest
+from lxc_harness import Lxc
 
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import compile_programs
 from porin.daemon.services import LbMaps, ServiceManager
-from porin.maps import syscall
 from porin.maps.conntrack import ConntrackMap
-from porin.maps.endpoints import EndpointEntry, EndpointsMap
-from porin.maps.metrics import MetricsMap, reason_by_name
-
-TC_ACT_OK = 0
-TC_ACT_SHOT = 2
-TC_ACT_REDIRECT = 7
-DIR_INGRESS = 1
-DIR_EGRESS = 2
-
-
-@dataclass
-class Lxc:
-    progs: dict
-    endpoints: EndpointsMap
-    metrics: MetricsMap
-    ct: ConntrackMap
-    lb: LbMaps
-
-    def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
-        ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
-        return ret, out
-
-    def count(self, reason: str, direction: int = DIR_EGRESS) -> int:
-        return self.metrics.count(reason_by_name(reason).code, direction).packets
+from porin.maps.endpoints import EndpointsMap
+from porin.maps.metrics import MetricsMap
 
 
 @pytest.fixture(scope="session")
@@ -81,19 +58,3 @@ def lxc(lxc_datapath):
 def services(lxc, tmp_path):
     """The agent's real service programming, on the test's maps."""
     return ServiceManager(lxc.lb, str(tmp_path))
-
-
-POD_A = EndpointEntry(
-    ip="10.244.0.10",
-    ifindex=1,
-    endpoint_id=10,
-    mac="02:00:00:00:00:0a",
-    node_mac="02:aa:00:00:00:0a",
-)
-POD_B = EndpointEntry(
-    ip="10.244.0.11",
-    ifindex=77,
-    endpoint_id=11,
-    mac="02:00:00:00:00:0b",
-    node_mac="02:aa:00:00:00:0b",
-)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from conftest import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT
+from lxc_harness import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from porinlab import Node
+from porinlab import Node, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,24 @@ class Snapshot:
 @pytest.fixture
 def snapshot():
     return Snapshot
+
+
+@pytest.fixture
+def settled():
+    """Assert a node returns to a snapshot (veths are reaped in the background)."""
+
+    def check(node: Node, before: Snapshot, timeout: float = 10.0) -> None:
+        last: list[Snapshot] = []
+
+        def same() -> bool:
+            last[:] = [Snapshot(node)]
+            return last[0] == before
+
+        try:
+            wait_for(same, timeout, "the node to return to its snapshot")
+        except TimeoutError:
+            raise AssertionError(
+                f"node did not settle:\n  now    {last}\n  before {before}"
+            ) from None
+
+    return check

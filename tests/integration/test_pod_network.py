@@ -146,7 +146,7 @@ def test_check_unknown_container(node):
         ns.close()
 
 
-def test_del_leaves_nothing_behind(node, snapshot):
+def test_del_leaves_nothing_behind(node, snapshot, settled):
     before = snapshot(node)
     pod = node.add_pod()
     during = snapshot(node)
@@ -154,10 +154,10 @@ def test_del_leaves_nothing_behind(node, snapshot):
     assert pod.ip in during.ipam and pod.ip in during.map
     rc, out = node.del_pod(pod)
     assert (rc, out) == (0, None)
-    assert snapshot(node) == before
+    settled(node, before)
 
 
-def test_del_is_idempotent_and_survives_missing_netns(node, snapshot):
+def test_del_is_idempotent_and_survives_missing_netns(node, snapshot, settled):
     before = snapshot(node)
     pod = node.add_pod()
     pod.ns.close()  # runtime removed the netns first: the veth goes with it
@@ -167,7 +167,7 @@ def test_del_is_idempotent_and_survives_missing_netns(node, snapshot):
     rc, _ = node.cni("DEL", pod.container_id, "", pod.ifname)  # CNI_NETNS may be empty
     assert rc == 0
     node.pods = {k: v for k, v in node.pods.items() if v is not pod}
-    assert snapshot(node) == before
+    settled(node, before)
 
 
 def test_del_of_unknown_container_succeeds(node):
@@ -175,7 +175,7 @@ def test_del_of_unknown_container_succeeds(node):
     assert (rc, out) == (0, None)
 
 
-def test_twenty_parallel_adds_get_distinct_addresses(node, snapshot):
+def test_twenty_parallel_adds_get_distinct_addresses(node, snapshot, settled):
     before = snapshot(node)
     nss = [Netns(kind="pod") for _ in range(20)]
     try:
@@ -194,7 +194,7 @@ def test_twenty_parallel_adds_get_distinct_addresses(node, snapshot):
                 pool.map(lambda ns: node.cni("DEL", f"par-{ns.name}", ns.path, "eth0"), nss)
             )
         assert all(rc == 0 for rc, _ in dels)
-        assert snapshot(node) == before
+        settled(node, before)
     finally:
         for ns in nss:
             ns.close()
@@ -238,7 +238,7 @@ def test_status_verb(node):
     assert rc != 0 and out["code"] == 50
 
 
-def test_gc_removes_attachments_not_listed(node, snapshot):
+def test_gc_removes_attachments_not_listed(node, snapshot, settled):
     before = snapshot(node)
     keep, drop = node.add_pod(), node.add_pod()
     valid = [
@@ -253,10 +253,10 @@ def test_gc_removes_attachments_not_listed(node, snapshot):
     node.del_pod(keep)
     drop.ns.close()
     node.pods = {k: v for k, v in node.pods.items() if v is not drop}
-    assert snapshot(node) == before
+    settled(node, before)
 
 
-def test_api_rejects_bad_requests_without_change(node, snapshot):
+def test_api_rejects_bad_requests_without_change(node, snapshot, settled):
     from porin.client import AgentClient, ApiError
 
     before = snapshot(node)
@@ -274,10 +274,10 @@ def test_api_rejects_bad_requests_without_change(node, snapshot):
         with pytest.raises(ApiError) as e:
             c.request(method, path, body)
         assert e.value.status == status, (method, path, e.value.message)
-    assert snapshot(node) == before
+    settled(node, before)
 
 
-def test_host_local_ipam_delegation(node, snapshot, tmp_path):
+def test_host_local_ipam_delegation(node, snapshot, settled, tmp_path):
     before = snapshot(node)
     ipam = {
         "type": "host-local",
@@ -298,10 +298,10 @@ def test_host_local_ipam_delegation(node, snapshot, tmp_path):
     a.ns.close()
     node.pods = {k: v for k, v in node.pods.items() if v is not a}
     node.del_pod(b)
-    assert snapshot(node) == before
+    settled(node, before)
 
 
-def test_chained_tuning_plugin(node, snapshot):
+def test_chained_tuning_plugin(node, snapshot, settled):
     """A conflist [porin, tuning]: the runtime passes porin's result to tuning as prevResult."""
     before = snapshot(node)
     ns = Netns(kind="pod")
@@ -337,7 +337,7 @@ def test_chained_tuning_plugin(node, snapshot):
         rc, out = node.cni("CHECK", cid, ns.path, conf=node.netconf(prevResult=chained))
         assert (rc, out) == (0, None)
         assert node.cni("DEL", cid, ns.path) == (0, None)
-        assert snapshot(node) == before
+        settled(node, before)
     finally:
         ns.close()
 

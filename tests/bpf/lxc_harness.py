@@ -1,0 +1,49 @@
+"""Shared constants and the handle the BPF tests drive the datapath through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from porin.daemon.services import LbMaps
+from porin.maps import syscall
+from porin.maps.conntrack import ConntrackMap
+from porin.maps.endpoints import EndpointEntry, EndpointsMap
+from porin.maps.metrics import MetricsMap, reason_by_name
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7
+DIR_INGRESS = 1
+DIR_EGRESS = 2
+
+
+@dataclass
+class Lxc:
+    progs: dict
+    endpoints: EndpointsMap
+    metrics: MetricsMap
+    ct: ConntrackMap
+    lb: LbMaps
+
+    def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
+        ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
+        return ret, out
+
+    def count(self, reason: str, direction: int = DIR_EGRESS) -> int:
+        return self.metrics.count(reason_by_name(reason).code, direction).packets
+
+
+POD_A = EndpointEntry(
+    ip="10.244.0.10",
+    ifindex=1,
+    endpoint_id=10,
+    mac="02:00:00:00:00:0a",
+    node_mac="02:aa:00:00:00:0a",
+)
+POD_B = EndpointEntry(
+    ip="10.244.0.11",
+    ifindex=77,
+    endpoint_id=11,
+    mac="02:00:00:00:00:0b",
+    node_mac="02:aa:00:00:00:0b",
+)
