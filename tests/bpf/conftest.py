@@ -18,23 +18,33 @@ from porin.daemon.datapath import compile_programs
 from porin.daemon.services import LbMaps, ServiceManager
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
+from porin.maps.host_devices import HostDevicesMap
 from porin.maps.metrics import MetricsMap
+from porin.maps.nat import NatMap
+from porin.maps.nonmasq import NonMasqMap
 
 
 @pytest.fixture(scope="session")
 def lxc_datapath():
     root = f"/sys/fs/bpf/pltest-{uuid.uuid4().hex[:8]}"
     cfg = AgentConfig(bpffs_root=root)
-    module, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
+    # both programs share the pinned maps, as in the agent
+    lxc_mod, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
+    host_mod, host_progs = compile_programs(
+        "bpf_host.c", cfg, ["from_netdev", "to_netdev", "from_host_lo"]
+    )
     dp = Lxc(
-        progs=progs,
+        progs={**progs, **host_progs},
         endpoints=EndpointsMap(root),
         metrics=MetricsMap(root),
         ct=ConntrackMap(root),
         lb=LbMaps.open(root),
+        nat=NatMap(root),
+        host_devices=HostDevicesMap(root),
+        nonmasq=NonMasqMap(root),
     )
     try:
-        yield dp, module
+        yield dp, (lxc_mod, host_mod)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -42,6 +52,9 @@ def lxc_datapath():
 def _clear(dp: Lxc) -> None:
     dp.endpoints.clear()
     dp.ct.flush()
+    dp.nat.clear()
+    dp.host_devices.clear()
+    dp.nonmasq.clear()
     for m in (dp.lb.services, dp.lb.backends, dp.lb.reverse_nat, dp.lb.affinity):
         m.clear()
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+
 from porin.daemon.services import LbMaps
 from porin.maps import syscall
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
+from porin.maps.host_devices import HostDevicesMap
 from porin.maps.metrics import MetricsMap, reason_by_name
+from porin.maps.nat import NatMap
+from porin.maps.nonmasq import NonMasqMap
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -24,6 +29,9 @@ class Lxc:
     metrics: MetricsMap
     ct: ConntrackMap
     lb: LbMaps
+    nat: NatMap
+    host_devices: HostDevicesMap
+    nonmasq: NonMasqMap
 
     def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
         ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
@@ -47,3 +55,22 @@ POD_B = EndpointEntry(
     mac="02:00:00:00:00:0b",
     node_mac="02:aa:00:00:00:0b",
 )
+
+
+def on_ifindex(ep: EndpointEntry, ifindex: int) -> EndpointEntry:
+    return EndpointEntry(ep.ip, ifindex, ep.endpoint_id, ep.mac, ep.node_mac)
+
+
+def checksums_valid(pkt) -> bool:
+    """True when scapy, recomputing from scratch, gets the same checksums."""
+    ip = pkt[IP]
+    fresh = IP(bytes(ip))
+    del fresh.chksum
+    l4 = next((cls for cls in (TCP, UDP, ICMP) if cls in fresh), None)
+    keep_zero_udp = l4 is UDP and ip[UDP].chksum == 0
+    if l4 is not None and not keep_zero_udp:
+        del fresh[l4].chksum
+    rebuilt = IP(bytes(fresh))
+    if rebuilt.chksum != ip.chksum:
+        return False
+    return l4 is None or keep_zero_udp or rebuilt[l4].chksum == ip[l4].chksum

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from lxc_harness import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT
+from lxc_harness import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT, checksums_valid, on_ifindex
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -29,10 +29,6 @@ POD_C = EndpointEntry(
 )
 
 
-def on_ifindex(ep: EndpointEntry, ifindex: int) -> EndpointEntry:
-    return EndpointEntry(ep.ip, ifindex, ep.endpoint_id, ep.mac, ep.node_mac)
-
-
 def sending(lxc, ep: EndpointEntry) -> None:
     """Make `ep` the endpoint on the test interface (BPF_PROG_TEST_RUN uses ifindex 1)."""
     for other, idx in ((POD_A, 76), (POD_B, 77), (POD_C, 78)):
@@ -41,21 +37,6 @@ def sending(lxc, ep: EndpointEntry) -> None:
 
 def frame(ep: EndpointEntry, pkt) -> bytes:
     return bytes(Ether(src=ep.mac, dst=ep.node_mac) / pkt)
-
-
-def checksums_valid(pkt) -> bool:
-    """True when scapy, recomputing from scratch, gets the same checksums."""
-    ip = pkt[IP]
-    fresh = IP(bytes(ip))
-    del fresh.chksum
-    l4 = next((cls for cls in (TCP, UDP, ICMP) if cls in fresh), None)
-    keep_zero_udp = l4 is UDP and ip[UDP].chksum == 0
-    if l4 is not None and not keep_zero_udp:
-        del fresh[l4].chksum
-    rebuilt = IP(bytes(fresh))
-    if rebuilt.chksum != ip.chksum:
-        return False
-    return l4 is None or keep_zero_udp or rebuilt[l4].chksum == ip[l4].chksum
 
 
 def svc(services, backends, **kw) -> Service:
