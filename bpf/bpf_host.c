@@ -7,7 +7,9 @@
  *
  * Packet path of from_netdev, top to bottom:
  *   1. not IPv4, or not addressed to this uplink's node IP -> stack (REASON_HOST_PASS)
- *   2. header and L4 tuple valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
+ *   2. IPIP from a node of the cluster (else DROP_UNKNOWN_NODE) -> decapsulated,
+ *      conntrack, delivered into the pod (REASON_FROM_TUNNEL)
+ *   3. header and L4 tuple valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
  *   3. ICMP error quoting a masqueraded flow -> translated back to the pod
  *      (outer destination, quoted source and port, checksums), delivered
  *   4. reply to a masqueraded flow (nat4 IN entry) -> destination back to the
@@ -34,6 +36,8 @@
 #include "lib/conntrack.h"
 #include "lib/lb.h"
 #include "lib/snat.h"
+#include "lib/ipcache.h"
+#include "lib/tunnel.h"
 #include "lib/lxc.h"
 
 /* Deliver a translated packet to the local pod it is now addressed to. */
@@ -45,6 +49,37 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, __be32 daddr, _
 		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
 	update_metrics(skb->len, reason, DIR_INGRESS);
 	return redirect_to_endpoint(skb, ep);
+}
+
+/* IPIP from another node: the outer source must be a node of the cluster;
+ * the sender's identity is the ipcache's for the inner source. */
+static __always_inline int handle_ipip(struct __sk_buff *skb, struct iphdr *outer)
+{
+	struct remote_endpoint_info *node;
+	struct ipv4_flow flow;
+	struct iphdr *ip;
+	__u8 reason = 0;
+	int ret;
+
+	if (!tunnel_cfg())
+		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
+	node = ipcache_lookup(outer->saddr);
+	if (!node || !(node->flags & IPCACHE_F_NODE))
+		return drop(skb, DROP_UNKNOWN_NODE, DIR_INGRESS);
+	if (tunnel_ipip_decap(skb) < 0)
+		return drop(skb, DROP_ENCAP_FAILED, DIR_INGRESS);
+	ip = ipv4_header(skb, &reason);
+	if (!ip)
+		return drop(skb, reason, DIR_INGRESS);
+	if (identity_of(ip->saddr) == IDENTITY_HOST)
+		return drop(skb, DROP_INVALID_IDENTITY, DIR_INGRESS);
+	ret = ipv4_flow_parse(skb, ip, &flow);
+	if (ret)
+		return drop(skb, ret, DIR_INGRESS);
+	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
+	if (ret)
+		return drop(skb, ret, DIR_INGRESS);
+	return deliver_to_pod(skb, flow.daddr, REASON_FROM_TUNNEL);
 }
 
 static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32 node_ip)
@@ -60,6 +95,8 @@ static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32
 		return drop(skb, reason, DIR_INGRESS);
 	if (ip->daddr != node_ip)
 		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
+	if (ip->protocol == IPPROTO_IPIP)
+		return handle_ipip(skb, ip);
 	ret = ipv4_flow_parse(skb, ip, &flow);
 	if (ret)
 		return drop(skb, ret, DIR_INGRESS);

@@ -20,7 +20,9 @@
  *   9. conntrack: create, or account; a reply of a service flow is
  *      translated back to the frontend; ICMP errors match their flow
  *  10. destination is a local endpoint -> redirect into it (REASON_FORWARDED)
- *  11. otherwise -> host stack (REASON_TO_STACK)
+ *  11. destination behind another node (ipcache) -> overlay: VXLAN with the
+ *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED)
+ *  12. otherwise -> host stack (REASON_TO_STACK)
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
@@ -33,7 +35,40 @@
 #include "lib/nat.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
+#include "lib/ipcache.h"
+#include "lib/tunnel.h"
 #include "lib/lxc.h"
+
+/* A destination behind another node (the ipcache names its tunnel
+ * endpoint) goes through the overlay; anything else to the host stack. */
+static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flow *f,
+					  __u32 identity)
+{
+	struct tunnel_config *cfg = tunnel_cfg();
+	struct remote_endpoint_info *info;
+	struct iphdr *ip;
+	int ret;
+
+	if (!cfg)
+		return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_EGRESS);
+	info = ipcache_lookup(f->daddr);
+	if (!info || !info->tunnel_endpoint)
+		return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_EGRESS);
+	ip = ctx_data(skb) + ETH_HLEN;
+	if ((void *)(ip + 1) > ctx_data_end(skb))
+		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
+	if (ip->ttl <= 1)
+		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
+	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
+		return drop(skb, DROP_CSUM_FAILED, DIR_EGRESS);
+	if (cfg->mode == TUNNEL_VXLAN)
+		ret = tunnel_vxlan_redirect(skb, cfg, info->tunnel_endpoint, identity);
+	else
+		ret = tunnel_ipip_redirect(skb, cfg, info->tunnel_endpoint);
+	if (ret != TC_ACT_REDIRECT)
+		return drop(skb, DROP_ENCAP_FAILED, DIR_EGRESS);
+	return verdict(skb, ret, REASON_TUNNELED, DIR_EGRESS);
+}
 
 static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 {
@@ -73,7 +108,7 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 	if (dst)
 		return redirect_to_endpoint(skb, dst);
 
-	return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_EGRESS);
+	return to_remote_node(skb, &flow, src->sec_identity);
 }
 
 int from_container(struct __sk_buff *skb)

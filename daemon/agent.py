@@ -21,19 +21,30 @@ from typing import Any
 from porin import __version__
 from porin.daemon import links
 from porin.daemon.api import Api, ApiServer
+from porin.daemon.cluster import ClusterState, NodeInfo
 from porin.daemon.config import AgentConfig, ConfigError, load_config
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.host import HostDatapath
 from porin.daemon.ipam import Ipam
+from porin.daemon.kvstore import open_store
 from porin.daemon.service_file import ServiceFileError, load_service_file
-from porin.daemon.services import LbMaps, NodeContext, ServiceConflict, ServiceManager
+from porin.daemon.services import (
+    LbMaps,
+    NodeContext,
+    ServiceConflict,
+    ServiceManager,
+    ServiceNotFound,
+)
 from porin.daemon.store import EndpointStore
+from porin.daemon.tunnel import Tunnel
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
+from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
+from porin.models import Service
 
 log = logging.getLogger("porin.agent")
 
@@ -79,6 +90,7 @@ class Agent:
         self.manager.on_change.append(self.services.refresh_local)
         if cfg.services_file:
             self.reload_services_file()
+        self._start_cluster()
         self.ct_gc = CtGarbageCollector(
             ConntrackMap(cfg.bpffs_root),
             cfg.ct_gc_interval,
@@ -88,7 +100,8 @@ class Agent:
         )
         self.ct_gc.start()
         self.server = ApiServer(
-            cfg.api_socket, Api(self.manager, self.services, self.ct_gc, self.status)
+            cfg.api_socket,
+            Api(self.manager, self.services, self.ct_gc, self.status, self.cluster),
         )
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         log.info(
@@ -101,6 +114,44 @@ class Agent:
             cfg.bpffs_root,
             len(self.manager.list()),
         )
+
+    def _start_cluster(self) -> None:
+        """Tunnel, kvstore, identities and ipcache (the embedded store for one node)."""
+        cfg = self.cfg
+        uplink = self.host.uplinks[0] if self.host and self.host.uplinks else None
+        node_ip = uplink.node_ip if uplink else cfg.gateway
+        self.tunnel = Tunnel(cfg, self.manager.ipr, uplink.ifindex if uplink else 0, node_ip)
+        self.tunnel.setup()
+        self.store = open_store(cfg.kvstore, cfg.state_dir)
+        self.cluster = ClusterState(
+            self.store,
+            IpcacheMap(cfg.bpffs_root),
+            NodeInfo(cfg.node_name, node_ip, cfg.pod_cidr, cfg.tunnel_mode),
+            cfg.node_lease_ttl,
+            local_endpoints=lambda: [e for e in self.manager.list() if e.state == "ready"],
+            apply_service=self._apply_cluster_service,
+            drop_service=self._drop_cluster_service,
+            local_services=lambda: [s.to_json() for s in self.services.list() if s.source == "api"],
+        )
+        self.manager.identity_for = self.cluster.identities.allocate
+        self.manager.on_added.append(self.cluster.endpoint_added)
+        self.manager.on_removed.append(self.cluster.endpoint_removed)
+        self.cluster.start()
+
+    def _apply_cluster_service(self, data: dict[str, Any]) -> None:
+        svc = Service.from_json(data)
+        try:
+            if self.services.get(svc.id).to_json() == svc.to_json():
+                return
+        except ServiceNotFound:
+            pass
+        self.services.upsert(svc)
+
+    def _drop_cluster_service(self, sid: int) -> None:
+        try:
+            self.services.delete(sid)
+        except ServiceNotFound:
+            pass
 
     def reload_services_file(self) -> bool:
         """(Re)load servicesFile; on any error keep the programmed services."""
@@ -118,6 +169,8 @@ class Agent:
         return True
 
     def stop(self) -> None:
+        if getattr(self, "cluster", None) is not None:
+            self.cluster.stop()
         if getattr(self, "ct_gc", None) is not None:
             self.ct_gc.stop()
         if self.server is not None:
@@ -157,6 +210,8 @@ class Agent:
             "services": len(self.services.list()),
             "conntrack": self.ct_gc.stats.to_json(),
             "host": self._host_status(),
+            "kvstore": self.cluster.status(),
+            "tunnel": {"mode": self.cfg.tunnel_mode, "podMTU": self.cfg.pod_mtu},
         }
 
     def _host_status(self) -> dict[str, Any]:
@@ -218,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     if args.uninstall:
         from porin.daemon.uninstall import uninstall
 

@@ -84,11 +84,13 @@ class Api:
         services: ServiceManager,
         ct: Any,
         status: Callable[[], dict[str, Any]],
+        cluster: Any = None,
     ) -> None:
         self.manager = manager
         self.services = services
         self.ct = ct  # CtGarbageCollector
         self.status = status
+        self.cluster = cluster  # ClusterState
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/healthz$"), self._healthz),
             ("GET", re.compile(r"^/v1/status$"), self._status),
@@ -108,6 +110,8 @@ class Api:
             ("GET", re.compile(r"^/v1/ct/gc$"), self._ct_gc_stats),
             ("POST", re.compile(r"^/v1/ct/gc$"), self._ct_gc_run),
             ("POST", re.compile(r"^/v1/ct/flush$"), self._ct_flush),
+            ("GET", re.compile(r"^/v1/nodes$"), self._nodes),
+            ("GET", re.compile(r"^/v1/identities$"), self._identities),
         ]
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
@@ -230,7 +234,10 @@ class Api:
         if path_id and not 1 <= path_id <= 32767:
             raise ValidationError("id", "must be 1-32767")
         svc = Service.from_json({**body, "source": "api"}, default_id=path_id)
-        return 200, self.services.upsert(svc).to_json()
+        done = self.services.upsert(svc).to_json()
+        if self.cluster is not None:
+            self.cluster.service_changed(done)
+        return 200, done
 
     def _svc_batch(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         if not isinstance(body, list):
@@ -244,10 +251,16 @@ class Api:
             except ValidationError as e:
                 raise ValidationError(f"[{i}].{e.field}", str(e).split(": ", 1)[-1]) from None
         done = self.services.upsert_many(svcs)
+        if self.cluster is not None:
+            for svc in done:
+                self.cluster.service_changed(svc.to_json())
         return 200, {"programmed": len(done), "ids": [s.id for s in done]}
 
     def _svc_delete(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, {"deleted": self.services.delete(int(m.group(1))).to_json()}
+        gone = self.services.delete(int(m.group(1)))
+        if self.cluster is not None:
+            self.cluster.service_deleted(gone.id)
+        return 200, {"deleted": gone.to_json()}
 
     # ----- conntrack -----
 
@@ -260,6 +273,14 @@ class Api:
 
     def _ct_flush(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         return 200, {"deleted": self.ct.ct.flush()}
+
+    # ----- cluster -----
+
+    def _nodes(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.cluster.node_list() if self.cluster else []
+
+    def _identities(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.cluster.identities.list() if self.cluster else []
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

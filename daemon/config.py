@@ -42,6 +42,9 @@ clusterCIDR: ""         # all nodes' pod CIDRs, for multi-node clusters
 snatPortRange: 32768-60999
 nodePortRange: 30000-32767
 natMapSize: 131072
+kvstore: {}             # {endpoints: [http://IP:2379]}: share nodes, ipcache, identities, services
+tunnel: vxlan           # vxlan or ipip between nodes (with a kvstore and devices), or disabled
+nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others after this
 """
 
 
@@ -74,11 +77,26 @@ class AgentConfig:
     snat_port_range: str = "32768-60999"
     node_port_range: str = "30000-32767"
     nat_map_size: int = 131072
+    kvstore: dict[str, Any] = field(default_factory=dict)
+    tunnel: str = "vxlan"
+    node_lease_ttl: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.pod_cidr)
+
+    @property
+    def tunnel_mode(self) -> str:
+        """The overlay in use: only between nodes that share a kvstore, over an uplink."""
+        if not self.kvstore or not self.devices:
+            return "disabled"
+        return self.tunnel
+
+    @property
+    def pod_mtu(self) -> int:
+        overhead = {"vxlan": 50, "ipip": 20}.get(self.tunnel_mode, 0)
+        return self.mtu - overhead
 
     @property
     def snat_ports(self) -> tuple[int, int]:
@@ -122,6 +140,9 @@ _KEYS = {
     "snatPortRange": "snat_port_range",
     "nodePortRange": "node_port_range",
     "natMapSize": "nat_map_size",
+    "kvstore": "kvstore",
+    "tunnel": "tunnel",
+    "nodeLeaseTTL": "node_lease_ttl",
 }
 
 
@@ -217,6 +238,7 @@ def _validate(cfg: AgentConfig) -> None:
     if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
         raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
     _validate_host(cfg)
+    _validate_cluster(cfg)
 
 
 def _validate_host(cfg: AgentConfig) -> None:
@@ -260,6 +282,26 @@ def _validate_host(cfg: AgentConfig) -> None:
         or (cfg.nat_map_size < 16)
     ):
         raise ConfigError("natMapSize: must be an integer >= 16")
+
+
+def _validate_cluster(cfg: AgentConfig) -> None:
+    if cfg.kvstore is None:
+        cfg.kvstore = {}
+    if not isinstance(cfg.kvstore, dict):
+        raise ConfigError("kvstore: must be a mapping like {endpoints: [http://IP:2379]}")
+    if cfg.kvstore:
+        eps = cfg.kvstore.get("endpoints")
+        if (
+            not isinstance(eps, list)
+            or not eps
+            or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps)
+        ):
+            raise ConfigError("kvstore.endpoints: must be a list of http(s)://HOST:PORT URLs")
+    if cfg.tunnel not in ("vxlan", "ipip", "disabled"):
+        raise ConfigError(f"tunnel: must be vxlan, ipip or disabled, got {cfg.tunnel!r}")
+    ttl = cfg.node_lease_ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
+        raise ConfigError(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")
 
 
 def _port_range(text: str, name: str) -> tuple[int, int]:

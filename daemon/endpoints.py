@@ -104,9 +104,15 @@ class EndpointManager:
         self._lock = threading.RLock()
         self._eps: dict[int, Endpoint] = {}
         self.on_change: list[Callable[[], object]] = []  # called after an endpoint comes or goes
+        self.on_added: list[Callable[[Endpoint], object]] = []
+        self.on_removed: list[Callable[[Endpoint], object]] = []
+        self.identity_for: Callable[[dict[str, str]], int] = lambda labels: 0
 
-    def _changed(self) -> None:
-        for fn in self.on_change:
+    def _changed(self, ep: Endpoint | None = None, added: bool = True) -> None:
+        hooks: list[Callable[..., object]] = list(self.on_change)
+        if ep is not None:
+            hooks += [lambda fn=fn: fn(ep) for fn in (self.on_added if added else self.on_removed)]
+        for fn in hooks:
             try:
                 fn()
             except Exception:
@@ -182,7 +188,7 @@ class EndpointManager:
                 network=req.network,
                 ipv4=str(ipv4),
                 gateway=gateway,
-                mtu=req.mtu or self.cfg.mtu,
+                mtu=req.mtu or self.cfg.pod_mtu,
                 host_ifname=links.lxc_name(req.container_id, req.ifname),
                 ipam=ipam_kind,
                 labels=req.labels,
@@ -201,6 +207,7 @@ class EndpointManager:
             )
             undo.append(lambda: links.delete_link(self.ipr, ep.host_ifname))
             ep.host_ifindex, ep.host_mac = link.host_ifindex, link.host_mac
+            ep.identity = self.identity_for(ep.labels)
             ep.pod_ifindex, ep.mac = link.pod_ifindex, link.pod_mac
 
             self.datapath.attach(self.ipr, ep.host_ifindex)
@@ -217,7 +224,7 @@ class EndpointManager:
                 except Exception as e:  # keep undoing: leak nothing
                     log.error("rollback step failed for %s: %s", owner, e)
             raise
-        self._changed()
+        self._changed(ep, added=True)
         log.info(
             "endpoint %d ready: container=%s ifname=%s ip=%s host=%s",
             ep.id,
@@ -253,6 +260,7 @@ class EndpointManager:
             endpoint_id=ep.id,
             mac=ep.mac,
             node_mac=ep.host_mac,
+            identity=ep.identity,
         )
 
     # ---------- DEL ----------
@@ -284,7 +292,7 @@ class EndpointManager:
         self.store.mark_deleting(ep.id, ep.to_json())
         self._eps.pop(ep.id, None)
         self.reaper.delete(ep.host_ifname)
-        self._changed()
+        self._changed(ep, added=False)
         log.info(
             "endpoint %d removed: container=%s ifname=%s ip=%s",
             ep.id,

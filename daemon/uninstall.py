@@ -35,6 +35,7 @@ def uninstall(cfg: AgentConfig) -> None:
                 ):
                     log.info("removed %s (endpoint %s)", name, data.get("id"))
         links.remove_host_device(ipr, cfg.pod_cidr)
+        links.delete_link(ipr, "porin_vxlan")
     for path in (cfg.bpffs_root, cfg.state_dir, cfg.pending_delete_dir):
         if os.path.isdir(path):
             shutil.rmtree(path)

@@ -155,6 +155,70 @@ class Underlay:
         self.ns.close()
 
 
+class Etcd:
+    """A real etcd server (Debian's etcd-server) in a namespace of its own on the underlay."""
+
+    def __init__(self, underlay: Underlay, ip: str, name: str | None = None) -> None:
+        self.ip = ip
+        self.ns = Netns(name=name, kind="etcd")
+        underlay.attach(self.ns, ip)
+        self.data_dir = tempfile.mkdtemp(prefix=f"{self.ns.name}-")
+        self.log_path = os.path.join(self.data_dir, "etcd.log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.ip}:2379"
+
+    def start(self, timeout: float = 30.0, detach: bool = False) -> None:
+        log = open(self.log_path, "a")
+        self.proc = self.ns.popen(
+            [
+                "etcd",
+                "--name",
+                "porin",
+                "--data-dir",
+                os.path.join(self.data_dir, "data"),
+                "--listen-client-urls",
+                self.endpoint,
+                "--advertise-client-urls",
+                self.endpoint,
+                "--listen-peer-urls",
+                f"http://{self.ip}:2380",
+                "--initial-advertise-peer-urls",
+                f"http://{self.ip}:2380",
+                "--initial-cluster",
+                f"porin=http://{self.ip}:2380",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+        )
+        wait_for(self.healthy, timeout, "etcd to serve")
+
+    def healthy(self) -> bool:
+        r = self.ns.exec(
+            ["etcdctl", f"--endpoints={self.endpoint}", "endpoint", "health"],
+            check=False,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
+        return r.returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.ns.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 class Node:
     """A node namespace with its own porin-agent (optionally on an underlay)."""
 

@@ -153,6 +153,7 @@ class Endpoint:
     host_ifindex: int = 0
     host_mac: str = ""
     pod_ifindex: int = 0
+    identity: int = 0  # security identity, from the labels
     labels: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
 

@@ -19,6 +19,8 @@
 #define REASON_REV_SNAT 7          // reply to a masqueraded flow delivered to its pod
 #define REASON_NODEPORT 8          // NodePort packet delivered to its backend
 #define REASON_HOST_PASS 9         // not Porin's: passed to or from the node untouched
+#define REASON_TUNNELED 10         // sent to another node through the overlay
+#define REASON_FROM_TUNNEL 11      // received from another node through the overlay
 
 /* drops */
 #define DROP_TRUNCATED 130         // truncated or malformed header
@@ -36,6 +38,11 @@
 #define DROP_FRAG_NOT_SUPPORTED 142 // fragmented packet to a service
 #define DROP_NAT_MAP_FULL 143      // NAT table full: no new masqueraded flow
 #define DROP_NAT_NO_PORT 144       // no free SNAT port towards that peer
+#define DROP_NO_TUNNEL_KEY 145     // overlay packet without tunnel metadata
+#define DROP_INVALID_IDENTITY 146  // overlay packet claims the host identity
+#define DROP_UNKNOWN_NODE 147      // tunnel packet from an address that is no node
+#define DROP_ENCAP_FAILED 148      // tunnel encapsulation failed
+#define DROP_FRAG_NEEDED 149       // too big for the tunnel (ICMP frag-needed sent)
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

@@ -117,6 +117,14 @@ def status(ctx: Context, output: str) -> None:
             "Conntrack",
             f"{st['conntrack']['last_alive']}/{st['conntrack']['max_entries']} after last GC",
         ),
+        (
+            "KVStore",
+            f"{st['kvstore']['kind']} {st['kvstore']['endpoint']} {st['kvstore']['state']}".replace(
+                "  ", " "
+            ),
+        ),
+        ("Nodes", st["kvstore"]["nodes"]),
+        ("Tunnel", f"{st['tunnel']['mode']} (pod MTU {st['tunnel']['podMTU']})"),
         ("BPF fs root", st["bpffsRoot"]),
         ("API socket", st["apiSocket"]),
     ]
@@ -614,6 +622,116 @@ def metrics_agent(ctx: Context, output: str) -> None:
     if output == "json":
         return print_json({"conntrackGC": st})
     print_table(("METRIC", "VALUE"), [(f"ct_gc_{k}", v) for k, v in sorted(st.items())])
+
+
+# ---------------- cluster ----------------
+
+
+@cli.group()
+def node() -> None:
+    """Nodes of the cluster (from the kvstore)."""
+
+
+@node.command("list")
+@output_option
+@click.pass_obj
+def node_list(ctx: Context, output: str) -> None:
+    """Name, IP, pod CIDR and health of every node."""
+    nodes = ctx.api("GET", "/v1/nodes")
+    if output == "json":
+        return print_json(nodes)
+    print_table(
+        ("NAME", "IPV4", "POD CIDR", "TUNNEL", "HEALTH"),
+        [
+            (
+                n["name"] + (" (self)" if n["self"] else ""),
+                n["ip"],
+                n["podCIDR"],
+                n["tunnel"],
+                n["health"],
+            )
+            for n in nodes
+        ],
+    )
+
+
+@cli.group()
+def identity() -> None:
+    """Security identities."""
+
+
+@identity.command("list")
+@output_option
+@click.pass_obj
+def identity_list(ctx: Context, output: str) -> None:
+    """Numeric identities and their labels (reserved ones first)."""
+    ids = ctx.api("GET", "/v1/identities")
+    if output == "json":
+        return print_json(ids)
+    print_table(
+        ("ID", "LABELS"),
+        [
+            (i["id"], ", ".join(f"{k}={v}" if v else k for k, v in sorted(i["labels"].items())))
+            for i in ids
+        ],
+    )
+
+
+@bpf.group("ipcache")
+def bpf_ipcache() -> None:
+    """The ipcache map."""
+
+
+def _ipcache_entries(ctx: Context) -> list[Any]:
+    from porin.maps.ipcache import IpcacheMap
+
+    with open_map(ctx, IpcacheMap) as m:
+        return m.entries()
+
+
+@bpf_ipcache.command("list")
+@output_option
+@click.pass_obj
+def bpf_ipcache_list(ctx: Context, output: str) -> None:
+    """PREFIX -> IDENTITY, TUNNEL ENDPOINT (0.0.0.0: not behind a tunnel)."""
+    entries = _ipcache_entries(ctx)
+    if output == "json":
+        return print_json([e.to_json() for e in entries])
+    print_table(
+        ("PREFIX", "IDENTITY", "TUNNEL ENDPOINT", "FLAGS"),
+        [
+            (e.prefix, e.identity, e.tunnel_endpoint or "0.0.0.0", "node" if e.node else "")
+            for e in entries
+        ],
+    )
+
+
+@bpf.group("tunnel")
+def bpf_tunnel() -> None:
+    """Where the overlay sends each prefix."""
+
+
+@bpf_tunnel.command("list")
+@output_option
+@click.pass_obj
+def bpf_tunnel_list(ctx: Context, output: str) -> None:
+    """PREFIX -> TUNNEL ENDPOINT, for everything behind another node."""
+    from porin.maps.tunnel_config import TunnelConfigMap
+
+    with open_map(ctx, TunnelConfigMap) as m:
+        mode = m.current().mode_name
+    entries = [e for e in _ipcache_entries(ctx) if e.tunnel_endpoint]
+    if output == "json":
+        return print_json(
+            {
+                "mode": mode,
+                "entries": [
+                    {"prefix": e.prefix, "tunnelEndpoint": e.tunnel_endpoint} for e in entries
+                ],
+            }
+        )
+    click.echo(f"tunnel mode: {mode}")
+    print_table(("PREFIX", "TUNNEL ENDPOINT"), [(e.prefix, e.tunnel_endpoint) for e in entries])
 
 
 def main() -> None:

@@ -1,0 +1,374 @@
+"""Cluster state through the kvstore: nodes, identities, ipcache, services.
+
+Each agent
+  - registers its node under /porin/nodes/<name> with a lease it keeps alive
+    (a stopped node disappears from the others when its lease expires);
+  - publishes its endpoints under /porin/ipcache/<ip> (identity, node) with
+    the same lease;
+  - allocates identities cluster-wide from endpoint labels
+    (/porin/identities/<id> and /porin/identity-labels/<hash>, created in
+    etcd transactions so two agents never hand out one id twice);
+  - shares services under /porin/services/<id>;
+  - mirrors the other nodes' state into its ipcache map.
+
+When the kvstore is unreachable the datapath keeps forwarding with what the
+maps hold; the agent reports itself degraded, retries with backoff, and on
+reconnecting registers again and resyncs everything (removing what vanished,
+adding what it missed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.maps.ipcache import (
+    IDENTITY_FIRST_ALLOCATED,
+    IDENTITY_HOST,
+    IDENTITY_REMOTE_NODE,
+    IDENTITY_UNKNOWN,
+    RESERVED_IDENTITIES,
+    IpcacheEntry,
+    IpcacheMap,
+)
+from porin.models import Endpoint
+
+log = logging.getLogger("porin.cluster")
+
+NODES = "/porin/nodes/"
+IPCACHE = "/porin/ipcache/"
+IDENTITIES = "/porin/identities/"
+IDENTITY_LABELS = "/porin/identity-labels/"
+SERVICES = "/porin/services/"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    ip: str
+    pod_cidr: str
+    tunnel: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "ip": self.ip, "podCIDR": self.pod_cidr, "tunnel": self.tunnel}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NodeInfo:
+        return cls(str(d["name"]), str(d["ip"]), str(d["podCIDR"]), str(d.get("tunnel", "")))
+
+
+def canonical_labels(labels: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Identities:
+    """Numeric identities from label sets, allocated through the kvstore."""
+
+    def __init__(self, store: LocalStore | EtcdStore) -> None:
+        self.store = store
+        self._cache: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allocate(self, labels: dict[str, str]) -> int:
+        canon = canonical_labels(labels)
+        with self._lock:
+            if canon in self._cache:
+                return self._cache[canon]
+            key = IDENTITY_LABELS + hashlib.sha256(canon.encode()).hexdigest()[:32]
+            for _ in range(1000):
+                found = self.store.get_prefix(key)
+                if key in found:
+                    ident = int(found[key])
+                    break
+                taken = {int(k[len(IDENTITIES) :]) for k in self.store.get_prefix(IDENTITIES)}
+                cand = max(taken | {IDENTITY_FIRST_ALLOCATED - 1}) + 1
+                if not self.store.create(IDENTITIES + str(cand), {"labels": labels}):
+                    continue  # another agent took that id: look again
+                if self.store.create(key, cand):
+                    ident = cand
+                    break
+                self.store.delete(IDENTITIES + str(cand))  # lost the race for these labels
+            else:
+                raise KvStoreError("could not allocate an identity")
+            self._cache[canon] = ident
+            return ident
+
+    def list(self) -> list[dict[str, Any]]:
+        out = [{"id": i, "labels": {n: ""}} for i, n in RESERVED_IDENTITIES.items()]
+        for key, value in sorted(self.store.get_prefix(IDENTITIES).items()):
+            out.append({"id": int(key[len(IDENTITIES) :]), "labels": value.get("labels", {})})
+        return sorted(out, key=lambda x: x["id"])
+
+
+class ClusterState:
+    def __init__(
+        self,
+        store: LocalStore | EtcdStore,
+        ipcache: IpcacheMap,
+        me: NodeInfo,
+        lease_ttl: int,
+        local_endpoints: Callable[[], list[Endpoint]],
+        apply_service: Callable[[dict[str, Any]], None],
+        drop_service: Callable[[int], None],
+        local_services: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        self.store = store
+        self.ipcache = ipcache
+        self.me = me
+        self.lease_ttl = lease_ttl
+        self.local_endpoints = local_endpoints
+        self.apply_service = apply_service
+        self.drop_service = drop_service
+        self.local_services = local_services
+        self.identities = Identities(store)
+        # the embedded store has no peers: endpoints and services need no publishing
+        self.shared = isinstance(store, EtcdStore)
+        self.nodes: dict[str, NodeInfo] = {}
+        self.remote_ips: dict[str, dict[str, Any]] = {}  # ip -> {identity, node}
+        self.connected = False
+        self.last_error = ""
+        self.resyncs = 0
+        self._lease: object = None
+        self._cancels: list[Callable[[], None]] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------- lifecycle ----------
+
+    def start(self) -> None:
+        try:
+            self._connect()
+        except KvStoreError as e:
+            self._degrade(e)
+        self._thread = threading.Thread(target=self._keepalive, name="kvstore", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop talking to the kvstore; the lease is left to expire (a restart is hitless)."""
+        self._stop.set()
+        self._cancel_watches()
+
+    def _connect(self) -> None:
+        with self._lock:
+            self._cancel_watches()
+            if self.shared:
+                self._lease = self.store.grant_lease(self.lease_ttl)
+                self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
+                for ep in self.local_endpoints():
+                    self._put_endpoint(ep)
+            self._cancels = [
+                self.store.watch_prefix(NODES, self._on_node),
+                self.store.watch_prefix(IPCACHE, self._on_ipcache),
+                self.store.watch_prefix(SERVICES, self._on_service),
+            ]
+            self._resync()
+            self.connected = True
+            self.last_error = ""
+        log.info("kvstore %s: connected, %d nodes known", self.store.name, len(self.nodes))
+
+    def _degrade(self, e: Exception) -> None:
+        if self.connected or not self.last_error:
+            log.warning("kvstore unreachable, datapath keeps its last state: %s", e)
+        self.connected = False
+        self.last_error = str(e)
+        self._cancel_watches()
+
+    def _cancel_watches(self) -> None:
+        for cancel in self._cancels:
+            try:
+                cancel()
+            except Exception:
+                pass
+        self._cancels = []
+
+    def _keepalive(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            if not self.connected:
+                try:
+                    self._connect()
+                    backoff = 1.0
+                except KvStoreError as e:
+                    self._degrade(e)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+            self._stop.wait(max(0.5, self.lease_ttl / 4))
+            if self._stop.is_set():
+                break
+            try:
+                self.store.refresh_lease(self._lease)
+            except KvStoreError as e:
+                self._degrade(e)
+
+    # ---------- this node's endpoints and services ----------
+
+    def _put_endpoint(self, ep: Endpoint) -> None:
+        self.store.put(
+            IPCACHE + ep.ip,
+            {"identity": ep.identity, "node": self.me.name, "nodeIP": self.me.ip},
+            lease=self._lease,
+        )
+
+    def endpoint_added(self, ep: Endpoint) -> None:
+        self.ipcache.upsert(IpcacheEntry(f"{ep.ip}/32", ep.identity, ""))
+        if not self.shared:
+            return
+        try:
+            self._put_endpoint(ep)
+        except KvStoreError as e:
+            self._degrade(e)  # published again on reconnect
+
+    def endpoint_removed(self, ep: Endpoint) -> None:
+        self.ipcache.remove(f"{ep.ip}/32")
+        if not self.shared:
+            return
+        try:
+            self.store.delete(IPCACHE + ep.ip)
+        except KvStoreError as e:
+            self._degrade(e)
+
+    def service_changed(self, svc: dict[str, Any]) -> None:
+        if not self.shared:
+            return
+        try:
+            self.store.put(SERVICES + str(svc["id"]), svc)
+        except KvStoreError as e:
+            self._degrade(e)
+
+    def service_deleted(self, sid: int) -> None:
+        if not self.shared:
+            return
+        try:
+            self.store.delete(SERVICES + str(sid))
+        except KvStoreError as e:
+            self._degrade(e)
+
+    # ---------- mirroring the others ----------
+
+    def _on_node(self, ev: Event) -> None:
+        name = ev.key[len(NODES) :]
+        with self._lock:
+            if name == self.me.name:
+                return
+            if ev.kind == "put":
+                try:
+                    self.nodes[name] = NodeInfo.from_json(ev.value)
+                except (KeyError, TypeError):
+                    return
+                log.info(
+                    "node %s joined (%s, pods %s)",
+                    name,
+                    ev.value.get("ip"),
+                    ev.value.get("podCIDR"),
+                )
+            else:
+                if self.nodes.pop(name, None) is not None:
+                    log.info("node %s left", name)
+                for ip in [ip for ip, v in self.remote_ips.items() if v.get("node") == name]:
+                    del self.remote_ips[ip]
+            self._program()
+
+    def _on_ipcache(self, ev: Event) -> None:
+        ip = ev.key[len(IPCACHE) :]
+        with self._lock:
+            if ev.kind == "put":
+                if isinstance(ev.value, dict) and ev.value.get("node") != self.me.name:
+                    self.remote_ips[ip] = ev.value
+            else:
+                self.remote_ips.pop(ip, None)
+            self._program()
+
+    def _on_service(self, ev: Event) -> None:
+        try:
+            sid = int(ev.key[len(SERVICES) :])
+        except ValueError:
+            return
+        try:
+            if ev.kind == "put":
+                self.apply_service(ev.value)
+            else:
+                self.drop_service(sid)
+        except Exception as e:
+            log.error("cannot apply service %s from the kvstore: %s", sid, e)
+
+    def _resync(self) -> None:
+        """Make the local view match the store exactly (after (re)connecting)."""
+        self.resyncs += 1
+        nodes = {}
+        for key, value in self.store.get_prefix(NODES).items():
+            name = key[len(NODES) :]
+            if name != self.me.name:
+                try:
+                    nodes[name] = NodeInfo.from_json(value)
+                except (KeyError, TypeError):
+                    continue
+        self.nodes = nodes
+        self.remote_ips = {
+            key[len(IPCACHE) :]: v
+            for key, v in self.store.get_prefix(IPCACHE).items()
+            if isinstance(v, dict) and v.get("node") != self.me.name
+        }
+        self._program()
+        if not self.shared:
+            return
+        stored = self.store.get_prefix(SERVICES)
+        for value in stored.values():
+            try:
+                self.apply_service(value)
+            except Exception as e:
+                log.error("cannot apply service from the kvstore: %s", e)
+        stored_ids = {int(k[len(SERVICES) :]) for k in stored if k[len(SERVICES) :].isdigit()}
+        for svc in self.local_services():
+            if svc["id"] not in stored_ids:
+                self.store.put(SERVICES + str(svc["id"]), svc)
+
+    def _program(self) -> None:
+        """Write the desired ipcache (remote nodes, their pods, this node) and drop the rest."""
+        want: dict[str, IpcacheEntry] = {}
+        for n in self.nodes.values():
+            want[f"{n.ip}/32"] = IpcacheEntry(f"{n.ip}/32", IDENTITY_REMOTE_NODE, "", node=True)
+            want[n.pod_cidr] = IpcacheEntry(n.pod_cidr, IDENTITY_UNKNOWN, n.ip)
+        by_name = {n.name: n for n in self.nodes.values()}
+        for ip, v in self.remote_ips.items():
+            node = by_name.get(v.get("node", ""))
+            if node is None:
+                continue  # its node is gone (or not seen yet)
+            want[f"{ip}/32"] = IpcacheEntry(f"{ip}/32", int(v.get("identity", 0)), node.ip)
+        want[f"{self.me.ip}/32"] = IpcacheEntry(f"{self.me.ip}/32", IDENTITY_HOST, "", node=True)
+        for ep in self.local_endpoints():
+            want[f"{ep.ip}/32"] = IpcacheEntry(f"{ep.ip}/32", ep.identity, "")
+        have = {e.prefix: e for e in self.ipcache.entries()}
+        for prefix, e in want.items():
+            if have.get(prefix) != e:
+                self.ipcache.upsert(e)
+        for prefix in have.keys() - want.keys():
+            self.ipcache.remove(prefix)
+
+    # ---------- views ----------
+
+    def node_list(self) -> list[dict[str, Any]]:
+        me = {**self.me.to_json(), "self": True, "health": "ok" if self.connected else "degraded"}
+        others = [{**n.to_json(), "self": False, "health": "ok"} for n in self.nodes.values()]
+        return sorted([me, *others], key=lambda n: n["name"])
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": self.store.name,
+            "endpoint": getattr(self.store, "endpoint", ""),
+            "state": "connected" if self.connected else "degraded",
+            "lastError": self.last_error,
+            "resyncs": self.resyncs,
+            "nodes": len(self.nodes) + 1,
+        }
+
+
+def service_json_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -1,0 +1,199 @@
+"""The cluster state store: a real etcd, or an embedded local store for one node.
+
+Porin keeps nodes, ipcache entries, identities and services under /porin/
+in etcd. The client is etcd3gw: pure Python over etcd's JSON gRPC gateway
+(plain HTTP), so the agent needs no gRPC wheels, works with Debian's etcd
+3.4, and its blocking calls fit the agent's threads; watches run on their
+own threads and are re-established by the agent after an outage.
+
+Without `kvstore` in the config the agent uses LocalStore: the same
+interface in memory, with watches delivered synchronously.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from porin.daemon.store import read_json, write_json_atomic
+
+log = logging.getLogger("porin.kvstore")
+
+PREFIX = "/porin/"
+
+
+class KvStoreError(ConnectionError):
+    """The kvstore cannot be reached or refused an operation."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "put" or "delete"
+    key: str
+    value: Any  # decoded JSON for puts, None for deletes
+
+
+WatchFn = Callable[[Event], None]
+
+
+class LocalStore:
+    """In-memory store for a single node (the embedded default)."""
+
+    name = "local"
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._data: dict[str, Any] = (read_json(path, default={}) or {}) if path else {}
+        self._watches: list[tuple[str, WatchFn]] = []
+        self._lock = threading.RLock()
+
+    def _save(self) -> None:
+        if self.path:
+            write_json_atomic(self.path, self._data)
+
+    def connected(self) -> bool:
+        return True
+
+    def get_prefix(self, prefix: str) -> dict[str, Any]:
+        with self._lock:
+            return {k: v for k, v in self._data.items() if k.startswith(prefix)}
+
+    def put(self, key: str, value: Any, lease: object = None) -> None:
+        with self._lock:
+            if self._data.get(key) == value:
+                return
+            self._data[key] = value
+            self._save()
+            self._notify(Event("put", key, value))
+
+    def create(self, key: str, value: Any) -> bool:
+        """Put only if absent; True when this call created it."""
+        with self._lock:
+            if key in self._data:
+                return False
+            self.put(key, value)
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            if self._data.pop(key, None) is not None:
+                self._save()
+                self._notify(Event("delete", key, None))
+
+    def grant_lease(self, ttl: int) -> object:
+        return None
+
+    def refresh_lease(self, lease: object) -> None:
+        return None
+
+    def watch_prefix(self, prefix: str, fn: WatchFn) -> Callable[[], None]:
+        entry = (prefix, fn)
+        self._watches.append(entry)
+        return lambda: self._watches.remove(entry)
+
+    def _notify(self, ev: Event) -> None:
+        for prefix, fn in list(self._watches):
+            if ev.key.startswith(prefix):
+                fn(ev)
+
+    def close(self) -> None:
+        return None
+
+
+class EtcdStore:
+    """etcd through its gRPC gateway (etcd3gw)."""
+
+    name = "etcd"
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
+        from urllib.parse import urlsplit
+
+        from etcd3gw.client import Etcd3Client
+
+        if not endpoints:
+            raise KvStoreError("kvstore.endpoints is empty")
+        url = urlsplit(endpoints[0])
+        self.endpoint = endpoints[0]
+        self.client = Etcd3Client(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 2379,
+            protocol=url.scheme or "http",
+            timeout=timeout,
+            api_path="/v3/",
+        )
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # etcd3gw raises requests and its own errors
+            raise KvStoreError(f"etcd {self.endpoint}: {what} failed: {e}") from None
+
+    def connected(self) -> bool:
+        try:
+            self.client.status()
+            return True
+        except Exception:
+            return False
+
+    def get_prefix(self, prefix: str) -> dict[str, Any]:
+        items = self._call("get", lambda: self.client.get_prefix(prefix))
+        out = {}
+        for value, meta in items:
+            try:
+                out[meta["key"].decode()] = json.loads(value)
+            except (ValueError, KeyError):
+                log.warning("ignoring undecodable kvstore value under %s", prefix)
+        return out
+
+    def put(self, key: str, value: Any, lease: object = None) -> None:
+        self._call("put", lambda: self.client.put(key, json.dumps(value), lease=lease))
+
+    def create(self, key: str, value: Any) -> bool:
+        return bool(self._call("create", lambda: self.client.create(key, json.dumps(value))))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", lambda: self.client.delete(key))
+
+    def grant_lease(self, ttl: int) -> object:
+        return self._call("lease grant", lambda: self.client.lease(ttl))
+
+    def refresh_lease(self, lease: object) -> None:
+        ttl = self._call("lease keepalive", lambda: lease.refresh())  # type: ignore[attr-defined]
+        if not ttl or int(ttl) <= 0:
+            raise KvStoreError(f"etcd {self.endpoint}: the node's lease expired")
+
+    def watch_prefix(self, prefix: str, fn: WatchFn) -> Callable[[], None]:
+        events, cancel = self._call("watch", lambda: self.client.watch_prefix(prefix))
+
+        def pump() -> None:
+            try:
+                for ev in events:
+                    kv = ev.get("kv", {})
+                    key = kv.get("key", b"").decode()
+                    if ev.get("type") == "DELETE":
+                        fn(Event("delete", key, None))
+                        continue
+                    try:
+                        fn(Event("put", key, json.loads(kv.get("value", b"null"))))
+                    except ValueError:
+                        log.warning("ignoring undecodable kvstore value at %s", key)
+            except Exception as e:
+                log.warning("watch on %s ended: %s", prefix, e)
+
+        threading.Thread(target=pump, name=f"watch:{prefix}", daemon=True).start()
+        return cancel
+
+    def close(self) -> None:
+        return None
+
+
+def open_store(cfg: dict[str, Any] | None, state_dir: str) -> LocalStore | EtcdStore:
+    if not cfg:
+        import os
+
+        return LocalStore(os.path.join(state_dir, "kvstore.json"))
+    return EtcdStore(list(cfg.get("endpoints") or []))
