@@ -28,9 +28,11 @@ Measured per variant, all clients and servers pinned to one CPU:
   2. NodePort, external host -> NODE_IP:30080 -> the pod: new connections/s.
 The variants are interleaved in every round (the order rotates from round to
 round); results are medians of same-round ratios porin/iptables and medians of
-the absolute numbers. Also reported: the NAT table of the Porin node, the
-client addresses the external server saw (the node IPs: masquerade happened)
-and the growth of Porin's verdict counters.
+the absolute numbers. Also reported: the NAT table of the Porin node (size,
+and mappings that lost one of their two entries), the client addresses the
+external server saw (the node IPs: masquerade happened), the growth of
+Porin's verdict counters, every failed connection (local port, error) and
+how busy the machine was otherwise.
 
 Everything created is removed at exit, also on error, Ctrl-C or SIGTERM.
 
@@ -43,6 +45,7 @@ Exit status: 0 every target met, 1 a target missed or a problem seen, 130 interr
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -230,7 +233,7 @@ static double percentile(unsigned long n, double q)
 static int client(const char *ip, int port, double duration)
 {
 	unsigned long ok = 0, errors = 0, stalls = 0;
-	int err = 0, first_err = 0;
+	int err = 0;
 	struct sockaddr_in a;
 	double start, last;
 
@@ -249,17 +252,14 @@ static int client(const char *ip, int port, double duration)
 			hist[us < NBUCKETS * BUCKET_US ? (int)(us / BUCKET_US) : NBUCKETS]++;
 		} else {
 			errors++;
-			if (!first_err)
-				first_err = err;
 		}
 		if (us > 200000) /* a lost SYN costs a 1 s retransmit */
 			stalls++;
 		last = t;
 	}
 	printf("{\"ok\": %lu, \"errors\": %lu, \"stalls\": %lu, \"seconds\": %.6f, "
-		"\"p50_us\": %.1f, \"p99_us\": %.1f, \"first_error\": \"%s\"}\n",
-		ok, errors, stalls, last - start, percentile(ok, 0.5), percentile(ok, 0.99),
-		first_err ? strerror(first_err) : "");
+		"\"p50_us\": %.1f, \"p99_us\": %.1f}\n",
+		ok, errors, stalls, last - start, percentile(ok, 0.5), percentile(ok, 0.99));
 	return 0;
 }
 
@@ -442,9 +442,7 @@ class Variant:
     """One node under test: where its pod is and how the outside reaches it."""
 
     name: str
-    node_ns: Netns
     pod_ns: Netns
-    pod_ip: str
     node_ip: str
     ipt: IptFlavour | None = None  # None: Porin
 
@@ -540,14 +538,15 @@ def start_plain_node(lab: Lab, underlay: Underlay, flavour: IptFlavour) -> Varia
     # conntrack TIME_WAIT as long as Porin's closing lifetime (ctLifetimeTCPClose), so the
     # node's conntrack table stays as small as Porin's
     node.exec(["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10"])
-    return Variant(flavour.name, node, pod, pod_ip, flavour.node_ip, flavour)
+    return Variant(flavour.name, pod, flavour.node_ip, flavour)
 
 
 def start_crr_server(lab: Lab, crr: str, ns: Netns, what: str) -> None:
     proc = lab.spawn(in_ns(ns, [crr, "server", str(SERVER_PORT)]))
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"{what}: request/response server did not start: {proc.stderr}")
+        err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+        raise RuntimeError(f"{what}: request/response server did not start: {err}")
 
 
 def server_clients(crr: str, ns: Netns) -> dict[str, int]:
@@ -580,6 +579,8 @@ def crr_client(crr: str, ns: Netns, ip: str, port: int, seconds: float) -> dict[
         raise RuntimeError(f"client to {ip}:{port} failed: {proc.stderr[-500:]}")
     res: dict[str, Any] = json.loads(proc.stdout)
     res["rate"] = res["ok"] / max(res["seconds"], 1e-9)
+    # one line per failed connection: "failed: local port P: <errno text>"
+    res["failures"] = [ln.removeprefix("failed: ") for ln in proc.stderr.splitlines()]
     return res
 
 
@@ -617,6 +618,9 @@ class Results:
             if y > 0
         ]
 
+    def failures(self, test: str, variant: str) -> list[str]:
+        return [f for r in self.extra.get((test, variant), []) for f in r.get("failures", [])]
+
     def total(self, test: str, variant: str, what: str) -> int:
         return sum(int(r.get(what, 0)) for r in self.extra.get((test, variant), []))
 
@@ -639,7 +643,7 @@ def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "stalls": sum(p["stalls"] for p in parts),
         "p50_us": median([p["p50_us"] for p in parts]),
         "p99_us": median([p["p99_us"] for p in parts]),
-        "first_error": next((p["first_error"] for p in parts if p["first_error"]), ""),
+        "failures": [f for p in parts for f in p["failures"]],
     }
 
 
@@ -725,6 +729,26 @@ def counter_delta(
     before: dict[tuple[str, str, bool], int], after: dict[tuple[str, str, bool], int]
 ) -> dict[tuple[str, str, bool], int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def nat_half_mappings(nat: list[dict[str, Any]]) -> tuple[int, int]:
+    """(OUT entries whose IN entry is missing, IN entries whose OUT entry is missing).
+
+    OUT: pod:sport -> peer:dport leaves as xlate_addr:xlate_port (the node);
+    IN:  peer:sport -> node:dport goes back to xlate_addr:xlate_port (the pod)."""
+    out_keys, in_keys = set(), set()
+    out_wants, in_wants = [], []
+    for t in nat:
+        if t["direction"] == "OUT":
+            out_keys.add((t["proto"], t["src"], t["sport"], t["dst"], t["dport"]))
+            in_wants.append((t["proto"], t["dst"], t["dport"], t["xlate_addr"], t["xlate_port"]))
+        else:
+            in_keys.add((t["proto"], t["src"], t["sport"], t["dst"], t["dport"]))
+            out_wants.append((t["proto"], t["xlate_addr"], t["xlate_port"], t["src"], t["sport"]))
+    return (
+        sum(1 for k in in_wants if k not in in_keys),
+        sum(1 for k in out_wants if k not in out_keys),
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -905,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             if "e" in porin_box:
                 raise porin_box["e"]
         node, pod = porin_box["v"]
-        porin = Variant("porin", node.ns, pod.ns, pod.ip, PORIN_NODE_IP)
+        porin = Variant("porin", pod.ns, PORIN_NODE_IP)
         variants = [porin, *plain]
 
         for ns in [ext, *(v.pod_ns for v in variants)]:
@@ -975,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     masq = sum(n for (r, d, drop), n in delta.items() if "source translated" in r and not drop)
     rev = sum(n for (r, d, drop), n in delta.items() if "reply to a masqueraded" in r)
     nodeport = sum(n for (r, d, drop), n in delta.items() if "NodePort packet" in r)
+    host_in = sum(n for (r, d, drop), n in delta.items() if "not Porin's" in r and d == "ingress")
     drops = {(r, d): n for (r, d, drop), n in delta.items() if drop}
     print("\nPorin node (informational):")
     print(
@@ -983,6 +1008,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{PORIN_NODE_IP}); porin status (as of the agent's last GC pass): "
         f"{nat_st.get('entries', '?')}/{nat_st.get('max_entries', '?')}"
     )
+    half = nat_half_mappings(nat)
+    print(
+        f"  NAT consistency: {half[0]} OUT entries without their IN entry (replies to that "
+        f"pod port are not translated back), {half[1]} IN entries without their OUT entry"
+    )
+    if half[0]:
+        problems.append(
+            f"{half[0]} masquerade mappings have lost their IN entry: every connection from "
+            "those pod ports to that peer is answered by the node stack with a RST"
+        )
     print(f"  external host's server saw clients: {ext_clients}")
     pod_addrs = [ip for ip in ext_clients if ip.startswith("10.")]
     if ext_clients.get(PORIN_NODE_IP, 0) > 0 and not pod_addrs:
@@ -999,7 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  porin metrics during the rounds: 'source translated to the node address' "
         f"+{masq:,} packets, 'reply to a masqueraded flow' +{rev:,}, "
-        f"'NodePort packet delivered' +{nodeport:,}"
+        f"'NodePort packet delivered' +{nodeport:,}; 'not Porin's: passed to or from the node "
+        f"untouched' (ingress: on eth0, not translated) +{host_in:,}"
     )
     if masq == 0:
         problems.append("Porin's masquerade counter did not grow: traffic bypassed the datapath")
@@ -1011,7 +1047,12 @@ def main(argv: list[str] | None = None) -> int:
         for t in TESTS:
             errs, stalls = res.total(t.key, n, "errors"), res.total(t.key, n, "stalls")
             if errs or stalls:
-                problems.append(f"{n} {t.key}: {errs} failed connections, {stalls} stalls > 200 ms")
+                seen = collections.Counter(res.failures(t.key, n))
+                detail = "; ".join(f"{f} (x{c})" for f, c in seen.most_common(4))
+                problems.append(
+                    f"{n} {t.key}: {errs} failed connections (3 s timeout each), {stalls} "
+                    f"connections > 200 ms{f': {detail}' if detail else ''}"
+                )
     if info["agent_errors"]:
         problems.append(
             f"agent log has {len(info['agent_errors'])} error lines, first: "

@@ -1,0 +1,359 @@
+"""Several nodes sharing a real etcd: pods reach pods and services on every
+node through the VXLAN or IPIP overlay; nodes come and go; etcd goes away."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from porinlab import Etcd, Netns, Node, Underlay, wait_for
+from scapy.all import IP, UDP, rdpcap
+from scapy.layers.vxlan import VXLAN
+
+ETCD_IP = "198.18.0.2"
+LEASE_TTL = 3
+
+TCP_SERVER = """
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen(64); print("ready", flush=True)
+def serve(c):
+    while True:
+        d = c.recv(100)
+        if not d: break
+        c.sendall(sys.argv[1].encode() + b":" + d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+TCP_CLIENT = """
+import socket, sys
+for ip in sys.argv[1:]:
+    c = socket.create_connection((ip, 7000), timeout=5); c.sendall(b"hi")
+    print(c.recv(100).decode()); c.close()
+"""
+
+HTTP_CLIENT = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    c = socket.create_connection((sys.argv[1], 80), timeout=5); c.sendall(b"x")
+    print(c.recv(100).decode().split(":")[0]); c.close()
+"""
+
+CONVERSATION = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 7000), timeout=5)
+n = 0
+while True:
+    c.sendall(b"x"); assert c.recv(100); n += 1
+    print(n, flush=True); time.sleep(0.05)
+"""
+
+
+class Cluster:
+    def __init__(self, tunnel: str, nodes: int = 3) -> None:
+        self.tunnel = tunnel
+        self.underlay = Underlay()
+        self.etcd = Etcd(self.underlay, ETCD_IP)
+        self.nodes: list[Node] = []
+        self.procs: list[subprocess.Popen] = []
+
+    def add_node(self, i: int, start: bool = True) -> Node:
+        node = Node(
+            pod_cidr=f"10.244.{i}.0/24",
+            underlay=self.underlay,
+            node_ip=f"198.18.0.{10 + i}",
+            kvstore={"endpoints": [self.etcd.endpoint]},
+            tunnel=self.tunnel,
+            clusterCIDR="10.244.0.0/16",
+            nodeLeaseTTL=LEASE_TTL,
+        )
+        self.nodes.append(node)
+        if start:
+            node.start_agent()
+        return node
+
+    def serve(self, pod) -> None:
+        p = pod.popen(["python3", "-c", TCP_SERVER, pod.ip], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        self.procs.append(p)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for n in self.nodes:
+            n.close()
+        self.etcd.close()
+        self.underlay.close()
+
+
+def ipcache(node: Node) -> dict[str, dict]:
+    return {e["prefix"]: e for e in node.porin_json("bpf", "ipcache", "list")}
+
+
+@pytest.fixture(scope="module", params=["vxlan", "ipip"])
+def cluster(request):
+    c = Cluster(request.param)
+    try:
+        c.etcd.start()
+        for i in (1, 2, 3):
+            c.add_node(i)
+        for n in c.nodes:
+            for _ in range(2):
+                pod = n.add_pod()
+                c.serve(pod)
+        all_ips = {p.ip for n in c.nodes for p in n.pods.values()}
+        for n in c.nodes:
+            wait_for(
+                lambda n=n: all_ips <= {k.split("/")[0] for k in ipcache(n)},
+                15,
+                f"{n.ns.name} to learn every pod",
+            )
+        yield c
+    finally:
+        c.close()
+
+
+def pods(c: Cluster) -> list:
+    return [p for n in c.nodes[:3] for p in n.pods.values()]
+
+
+def test_nodes_and_ipcache(cluster):
+    c = cluster
+    names = {n.ns.name for n in c.nodes[:3]}
+    for n in c.nodes[:3]:
+        listed = n.porin_json("node", "list")
+        assert {x["name"] for x in listed} >= names
+        assert all(x["health"] == "ok" for x in listed)
+        st = n.porin_json("status")
+        assert st["kvstore"]["state"] == "connected" and st["kvstore"]["nodes"] >= 3
+        assert st["tunnel"]["mode"] == c.tunnel
+        cache = ipcache(n)
+        for other in c.nodes[:3]:
+            if other is n:
+                continue
+            assert cache[f"{other.node_ip}/32"]["node"]
+            assert cache[other.cfg.pod_cidr]["tunnel_endpoint"] == other.node_ip
+            for p in other.pods.values():
+                assert cache[f"{p.ip}/32"]["tunnel_endpoint"] == other.node_ip
+        tunnels = n.porin_json("bpf", "tunnel", "list")
+        assert tunnels["mode"] == c.tunnel and len(tunnels["entries"]) >= 6
+    ids = c.nodes[0].porin_json("identity", "list")
+    assert {1, 2, 6} <= {i["id"] for i in ids} and any(i["id"] >= 256 for i in ids)
+
+
+def test_pod_mtu_accounts_for_the_tunnel(cluster):
+    pod = next(iter(cluster.nodes[0].pods.values()))
+    want = 1450 if cluster.tunnel == "vxlan" else 1480
+    assert f"mtu {want}" in pod.exec(["ip", "-o", "link", "show", "eth0"]).stdout
+
+
+def test_every_pod_reaches_every_other_pod(cluster):
+    everyone = pods(cluster)
+    for a in everyone:
+        others = [b.ip for b in everyone if b is not a]
+        for ip in others:
+            assert a.ping(ip), f"{a.ip} cannot ping {ip}"
+        out = a.exec(["python3", "-c", TCP_CLIENT, *others]).stdout.split()
+        assert [x.split(":")[0] for x in out] == others
+
+
+def test_underlay_carries_only_encapsulated_pod_traffic(cluster, tmp_path):
+    c = cluster
+    a = next(iter(c.nodes[0].pods.values()))
+    b = next(iter(c.nodes[1].pods.values()))
+    pcap = tmp_path / "underlay.pcap"
+    cap = c.underlay.ns.popen(
+        ["tcpdump", "-i", "br0", "-U", "-n", "-w", str(pcap), "ip"], stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, "tcpdump to start")
+        assert a.ping(b.ip, count=3) and b.ping(a.ip, count=3)
+        a.exec(["python3", "-c", TCP_CLIENT, b.ip])
+        time.sleep(0.5)  # let tcpdump flush the last packets it captured
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+    packets = rdpcap(str(pcap))
+    pod_net = "10.244."
+    tunneled = 0
+    identity_a = c.nodes[0].porin_json("endpoint", "get", "1")["identity"]
+    for p in packets:
+        if IP not in p:
+            continue
+        outer = p[IP]
+        assert not outer.src.startswith(pod_net) and not outer.dst.startswith(pod_net), (
+            f"a pod address on the underlay unencapsulated: {outer.summary()}"
+        )
+        if c.tunnel == "vxlan" and UDP in outer and outer[UDP].dport == 8472:
+            inner = VXLAN(bytes(outer[UDP].payload))
+            if inner.haslayer(IP) and inner[IP].src == a.ip:
+                assert inner.vni == identity_a
+                tunneled += 1
+        if c.tunnel == "ipip" and outer.proto == 4:
+            inner = IP(bytes(outer.payload))
+            assert inner.src.startswith(pod_net) and inner.dst.startswith(pod_net)
+            tunneled += 1
+    assert tunneled >= 3
+
+
+def test_service_with_a_backend_per_node_from_every_node(cluster):
+    c = cluster
+    backends = [next(iter(n.pods.values())) for n in c.nodes[:3]]
+    c.nodes[0].porin(
+        "service",
+        "update",
+        "--id",
+        "1",
+        "--frontend",
+        "10.96.0.10:80",
+        "--backends",
+        ",".join(f"{b.ip}:7000" for b in backends),
+    )
+    for n in c.nodes[:3]:
+        wait_for(
+            lambda n=n: any(s["id"] == 1 for s in n.porin_json("service", "list")),
+            10,
+            "the service to reach every node",
+        )
+    for n in c.nodes[:3]:
+        client = list(n.pods.values())[1]
+        out = client.exec(["python3", "-c", HTTP_CLIENT, "10.96.0.10", "60"]).stdout.split()
+        assert set(out) == {b.ip for b in backends}, (n.ns.name, collections.Counter(out))
+    c.nodes[1].porin("service", "delete", "1")
+    for n in c.nodes[:3]:
+        wait_for(lambda n=n: not n.porin_json("service", "list"), 10, "the delete to spread")
+
+
+def test_stopped_node_disappears_and_comes_back(cluster):
+    c = cluster
+    gone = c.nodes[2]
+    gone.stop_agent(signal.SIGKILL)
+    for n in c.nodes[:2]:
+        wait_for(
+            lambda n=n: f"{gone.node_ip}/32" not in ipcache(n),
+            LEASE_TTL + 10,
+            "the stopped node's entries to expire",
+        )
+        cache = ipcache(n)
+        assert gone.cfg.pod_cidr not in cache
+        assert not any(e["tunnel_endpoint"] == gone.node_ip for e in cache.values())
+        assert gone.ns.name not in {x["name"] for x in n.porin_json("node", "list")}
+    gone.start_agent()
+    for n in c.nodes[:2]:
+        wait_for(lambda n=n: f"{gone.node_ip}/32" in ipcache(n), 10, "the node to rejoin")
+        wait_for(
+            lambda n=n: all(f"{p.ip}/32" in ipcache(n) for p in gone.pods.values()),
+            10,
+            "its pods to be known again",
+        )
+    a = next(iter(c.nodes[0].pods.values()))
+    assert a.ping(next(iter(gone.pods.values())).ip)
+
+
+def test_etcd_outage_keeps_traffic_and_resyncs(cluster):
+    c = cluster
+    a = next(iter(c.nodes[0].pods.values()))
+    b = next(iter(c.nodes[1].pods.values()))
+    conv = a.popen(["python3", "-c", CONVERSATION, b.ip], stdout=subprocess.PIPE, text=True)
+
+    def advance(n: int = 5) -> None:
+        start = int(conv.stdout.readline())
+        while int(conv.stdout.readline()) < start + n:
+            pass
+
+    try:
+        advance()
+        c.etcd.stop()
+        for n in c.nodes[:2]:
+            wait_for(
+                lambda n=n: n.porin_json("status")["kvstore"]["state"] == "degraded",
+                20,
+                "the agent to notice",
+            )
+        advance()  # still forwarding on the last known state
+        late = c.add_node(4 + len(c.nodes))  # its agent serves, degraded, without etcd
+        assert late.porin_json("status")["kvstore"]["state"] == "degraded"
+        advance()
+        c.etcd.start()
+        for n in c.nodes[:2]:
+            wait_for(
+                lambda n=n: n.porin_json("status")["kvstore"]["state"] == "connected",
+                30,
+                "reconnection",
+            )
+            wait_for(
+                lambda n=n: f"{late.node_ip}/32" in ipcache(n),
+                30,
+                "the node added during the outage to be learned",
+            )
+        advance()
+        assert conv.poll() is None
+    finally:
+        conv.kill()
+        conv.wait()
+    pod = late.add_pod()
+    wait_for(lambda: f"{pod.ip}/32" in ipcache(c.nodes[0]), 10, "the late node's pod")
+    assert a.ping(pod.ip)
+
+
+def test_overlay_rejects_host_identity_and_unknown_nodes(cluster):
+    """Crafted tunnel packets from a namespace on the node network: VXLAN claiming
+    the host identity (spoofing another node's address), and packets from an
+    address that is no node, are dropped with their reasons."""
+    c = cluster
+    target = c.nodes[0]
+    victim = next(iter(target.pods.values()))
+    spoofer = Netns(kind="spoof")
+    inner = f'IP(src="10.244.2.99", dst="{victim.ip}") / ICMP()'
+    if c.tunnel == "vxlan":
+        frames = [
+            (
+                c.nodes[1].node_ip,
+                f"UDP(sport=40000, dport=8472) / VXLAN(flags=0x08, vni=1) / Ether() / {inner}",
+            ),
+            (
+                "198.18.0.99",
+                f"UDP(sport=40000, dport=8472) / VXLAN(flags=0x08, vni=300) / Ether() / {inner}",
+            ),
+        ]
+        expected = [
+            "overlay packet claims the host identity",
+            "tunnel packet from an address that is no node",
+        ]
+    else:
+        frames = [("198.18.0.99", inner)]
+        expected = ["tunnel packet from an address that is no node"]
+    sends = "\n".join(
+        f'sendp(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="{src}", dst="{target.node_ip}"'
+        f'{", proto=4" if c.tunnel == "ipip" else ""}) / {payload}, iface="eth0", count=3, '
+        f"verbose=False)"
+        for src, payload in frames
+    )
+    script = (
+        "from scapy.all import Ether, IP, UDP, ICMP, sendp\n"
+        "from scapy.layers.vxlan import VXLAN\n" + sends + "\n"
+    )
+
+    def drops() -> dict[str, int]:
+        return {m["reason"]: m["packets"] for m in target.porin_json("metrics", "list", "--drops")}
+
+    try:
+        c.underlay.attach(spoofer, "198.18.0.99")
+        before = drops()
+        spoofer.exec([sys.executable, "-c", script])
+        for reason in expected:
+            wait_for(
+                lambda r=reason: drops().get(r, 0) - before.get(r, 0) >= 3,
+                10,
+                f"drops '{reason}' to be counted",
+            )
+        assert victim.exec(["true"]).returncode == 0
+    finally:
+        spoofer.close()
