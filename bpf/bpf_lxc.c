@@ -37,6 +37,7 @@
 #include "lib/lb.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
+#include "lib/icmp.h"
 #include "lib/lxc.h"
 
 /* A destination behind another node (the ipcache names its tunnel
@@ -59,6 +60,17 @@ static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flo
 		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
 	if (ip->ttl <= 1)
 		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
+	/* too big for the tunnel and not to be fragmented: tell the pod, as a
+	 * router would (GSO packets are segmented to the pod's MTU later) */
+	if (skb->gso_segs <= 1 && (ip->frag_off & bpf_htons(0x4000)) &&
+	    bpf_ntohs(ip->tot_len) + tunnel_overhead(cfg) > cfg->mtu) {
+		__u16 mtu = cfg->mtu - tunnel_overhead(cfg);
+
+		if (icmp_reply_unreach(skb, ip->daddr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu) < 0)
+			return drop(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
+		update_metrics(skb->len, DROP_FRAG_NEEDED, DIR_EGRESS);
+		return bpf_redirect(skb->ifindex, 0);
+	}
 	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
 		return drop(skb, DROP_CSUM_FAILED, DIR_EGRESS);
 	if (cfg->mode == TUNNEL_VXLAN)

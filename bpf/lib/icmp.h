@@ -20,10 +20,11 @@ static __always_inline __u16 porin_csum_fold(__u32 csum)
 	return (__u16)~csum;
 }
 
-/* Rewrite the packet into an ICMP error (type, code) back to its sender,
- * from `from`. Returns 0 or -1. The caller redirects it back out. */
+/* Rewrite the packet into an ICMP error (type, code; mtu for
+ * fragmentation-needed, else 0) back to its sender, from `from`. Returns 0
+ * or -1. The caller redirects it back out. */
 static __always_inline int icmp_reply_unreach(struct __sk_buff *skb, __be32 from, __u8 type,
-					      __u8 code)
+					      __u8 code, __u16 mtu)
 {
 	__u8 quote[ICMP_QUOTE_LEN];
 	struct ethhdr eth;
@@ -42,6 +43,7 @@ static __always_inline int icmp_reply_unreach(struct __sk_buff *skb, __be32 from
 
 	icmp.type = type;
 	icmp.code = code;
+	icmp.un.frag.mtu = bpf_htons(mtu); /* next-hop MTU, for fragmentation needed */
 	csum = bpf_csum_diff(NULL, 0, (__be32 *)&icmp, sizeof(icmp), 0);
 	csum = bpf_csum_diff(NULL, 0, (__be32 *)quote, sizeof(quote), csum);
 	icmp.checksum = porin_csum_fold(csum);

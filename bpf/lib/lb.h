@@ -288,7 +288,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, 
 		return DROP_FRAG_NOT_SUPPORTED;
 	b = lb4_flow_backend(f, svc, skb->len, &err);
 	if (!b) {
-		if (icmp_reply_unreach(skb, vip, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH) == 0)
+		if (icmp_reply_unreach(skb, vip, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0) == 0)
 			*icmp_sent = 1;
 		return DROP_NO_SERVICE_BACKEND;
 	}

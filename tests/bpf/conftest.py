@@ -19,9 +19,11 @@ from porin.daemon.services import LbMaps, ServiceManager
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.host_devices import HostDevicesMap
+from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
+from porin.maps.tunnel_config import TunnelConfig, TunnelConfigMap
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +35,9 @@ def lxc_datapath():
     host_mod, host_progs = compile_programs(
         "bpf_host.c", cfg, ["from_netdev", "to_netdev", "from_host_lo"]
     )
+    overlay_mod, overlay_progs = compile_programs("bpf_overlay.c", cfg, ["from_overlay"])
     dp = Lxc(
-        progs={**progs, **host_progs},
+        progs={**progs, **host_progs, **overlay_progs},
         endpoints=EndpointsMap(root),
         metrics=MetricsMap(root),
         ct=ConntrackMap(root),
@@ -42,9 +45,11 @@ def lxc_datapath():
         nat=NatMap(root),
         host_devices=HostDevicesMap(root),
         nonmasq=NonMasqMap(root),
+        ipcache=IpcacheMap(root),
+        tunnel=TunnelConfigMap(root),
     )
     try:
-        yield dp, (lxc_mod, host_mod)
+        yield dp, (lxc_mod, host_mod, overlay_mod)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -55,6 +60,8 @@ def _clear(dp: Lxc) -> None:
     dp.nat.clear()
     dp.host_devices.clear()
     dp.nonmasq.clear()
+    dp.ipcache.clear()
+    dp.tunnel.set(TunnelConfig())
     for m in (dp.lb.services, dp.lb.backends, dp.lb.reverse_nat, dp.lb.affinity):
         m.clear()
 

@@ -11,9 +11,11 @@ from porin.maps import syscall
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.maps.host_devices import HostDevicesMap
+from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap, reason_by_name
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
+from porin.maps.tunnel_config import TunnelConfigMap
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -32,6 +34,8 @@ class Lxc:
     nat: NatMap
     host_devices: HostDevicesMap
     nonmasq: NonMasqMap
+    ipcache: IpcacheMap
+    tunnel: TunnelConfigMap
 
     def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
         ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
