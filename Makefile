@@ -34,7 +34,7 @@ demo: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH hack/demo.sh
 
 bench: setup
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) hack/bench.py
+	PORIN_VENV=$(CURDIR)/$(VENV) hack/bench $(BENCH_ARGS)
 
 install:
 	@hack/setup.sh $(INSTALL_VENV) install

@@ -18,6 +18,7 @@ in_node() { nsenter --net=/var/run/netns/$NODE "$@"; }
 
 cni() { # cni COMMAND POD
   CNI_COMMAND=$1 CNI_CONTAINERID=${2/porin-demo-/demo-} CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 \
+    CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=${2#porin-demo-}" \
     CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$NETCONF"
 }
 
