@@ -100,6 +100,10 @@ static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32
 	ret = ipv4_flow_parse(skb, ip, &flow);
 	if (ret)
 		return drop(skb, ret, DIR_INGRESS);
+	/* the overlay's own packets go to the kernel's VXLAN device (the port is
+	 * outside the SNAT and NodePort ranges, so no NAT or service lookup) */
+	if (flow.proto == IPPROTO_UDP && flow.dport == bpf_htons(VXLAN_PORT))
+		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
 
 	if (flow.proto == IPPROTO_ICMP && icmp_is_error(flow.icmp_type)) {
 		ret = snat_icmp_error_ingress(skb, &flow);

@@ -299,6 +299,9 @@ def _validate_cluster(cfg: AgentConfig) -> None:
             raise ConfigError("kvstore.endpoints: must be a list of http(s)://HOST:PORT URLs")
     if cfg.tunnel not in ("vxlan", "ipip", "disabled"):
         raise ConfigError(f"tunnel: must be vxlan, ipip or disabled, got {cfg.tunnel!r}")
+    for name, (lo, hi) in (("snatPortRange", cfg.snat_ports), ("nodePortRange", cfg.node_ports)):
+        if lo <= 8472 <= hi:
+            raise ConfigError(f"{name}: must not include 8472, the VXLAN port")
     ttl = cfg.node_lease_ttl
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
         raise ConfigError(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")

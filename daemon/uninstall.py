@@ -12,12 +12,38 @@ import os
 import shutil
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from porin.daemon import links
 from porin.daemon.config import AgentConfig
+from porin.daemon.datapath import FILTER_HANDLE, FILTER_PRIO, TC_EGRESS, TC_INGRESS, filter_names
 from porin.daemon.store import EndpointStore
 
 log = logging.getLogger("porin.uninstall")
+
+
+HOST_PROGRAMS = {"from_netdev", "to_netdev", "from_host_lo"}
+
+
+def detach_host_programs(ipr: IPRoute, name: str) -> None:
+    """Remove Porin's filters from a device it does not own (uplinks, lo), and only those."""
+    idx = links.link_index(ipr, name)
+    if idx is None:
+        return
+    for parent in (TC_INGRESS, TC_EGRESS):
+        if HOST_PROGRAMS & set(filter_names(ipr, idx, parent)):
+            try:
+                ipr.tc(
+                    "del-filter",
+                    "bpf",
+                    index=idx,
+                    handle=FILTER_HANDLE,
+                    prio=FILTER_PRIO,
+                    parent=parent,
+                )
+                log.info("detached Porin's program from %s", name)
+            except NetlinkError as e:
+                log.warning("cannot detach Porin's program from %s: %s", name, e)
 
 
 def uninstall(cfg: AgentConfig) -> None:
@@ -36,6 +62,8 @@ def uninstall(cfg: AgentConfig) -> None:
                     log.info("removed %s (endpoint %s)", name, data.get("id"))
         links.remove_host_device(ipr, cfg.pod_cidr)
         links.delete_link(ipr, "porin_vxlan")
+        for name in [*cfg.devices, "lo"]:
+            detach_host_programs(ipr, name)
     for path in (cfg.bpffs_root, cfg.state_dir, cfg.pending_delete_dir):
         if os.path.isdir(path):
             shutil.rmtree(path)

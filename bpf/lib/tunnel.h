@@ -17,6 +17,8 @@
 #define TUNNEL_VXLAN 1
 #define TUNNEL_IPIP 2
 
+#define VXLAN_PORT 8472
+
 /* constants newer than the 6.1 UAPI headers bcc compiles against */
 #define PORIN_ADJ_ROOM_ENCAP_L3_IPV4 (1ULL << 1)
 #define PORIN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)

@@ -274,3 +274,40 @@ def test_bad_service_type_input_rejected(site, nodeport):
         )
         assert r.returncode == 1, args
     assert json.dumps(node.porin_json("service", "list"), sort_keys=True) == before
+
+
+def test_uninstall_detaches_host_programs_only(site, nodeport):
+    """Last in this module: it stops the agent. A filter someone else put on the
+    uplink survives; Porin's leave eth0 and lo."""
+    node, _, _ = site
+    node.ns.exec(
+        [
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "ingress",
+            "prio",
+            "7",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "flowid",
+            "1:1",
+        ]
+    )
+    node.stop_agent()
+    from porinlab import VENV_BIN
+
+    node.ns.exec([str(VENV_BIN / "porin-agent"), "--config", node.config_path, "--uninstall"])
+    for dev, parent in (("eth0", "ingress"), ("eth0", "egress"), ("lo", "ingress")):
+        shown = node.ns.exec(["tc", "filter", "show", "dev", dev, parent]).stdout
+        assert "from_netdev" not in shown and "to_netdev" not in shown
+        assert "from_host_lo" not in shown
+    assert "u32" in node.ns.exec(["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+    node.pods.clear()
