@@ -416,11 +416,10 @@ def check_porin(
                 for r in node.porin_json("metrics", "list", "--drops")
                 if int(r["packets"])
             ]
-            if since_start:
-                notes.append(
-                    f"{node.ns.name} `porin metrics list --drops` since the agent started: "
-                    + ", ".join(since_start)
-                )
+            notes.append(
+                f"{v.name} {node.ns.name} `porin metrics list --drops` since the agent started: "
+                + (", ".join(since_start) or "no drops")
+            )
             errors = agent_errors(node)
             if errors:
                 problems.append(
@@ -530,7 +529,7 @@ def print_report(variants: list[Variant], base: Variant) -> list[list[str]]:
             ],
             rows,
             {1, 2, 3, 4, 5, 6, 7},
-        )  # fmt: skip
+        )
     )
     checks = []
     for v in variants:
@@ -628,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         others = [c for c in ticks if c.startswith("cpu") and c not in ("cpu", f"cpu{CPU}")]
         idle_busy = busy_pct(ticks, others) if others else 0.0
 
-        print("\nPorin counters during the traffic tests (packets):")
-        print(check_porin([vx, ipip], before, problems, notes))
+        tunnel_table = check_porin([vx, ipip], before, problems, notes)
     except BaseException:
         if not _Signals.interrupted:
             raise
@@ -642,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything the benchmark created has been removed", file=sys.stderr)
         return 130
 
+    print("\nPorin's counters during the traffic tests (packets), proof of the overlay path:")
+    print(tunnel_table)
     checks = print_report(variants, variants[-1])
     print(
         f"  Pod MTU {POD_MTU} on all variants unless shown otherwise; underlay MTU 1500. "
