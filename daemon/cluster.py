@@ -372,3 +372,17 @@ class ClusterState:
 
 def service_json_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def deregister(store: LocalStore | EtcdStore, node_name: str) -> int:
+    """A node leaving the cluster for good: remove its node and endpoint keys now,
+    so the others drop it at once instead of when its lease expires."""
+    removed = 0
+    for key, value in store.get_prefix(IPCACHE).items():
+        if isinstance(value, dict) and value.get("node") == node_name:
+            store.delete(key)
+            removed += 1
+    if NODES + node_name in store.get_prefix(NODES + node_name):
+        store.delete(NODES + node_name)
+        removed += 1
+    return removed

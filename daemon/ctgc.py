@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
 from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap
 
-NAT_GRACE_SECONDS = 30  # a NAT entry this young may belong to a flow newer than the CT snapshot
-
 log = logging.getLogger("porin.ctgc")
 
 
@@ -113,14 +111,20 @@ class CtGarbageCollector:
         with self._lock:
             started = time.monotonic()
             now = monotonic_seconds()
+            # NAT first: a masqueraded flow's conntrack entry is always created
+            # before its NAT entries, so every NAT entry in this snapshot whose
+            # flow is alive has its conntrack entry in the dump below
+            nat_snapshot = self.nat.dump_raw() if self.nat is not None else None
             keys, values, n = self.ct.dump_raw()
             dead, ndead = expired_keys(keys, values, n, now)
+            if ndead:
+                dead, ndead = self._still_expired(dead, ndead, now)
             deleted = self.ct.delete_raw(dead, ndead) if ndead else 0
-            if self.nat is not None:
+            if nat_snapshot is not None:
                 ks = ctypes.sizeof(CtKey)
                 gone = {dead[i * ks : (i + 1) * ks] for i in range(ndead)}
                 alive = {keys[i * ks : (i + 1) * ks] for i in range(n)} - gone
-                self._gc_nat(alive, now)
+                self._gc_nat(alive, nat_snapshot, now)
             s = self.stats
             s.runs += 1
             s.last_deleted = deleted
@@ -142,38 +146,56 @@ class CtGarbageCollector:
                 )
             return deleted
 
-    def _gc_nat(self, ct_alive: set[bytes], now: int) -> int:
-        """Remove NAT entries whose conntrack entry is gone (both directions)."""
+    def _still_expired(self, dead: bytes, ndead: int, now: int) -> tuple[bytes, int]:
+        """Keep only keys still expired in a second read: a packet may have refreshed
+        an entry (a reused tuple) since the first one."""
+        keys, values, n = self.ct.dump_raw()
+        again, nagain = expired_keys(keys, values, n, now)
+        ks = ctypes.sizeof(CtKey)
+        still = {again[i * ks : (i + 1) * ks] for i in range(nagain)}
+        kept = [dead[i * ks : (i + 1) * ks] for i in range(ndead)]
+        kept = [k for k in kept if k in still]
+        return b"".join(kept), len(kept)
+
+    def _ct_alive_now(self, ct_key: bytes, now: int) -> bool:
+        e = self.ct.get(CtKey.from_buffer_copy(ct_key))
+        return e is not None and e.lifetime >= now
+
+    def _gc_nat(self, ct_alive: set[bytes], snapshot: tuple[bytes, bytes, int], now: int) -> int:
+        """Remove NAT entries whose conntrack entry is gone, both directions, once each.
+
+        Candidates come from snapshots; each is checked against the live
+        conntrack map right before it goes, so a flow that resumed meanwhile
+        keeps its translation."""
         assert self.nat is not None
-        keys, vals, n = self.nat.dump_raw()
+        keys, vals, n = snapshot
         ks, vs = ctypes.sizeof(NatKey), ctypes.sizeof(NatEntry)
         entries = [
             (NatKey.from_buffer_copy(keys, i * ks), NatEntry.from_buffer_copy(vals, i * vs))
             for i in range(n)
         ]
-        doomed: list[NatKey] = []
-        outs: set[bytes] = set()
+        outs = {bytes(k) for k, _ in entries if k.dir == NAT_DIR_OUT}
+        doomed: dict[bytes, None] = {}  # ordered, without duplicates
         for k, v in entries:
             if k.dir != NAT_DIR_OUT:
                 continue
             raw = bytearray(bytes(k))
             raw[13] = 0  # the conntrack key of the pod's flow: same tuple, no flags
-            if bytes(raw) in ct_alive or now - v.created < NAT_GRACE_SECONDS:
-                outs.add(bytes(k))
+            ct_key = bytes(raw)
+            if ct_key in ct_alive or self._ct_alive_now(ct_key, now):
                 continue
-            doomed.append(k)
-            doomed.append(
-                NatKey(
-                    saddr=k.daddr,
-                    daddr=v.to_addr,
-                    sport=k.dport,
-                    dport=v.to_port,
-                    proto=k.proto,
-                    dir=NAT_DIR_IN,
-                )
+            back = NatKey(
+                saddr=k.daddr,
+                daddr=v.to_addr,
+                sport=k.dport,
+                dport=v.to_port,
+                proto=k.proto,
+                dir=NAT_DIR_IN,
             )
+            doomed[bytes(k)] = None
+            doomed[bytes(back)] = None
         for k, v in entries:
-            if k.dir != NAT_DIR_IN or now - v.created < NAT_GRACE_SECONDS:
+            if k.dir != NAT_DIR_IN or bytes(k) in doomed:
                 continue
             out = NatKey(
                 saddr=v.to_addr,
@@ -183,9 +205,9 @@ class CtGarbageCollector:
                 proto=k.proto,
                 dir=NAT_DIR_OUT,
             )
-            if bytes(out) not in outs:
-                doomed.append(k)
-        deleted = self.nat.delete_many(doomed)
+            if bytes(out) not in outs and self.nat.get(out) is None:
+                doomed[bytes(k)] = None  # an IN entry whose OUT entry is gone
+        deleted = self.nat.delete_packed(b"".join(doomed), len(doomed))
         self.nat_deleted_total += deleted
         self.nat_last_alive = n - deleted
         if deleted:

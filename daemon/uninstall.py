@@ -50,6 +50,15 @@ def uninstall(cfg: AgentConfig) -> None:
     from porin.daemon.agent import refuse_if_running
 
     refuse_if_running(cfg.api_socket)
+    if cfg.kvstore:
+        from porin.daemon.cluster import deregister
+        from porin.daemon.kvstore import EtcdStore, KvStoreError
+
+        try:
+            n = deregister(EtcdStore(list(cfg.kvstore.get("endpoints", []))), cfg.node_name)
+            log.info("node %s left the cluster (%d kvstore keys removed)", cfg.node_name, n)
+        except KvStoreError as e:
+            log.warning("kvstore unreachable, the node's lease will expire instead: %s", e)
     with IPRoute() as ipr:
         if os.path.isdir(cfg.state_dir):
             for data in EndpointStore(cfg.state_dir).load_all():

@@ -911,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
         ext = lab.netns("ext")
         underlay.attach(ext, EXT_IP)
 
-        # the agent compiles its datapath meanwhile the plain nodes are built
+        # the agent compiles its datapath while the plain nodes are built
         porin_box: dict[str, Any] = {}
 
         def porin_thread() -> None:
@@ -982,7 +982,8 @@ def main(argv: list[str] | None = None) -> int:
         if leftovers:
             print(f"cleanup left behind: {leftovers}", file=sys.stderr)
     if _Signals.interrupted:
-        print("interrupted; everything the benchmark created has been removed", file=sys.stderr)
+        done = "some objects are left (above)" if leftovers else "everything created is removed"
+        print(f"interrupted; {done}", file=sys.stderr)
         return 130
 
     print(f"\nPer round (pinned to CPU {CPU}; conn/s and Gbit/s):")

@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from porin.maps import syscall
 from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
 from porin.maps.pinned import PinnedMap
 
@@ -158,22 +157,8 @@ class ConntrackMap(PinnedMap[CtKey, CtEntry]):
         return [decode(k, v, now) for k, v in self.raw_entries()]
 
     def delete_raw(self, keys: bytes, count: int) -> int:
-        """Delete `count` keys packed back to back in `keys` (BPF_MAP_DELETE_BATCH).
-
-        A key that is already gone (evicted, or deleted by the datapath's
-        owner meanwhile) stops a batch; it is skipped and the batch resumed.
-        """
-        ks = ctypes.sizeof(CtKey)
-        deleted, i = 0, 0
-        while i < count:
-            n = min(self.BATCH, count - i)
-            buf = ctypes.create_string_buffer(keys[i * ks : (i + n) * ks], n * ks)
-            done = syscall.delete_batch(self.fd, buf, n)
-            deleted += done
-            i += done
-            if done < n:
-                i += 1  # the missing key
-        return deleted
+        """Delete `count` keys packed back to back in `keys` (BPF_MAP_DELETE_BATCH)."""
+        return self.delete_packed(keys, count)
 
     def flush(self) -> int:
         keys, _vals, n = self.dump_raw()

@@ -130,10 +130,32 @@ class PinnedMap(Generic[K, V]):
 
     def delete_many(self, keys: list[K]) -> int:
         """Delete many keys with BPF_MAP_DELETE_BATCH; absent keys are skipped."""
-        removed = 0
-        for key in keys:
-            removed += self.delete(key)
-        return removed
+        return self.delete_packed(b"".join(bytes(k) for k in keys), len(keys))
+
+    def delete_packed(self, raw: bytes, count: int) -> int:
+        """Delete `count` keys packed back to back in `raw`; returns how many went.
+
+        A key that is already gone stops a batch in the kernel; it is skipped and
+        the batch resumed. Maps without batch support are done key by key."""
+        ksize = ctypes.sizeof(self.KEY)
+        deleted, i = 0, 0
+        while i < count:
+            n = min(self.BATCH, count - i)
+            buf = ctypes.create_string_buffer(raw[i * ksize : (i + n) * ksize], n * ksize)
+            try:
+                done = syscall.delete_batch(self.fd, buf, n)
+            except syscall.BpfError as e:
+                if e.errno not in (22, 95, 524):  # EINVAL, EOPNOTSUPP, ENOTSUPP
+                    raise
+                return deleted + sum(
+                    self.delete(self.KEY.from_buffer_copy(raw, (i + j) * ksize))
+                    for j in range(count - i)
+                )
+            deleted += done
+            i += done
+            if done < n:
+                i += 1  # the missing key
+        return deleted
 
     def dump_raw(self) -> tuple[bytes, bytes, int]:
         """All keys and values as two byte strings, read with BPF_MAP_LOOKUP_BATCH.

@@ -6,6 +6,8 @@ BPF_PROG_TEST_RUN runs with skb->ifindex 1, so ifindex 1 plays the uplink
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from lxc_harness import (
     POD_A,
@@ -266,3 +268,56 @@ def test_full_nat_table_is_a_counted_drop(tmp_path):
             assert met.count(reason_by_name("NAT_MAP_FULL").code, 2).packets == 2
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_nat_gc_removes_orphans_once_and_keeps_live_flows(host):
+    """Through the real datapath: two masqueraded flows; one's conntrack entry
+    expires. GC removes exactly that flow's two NAT entries and an IN entry
+    left without its OUT entry, and nothing of the live flow."""
+    from porin.daemon.ctgc import CtGarbageCollector
+
+    def flow(sport: int) -> None:
+        # from_container creates the pod's conntrack entry, to_netdev its NAT entries
+        host.endpoints.upsert(on_ifindex(POD_A, 1))
+        host.run(
+            "from_container",
+            bytes(
+                Ether(src=POD_A.mac, dst=POD_A.node_mac)
+                / IP(src=POD_A.ip, dst=PEER)
+                / TCP(sport=sport, dport=80, flags="S")
+            ),
+        )
+        host.endpoints.upsert(on_ifindex(POD_A, 76))
+        host.run(
+            "to_netdev", egress(IP(src=POD_A.ip, dst=PEER) / TCP(sport=sport, dport=80, flags="S"))
+        )
+
+    flow(47000)
+    flow(47001)
+    assert len(host.nat.translations()) == 4
+    for key in list(host.ct.keys()):
+        entry = host.ct.get(key)
+        if key.sport == socket.htons(47000):
+            entry.lifetime = 1  # long expired
+            host.ct.put(key, entry)
+    # and an IN entry whose OUT entry vanished
+    from porin.maps.lb_common import ip_to_be, port_to_be
+    from porin.maps.nat import NAT_DIR_IN, NatEntry, NatKey
+
+    host.nat.put(
+        NatKey(
+            saddr=ip_to_be(PEER),
+            daddr=ip_to_be(NODE_IP),
+            sport=port_to_be(80),
+            dport=port_to_be(50000),
+            proto=6,
+            dir=NAT_DIR_IN,
+        ),
+        NatEntry(to_addr=ip_to_be(POD_A.ip), to_port=port_to_be(50000)),
+    )
+    gc = CtGarbageCollector(host.ct, nat=host.nat)
+    assert gc.run_once() == 1
+    left = {(t.direction, t.sport, t.dport) for t in host.nat.translations()}
+    assert left == {("OUT", 47001, 80), ("IN", 80, 47001)}
+    assert gc.nat_deleted_total == 3
+    assert gc.run_once() == 0 and gc.nat_deleted_total == 3

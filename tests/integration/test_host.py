@@ -87,7 +87,13 @@ def site():
         far.exec(["ip", "link", "set", "eth0", "mtu", "1280", "up"])
         far.exec(["ip", "addr", "add", f"{FAR_IP}/24", "dev", "eth0"])
         far.exec(["ip", "route", "add", "default", "via", "203.0.113.1"])
-        node = Node(pod_cidr="10.250.0.0/24", underlay=underlay, node_ip=NODE_IP, gateway=EXT_IP)
+        node = Node(
+            pod_cidr="10.250.0.0/24",
+            underlay=underlay,
+            node_ip=NODE_IP,
+            gateway=EXT_IP,
+            ctLifetimeNonTCP=3,
+        )
         node.start_agent()
         procs.append(start(ext, WHOAMI_SERVER, "8000"))
         yield node, ext, far
@@ -171,6 +177,37 @@ def test_thousand_connections_from_several_pods_get_unique_tuples(site):
     # new connections work after a flush
     seen = pods[0].exec(["python3", "-c", ONE_SHOT, EXT_IP, "8000"]).stdout.strip()
     assert seen.startswith(NODE_IP + ":")
+
+
+def test_nat_entries_go_with_their_conntrack_entries(site):
+    """UDP conntrack lives 3 s here: once it has expired, a GC pass removes the
+    flow's NAT entries too, and the flow is translated afresh when it resumes."""
+    from porin.client import AgentClient
+    from porin.maps.conntrack import monotonic_seconds
+
+    node, ext, _ = site
+    pod = node.add_pod()
+    send = (
+        "import socket, sys; s = socket.socket(2, 2); s.bind(('', 5555)); "
+        "s.sendto(b'x', (sys.argv[1], 9999))"
+    )
+    pod.exec(["python3", "-c", send, EXT_IP])
+    mine = lambda: [t for t in node.porin_json("bpf", "nat", "list", "--port", "5555")]  # noqa: E731
+    assert len(mine()) == 2
+    start = monotonic_seconds()
+    client = AgentClient(node.cfg.socket)
+
+    def gone() -> bool:
+        client.request("POST", "/v1/ct/gc")
+        return not mine()
+
+    from porinlab import wait_for
+
+    wait_for(gone, 15, "the NAT entries to be collected with their conntrack entry")
+    assert monotonic_seconds() - start >= 2  # not before the conntrack entry expired
+    assert node.porin_json("status")["host"]["nat"]["deleted_total"] >= 2
+    pod.exec(["python3", "-c", send, EXT_IP])
+    assert len(mine()) == 2
 
 
 def test_icmp_frag_needed_reaches_the_pod(site):

@@ -357,3 +357,21 @@ def test_overlay_rejects_host_identity_and_unknown_nodes(cluster):
         assert victim.exec(["true"]).returncode == 0
     finally:
         spoofer.close()
+
+
+def test_node_leaving_for_good_is_dropped(cluster):
+    """Last in the module: a node uninstalled leaves the cluster: it removes its own
+    keys from etcd and the others drop it."""
+    from porinlab import VENV_BIN
+
+    c = cluster
+    leaving = c.nodes[2]
+    leaving.stop_agent()
+    r = leaving.ns.exec(
+        [str(VENV_BIN / "porin-agent"), "--config", leaving.config_path, "--uninstall"]
+    )
+    assert f"node {leaving.ns.name} left the cluster" in r.stderr
+    for n in c.nodes[:2]:
+        wait_for(lambda n=n: f"{leaving.node_ip}/32" not in ipcache(n), 10, "the node to be gone")
+        assert leaving.ns.name not in {x["name"] for x in n.porin_json("node", "list")}
+    leaving.pods.clear()

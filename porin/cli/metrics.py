@@ -1,0 +1,59 @@
+"""porin metrics ...: datapath counters from the pinned map, agent counters from the API."""
+
+from __future__ import annotations
+
+import click
+
+from porin.cli.context import Context, open_map
+from porin.cli.output import output_option, print_json, print_table
+
+# ---------------- metrics ----------------
+
+
+@click.group()
+def metrics() -> None:
+    """Datapath counters."""
+
+
+@metrics.command("list")
+@click.option("--drops", is_flag=True, help="Only drop reasons.")
+@output_option
+@click.pass_obj
+def metrics_list(ctx: Context, drops: bool, output: str) -> None:
+    """Packets and bytes by verdict reason and direction."""
+    from porin.maps.metrics import MetricsMap
+
+    with open_map(ctx, MetricsMap) as m:
+        rows = [x for x in m.metrics() if x.is_drop or not drops]
+    if output == "json":
+        return print_json(
+            [
+                {
+                    "reason": x.reason_text,
+                    "reasonCode": x.reason,
+                    "drop": x.is_drop,
+                    "direction": x.direction_text,
+                    "packets": x.packets,
+                    "bytes": x.bytes,
+                }
+                for x in rows
+            ]
+        )
+    print_table(
+        ("REASON", "DIRECTION", "PACKETS", "BYTES"),
+        [
+            (("drop: " if x.is_drop else "") + x.reason_text, x.direction_text, x.packets, x.bytes)
+            for x in rows
+        ],
+    )
+
+
+@metrics.command("agent")
+@output_option
+@click.pass_obj
+def metrics_agent(ctx: Context, output: str) -> None:
+    """Agent-side counters: conntrack GC."""
+    st = ctx.api("GET", "/v1/ct/gc")
+    if output == "json":
+        return print_json({"conntrackGC": st})
+    print_table(("METRIC", "VALUE"), [(f"ct_gc_{k}", v) for k, v in sorted(st.items())])
