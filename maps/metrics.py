@@ -1,4 +1,4 @@
-"""The `metrics` map: per-CPU packet/byte counters by (reason, direction).
+"""The `metrics` map: per-CPU packet/byte counters by (reason, direction), an array.
 
 Mirrors bpf/lib/metrics.h; reason and direction names are read from
 bpf/lib/reasons.h, the single source of truth shared with the datapath.
@@ -66,12 +66,21 @@ def reason_text(code: int) -> str:
 
 
 class MetricsKey(ctypes.Structure):
-    _fields_ = [
-        ("reason", ctypes.c_uint8),
-        ("dir", ctypes.c_uint8),
-        ("pad1", ctypes.c_uint16),
-        ("pad2", ctypes.c_uint32),
-    ]
+    """Index into the per-CPU array: reason * 4 + direction (METRICS_INDEX in C)."""
+
+    _fields_ = [("index", ctypes.c_uint32)]
+
+    @classmethod
+    def of(cls, reason: int, direction: int) -> MetricsKey:
+        return cls(index=(reason << 2) | (direction & 3))
+
+    @property
+    def reason(self) -> int:
+        return self.index >> 2
+
+    @property
+    def dir(self) -> int:
+        return self.index & 3
 
 
 class MetricsValue(ctypes.Structure):
@@ -109,11 +118,12 @@ class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
         )
 
     def metrics(self) -> list[Metric]:
-        out = [Metric(k.reason, k.dir, v.packets, v.bytes) for k, v in self.items()]
+        """Every (reason, direction) that has counted a packet."""
+        out = [Metric(k.reason, k.dir, v.packets, v.bytes) for k, v in self.items() if v.packets]
         return sorted(out, key=lambda m: (m.reason, m.direction))
 
     def count(self, reason: int, direction: int) -> Metric:
-        v = self.get_percpu(MetricsKey(reason=reason, dir=direction))
+        v = self.get_percpu(MetricsKey.of(reason, direction))
         if v is None:
             return Metric(reason, direction, 0, 0)
         m = self.merge_percpu(v)

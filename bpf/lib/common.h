@@ -22,10 +22,6 @@
 #define ENDPOINTS_MAP_SIZE 65536
 #endif
 
-#ifndef METRICS_MAP_SIZE
-#define METRICS_MAP_SIZE 1024
-#endif
-
 /* A pinned map under the agent's bpffs root. Pins are reused across agent
  * restarts, which is what keeps restarts hitless. */
 #define PORIN_MAP(type, key, value, name, size) \
@@ -42,7 +38,27 @@
 #define const_htons(x) ((__u16)(x))
 #endif
 
-#define ctx_data(skb) ((void *)(long)(skb)->data)
-#define ctx_data_end(skb) ((void *)(long)(skb)->data_end)
+/* skb->data and skb->data_end, each read with one load from the context:
+ * otherwise clang may keep &skb->data in a register and dereference it
+ * later, which the verifier refuses ("dereference of modified ctx ptr"). */
+static __always_inline void *ctx_data(struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)"
+		     : "=r"(ptr)
+		     : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
+	return ptr;
+}
+
+static __always_inline void *ctx_data_end(struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)"
+		     : "=r"(ptr)
+		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
+	return ptr;
+}
 
 #endif /* PORIN_COMMON_H */

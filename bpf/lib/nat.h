@@ -3,6 +3,7 @@
 #define PORIN_NAT_H
 
 #include "common.h"
+#include "ipv4.h"
 #include "l4.h"
 
 #define IPV4_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
@@ -35,29 +36,42 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_
 	__be32 old_addr = src ? f->saddr : f->daddr;
 	__be16 old_port = src ? f->sport : f->dport;
 	int csum_off = l4_csum_off(f);
-	int addr_off = src ? IPV4_SADDR_OFF : IPV4_DADDR_OFF;
-	int port_off = f->l4_off + (src ? 0 : 2);
+	__u32 port_off = f->l4_off + (src ? 0 : 2);
+	int new_port = port && port != old_port && csum_off >= 0;
+	struct iphdr *ip;
+	__be16 *p;
 
 	if (f->proto == IPPROTO_ICMP) {
 		csum_off = f->l4_off + offsetof(struct icmphdr, checksum);
 		port_off = f->l4_off + offsetof(struct icmphdr, un.echo.id);
+		new_port = port && port != old_port;
 	}
+	/* the L4 checksum through the helper: it knows whether the skb carries a
+	 * full checksum or a pseudo-header one left for offload */
+	if (old_addr != addr && f->proto != IPPROTO_ICMP && csum_off >= 0 &&
+	    bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
+				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(f)) < 0)
+		return -1;
+	if (new_port &&
+	    bpf_l4_csum_replace(skb, csum_off, old_port, port, sizeof(port) | l4_csum_flags(f)) < 0)
+		return -1;
+
+	/* addresses, port and the IPv4 header checksum: direct writes */
+	ip = ctx_data(skb) + ETH_HLEN;
+	if ((void *)(ip + 1) > ctx_data_end(skb))
+		return -1;
 	if (old_addr != addr) {
-		if (f->proto != IPPROTO_ICMP && csum_off >= 0 &&
-		    bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
-					BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(f)) < 0)
-			return -1;
-		if (bpf_l3_csum_replace(skb, IPV4_CHECK_OFF, old_addr, addr, sizeof(addr)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0) < 0)
-			return -1;
+		ipv4_csum_update32(ip, old_addr, addr);
+		if (src)
+			ip->saddr = addr;
+		else
+			ip->daddr = addr;
 	}
-	if (port && port != old_port && csum_off >= 0) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, port,
-					sizeof(port) | l4_csum_flags(f)) < 0)
+	if (new_port) {
+		p = ctx_data(skb) + (port_off & 0xff);
+		if ((void *)(p + 1) > ctx_data_end(skb))
 			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
-			return -1;
+		*p = port;
 	}
 	return 0;
 }

@@ -134,11 +134,15 @@ def test_metric_text_properties() -> None:
 
 
 def test_map_structs_mirror_metrics_h() -> None:
-    assert ctypes.sizeof(MetricsKey) == 8
-    assert MetricsKey.reason.offset == 0
-    assert MetricsKey.dir.offset == 1
+    # METRICS_INDEX(reason, dir) in bpf/lib/metrics.h: reason << 2 | dir
+    assert ctypes.sizeof(MetricsKey) == 4
+    key = MetricsKey.of(131, 2)
+    assert key.index == 131 * 4 + 2
+    assert (key.reason, key.dir) == (131, 2)
     assert ctypes.sizeof(MetricsValue) == 16
     assert MetricsMap.NAME == "metrics"
+    text = (SOURCE_DIR / "lib" / "metrics.h").read_text()
+    assert "#define METRICS_INDEX(reason, dir) (((__u32)(reason) << 2) | ((dir) & 3))" in text
 
 
 def test_merge_percpu_sums() -> None:
