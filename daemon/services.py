@@ -193,9 +193,13 @@ class ServiceManager:
         """Make the services of `source` exactly `svcs` (a reloaded file):
         (programmed, deleted)."""
         with self._lock:
+            by_frontend = {
+                (p.service.ip, p.service.port, p.service.protocol): p.service
+                for p in self._svcs.values()
+            }
             for s in svcs:
                 s.source = source
-                existing = self._find_frontend(s)
+                existing = by_frontend.get((s.ip, s.port, s.protocol))
                 if s.id == 0 and existing is not None and existing.source == source:
                     s.id = existing.id
             kept = self.upsert_many(svcs) if svcs else []
@@ -222,22 +226,23 @@ class ServiceManager:
 
     # ---------- planning ----------
 
-    def _find_frontend(self, svc: Service) -> Service | None:
-        for p in self._svcs.values():
-            s = p.service
-            if (s.ip, s.port, s.protocol) == (svc.ip, svc.port, svc.protocol):
-                return s
-        return None
-
     def _assign_ids(self, svcs: list[Service]) -> None:
+        """Give services without an id the id of the service that owns their
+        frontend, or the lowest free one (one pass, indexed: batches are large)."""
         used = set(self._svcs) | {s.id for s in svcs if s.id}
+        by_frontend = {
+            (p.service.ip, p.service.port, p.service.protocol): p.service.id
+            for p in self._svcs.values()
+        }
+        claimed = {s.id for s in svcs if s.id}
         nxt = 1
         for s in svcs:
             if s.id:
                 continue
-            existing = self._find_frontend(s)
-            if existing is not None and existing.id not in {x.id for x in svcs if x is not s}:
-                s.id = existing.id
+            owner = by_frontend.get((s.ip, s.port, s.protocol))
+            if owner is not None and owner not in claimed:
+                s.id = owner
+                claimed.add(owner)
                 continue
             while nxt in used:
                 nxt += 1
@@ -245,6 +250,7 @@ class ServiceManager:
                 raise ServiceConflict(f"no free service id ({MAX_SERVICE_ID} services)")
             s.id = nxt
             used.add(nxt)
+            claimed.add(nxt)
 
     def _assign_node_ports(self, svcs: list[Service]) -> None:
         lo, hi = self.node.node_port_range

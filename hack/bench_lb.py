@@ -248,12 +248,6 @@ def fmt_rate(v: float) -> str:
     return "-" if v != v else f"{v:,.0f}"
 
 
-def fmt_ratio(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
-
-
 class Lab:
     """Owns every object the benchmark makes; `close()` removes them in reverse order."""
 
@@ -619,42 +613,82 @@ Key = tuple[str, str, str]  # (test, level label, variant)
 
 @dataclass
 class Round:
-    results: dict[Key, dict[str, Any]]
+    results: dict[Key, dict[str, Any]]  # client output plus "foreign"
     other_busy: float  # % busy of OTHER_CPUS
     steal: float  # % of CPU taken by the hypervisor
-    foreign: float  # worst share of samples with another process runnable on CPU, per run
+
+
+def rate(res: dict[str, Any]) -> float:
+    return res["ok"] / res["seconds"]
+
+
+def undisturbed(res: dict[str, Any]) -> bool:
+    return res.get("foreign", 0.0) <= FOREIGN_MAX
+
+
+@dataclass
+class Series:
+    """Rates or same-round ratios; `clean` is False when too few undisturbed runs
+    (runs during which no other process competed for CPU) existed and all were used."""
+
+    values: list[float]
+    clean: bool
 
     @property
-    def clean(self) -> bool:
-        return self.foreign <= FOREIGN_MAX
+    def median(self) -> float:
+        return median(self.values)
+
+    def rate(self) -> str:
+        if not self.values:
+            return "-"
+        return fmt_rate(self.median) + ("" if self.clean else "*")
+
+    def ratio(self) -> str:
+        if not self.values:
+            return "-"
+        mark = "" if self.clean else "*"
+        return f"{self.median:.2f} [{min(self.values):.2f}-{max(self.values):.2f}]{mark}"
 
 
 @dataclass
 class Samples:
-    """Per (test, level, variant): one rate per round used."""
+    """Every run of every round; figures come from the undisturbed runs."""
 
-    rounds: list[Round]  # every round run, in order
-    used: list[Round]  # the rounds the figures come from
-    rates: dict[Key, list[float]] = field(default_factory=dict)
-    errors: dict[Key, int] = field(default_factory=dict)
-    stalls: dict[Key, int] = field(default_factory=dict)
+    rounds: list[Round]
+    min_clean: int  # fewer undisturbed runs than this: use all runs, marked *
 
-    def __post_init__(self) -> None:
-        for rnd in self.used:
-            for key, res in rnd.results.items():
-                self.rates.setdefault(key, []).append(rate(res))
-        for rnd in self.rounds:
-            for key, res in rnd.results.items():
-                self.errors[key] = self.errors.get(key, 0) + res["errors"]
-                self.stalls[key] = self.stalls.get(key, 0) + res["stalls"]
+    def runs(self, key: Key) -> list[dict[str, Any]]:
+        return [r.results[key] for r in self.rounds if key in r.results]
 
-    def median(self, key: Key) -> float:
-        return median(self.rates.get(key, []))
+    def clean_runs(self, key: Key) -> int:
+        return sum(undisturbed(x) for x in self.runs(key))
 
-    def ratios(self, a: Key, b: Key) -> list[float]:
-        """Same-round ratios a/b."""
-        ra, rb = self.rates.get(a, []), self.rates.get(b, [])
-        return [x / y for x, y in zip(ra, rb, strict=True) if y > 0] if ra and rb else []
+    def rates(self, key: Key) -> Series:
+        runs = self.runs(key)
+        ok = [rate(x) for x in runs if undisturbed(x)]
+        if len(ok) >= self.min_clean:
+            return Series(ok, True)
+        return Series([rate(x) for x in runs], False)
+
+    def ratios(self, a: Key, b: Key) -> Series:
+        """Same-round ratios a/b, from rounds where both runs were undisturbed."""
+        pairs = [
+            (r.results[a], r.results[b]) for r in self.rounds if a in r.results and b in r.results
+        ]
+        pairs = [(x, y) for x, y in pairs if rate(y) > 0]
+        ok = [rate(x) / rate(y) for x, y in pairs if undisturbed(x) and undisturbed(y)]
+        if len(ok) >= self.min_clean:
+            return Series(ok, True)
+        return Series([rate(x) / rate(y) for x, y in pairs], False)
+
+    def failures(self) -> dict[Key, tuple[int, int]]:
+        """(failed connections, stalls) per key, over every run."""
+        out: dict[Key, tuple[int, int]] = {}
+        for r in self.rounds:
+            for key, res in r.results.items():
+                e, st = out.get(key, (0, 0))
+                out[key] = (e + res["errors"], st + res["stalls"])
+        return out
 
 
 def cpu_snapshot() -> dict[str, tuple[int, int]]:
@@ -677,10 +711,6 @@ def steal_pct(before: dict[str, tuple[int, int]]) -> float:
     )
 
 
-def rate(res: dict[str, Any]) -> float:
-    return res["ok"] / res["seconds"]
-
-
 def measure(
     lab: Lab,
     levels: list[Level],
@@ -691,18 +721,21 @@ def measure(
 ) -> Samples:
     """Every (level, path) once per round and test, in an order that rotates each round.
 
-    A round during which another process competed for CPU is repeated, up to `extra`
-    more rounds; the figures come from the clean rounds (all rounds if too few were clean).
+    While some (test, level, path) has fewer than `rounds` runs that no other process
+    disturbed, up to `extra` more rounds are run.
     """
     combos = [(lv, v) for lv in levels for v in lv.variants]  # paths alternate
-    done: list[Round] = []
+    keys = [(t, lv.label, v) for t in TESTS for lv, v in combos]
+    samples = Samples(rounds=[], min_clean=min(3, rounds))
     sampler = ForeignLoad()
     home = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {int(c.removeprefix("cpu")) for c in OTHER_CPUS})
     sampler.start()
     try:
         r = 0
-        while sum(x.clean for x in done) < rounds and r < rounds + extra:
+        while r < rounds or (
+            r < rounds + extra and min(samples.clean_runs(k) for k in keys) < rounds
+        ):
             if r:  # fresh clients and servers each round (round 0 has build_level's)
                 for lv in levels:
                     new_clients(lab, lv)
@@ -716,30 +749,25 @@ def measure(
             for test in TESTS:
                 for lv, v in order:
                     results[(test, lv.label, v)] = run_client(lv.paths[v], test, seconds, sampler)
-            rnd = Round(
-                results=results,
-                other_busy=busy_pct(before, OTHER_CPUS),
-                steal=steal_pct(before),
-                foreign=max(res["foreign"] for res in results.values()),
+            samples.rounds.append(
+                Round(results, other_busy=busy_pct(before, OTHER_CPUS), steal=steal_pct(before))
             )
-            done.append(rnd)
             r += 1
             summary = "  ".join(
                 f"{lv.label} {v} {rate(results[('conn', lv.label, v)]):,.0f}/"
                 f"{rate(results[('rr', lv.label, v)]):,.0f}"
                 for lv, v in combos
             )
+            bad = sum(not undisturbed(x) for x in results.values())
+            worst = max(x["foreign"] for x in results.values())
             log(
-                f"round {r} ({'clean' if rnd.clean else 'DISTURBED'}: other processes on CPU"
-                f"{CPU} {100 * rnd.foreign:.0f}% of samples, steal {rnd.steal:.1f}%) "
-                f"conn/s / RR/s: {summary}"
+                f"round {r}: {bad} of {len(results)} runs disturbed (other processes runnable "
+                f"on CPU{CPU} in up to {100 * worst:.0f}% of samples); conn/s / RR/s: {summary}"
             )
     finally:
         sampler.stop()
         os.sched_setaffinity(0, home)
-    clean = [x for x in done if x.clean]
-    used = clean if len(clean) >= max(2, (rounds + 1) // 2) else done
-    return Samples(rounds=done, used=used)
+    return samples
 
 
 # ---------------------------------------------------------------- BPF_PROG_TEST_RUN
@@ -1024,7 +1052,12 @@ def report(
     ipts = [v for v in variants if v != "porin"]
     base = main_levels[0].label
     w = 9  # label column
-    p = print
+    printed: list[str] = []
+
+    def p(line: str = "") -> None:
+        printed.append(line)
+        print(line)
+
     p()
     p("=" * 110)
     p(
@@ -1032,8 +1065,9 @@ def report(
         f"backends per service, traffic to the last-added service, one node per N"
     )
     p(
-        f"{len(samples.used)} rounds x {args.seconds:g} s per (test, N, path); client and servers "
-        f"pinned to CPU {CPU}; rates: median; ratios: median [min-max] of same-round ratios"
+        f"{len(samples.rounds)} rounds x {args.seconds:g} s per (test, N, path); client and "
+        f"servers pinned to CPU {CPU}; rates: median; ratios: median [min-max] of same-round "
+        f"ratios; runs during which another process competed for CPU {CPU} left out"
     )
     for test in TESTS:
         p()
@@ -1044,18 +1078,18 @@ def report(
         p(head)
         for lv in main_levels + ([control] if control else []):
             row = f"{lv.label:>{w}} " + "".join(
-                f"{fmt_rate(samples.median((test, lv.label, v))):>12}" for v in variants
+                f"{samples.rates((test, lv.label, v)).rate():>12}" for v in variants
             )
             for v in ipts:
                 r = samples.ratios((test, lv.label, "porin"), (test, lv.label, v))
-                row += f"  {fmt_ratio(r):>18}"
+                row += f"  {r.ratio():>18}"
             if lv.label != base:
                 scale = samples.ratios((test, lv.label, "porin"), (test, base, "porin"))
-                row += f"  {fmt_ratio(scale):>18}"
+                row += f"  {scale.ratio():>18}"
             p(row)
         for v in ipts:
             scale = [
-                f"N={lv.label}: {fmt_ratio(samples.ratios((test, lv.label, v), (test, base, v)))}"
+                f"N={lv.label}: {samples.ratios((test, lv.label, v), (test, base, v)).ratio()}"
                 for lv in main_levels[1:]
             ]
             if scale:
@@ -1119,16 +1153,16 @@ def report(
         note = "" if top == str(PROGRAM_TARGET_N) else f" (target is for N={PROGRAM_TARGET_N})"
         if control:
             aa = samples.ratios((test, control.label, "porin"), (test, base, "porin"))
-            spread = f"; A/A spread {fmt_ratio(aa)}"
+            spread = f"; A/A spread {aa.ratio()}"
         results.append(
             (
-                bool(r) and median(r) >= SCALE_TARGET,
-                f"Porin {what} at N={top} within 5% of N={base}: {fmt_ratio(r)}{note}{spread}",
+                bool(r.values) and r.median >= SCALE_TARGET,
+                f"Porin {what} at N={top} within 5% of N={base}: {r.ratio()}{note}{spread}",
             )
         )
     for v in ipts:
         worst = min(
-            (median(samples.ratios(("conn", lv.label, "porin"), ("conn", lv.label, v))), lv.label)
+            (samples.ratios(("conn", lv.label, "porin"), ("conn", lv.label, v)).median, lv.label)
             for lv in main_levels
         )
         results.append(
@@ -1165,29 +1199,33 @@ def report(
         p(f"  [{mark}] {text}")
 
     p()
-    used = samples.used
-    busy = median([x.other_busy for x in used])
-    steal = max(x.steal for x in used)
-    foreign = max(x.foreign for x in used)
+    runs = [x for rnd in samples.rounds for x in rnd.results.values()]
+    bad = [
+        i + 1
+        for i, rnd in enumerate(samples.rounds)
+        if not all(map(undisturbed, rnd.results.values()))
+    ]
+    steal = max(x.steal for x in samples.rounds)
+    busy = median([x.other_busy for x in samples.rounds])
     p(
-        f"noise: rounds used {len(used)} of {len(samples.rounds)} run; in them other processes "
-        f"were runnable on CPU{CPU} in up to {100 * foreign:.0f}% of samples (a round over "
-        f"{100 * FOREIGN_MAX:.0f}% is redone), CPU{CPU} steal up to {steal:.1f}%, "
-        f"{'/'.join(OTHER_CPUS)} busy {busy:.0f}% (agents, this script); loadavg {loadavg()}"
+        f"noise: {sum(not undisturbed(x) for x in runs)} of {len(runs)} runs had other processes "
+        f"runnable on CPU{CPU} in over {100 * FOREIGN_MAX:.0f}% of samples"
+        + (f" (rounds {bad})" if bad else "")
+        + f"; CPU{CPU} steal up to {steal:.1f}%; {'/'.join(OTHER_CPUS)} busy {busy:.0f}% "
+        f"(agents, this script, others); loadavg {loadavg()}"
     )
-    dirty = [i + 1 for i, x in enumerate(samples.rounds) if not x.clean]
-    if dirty:
+    if any("*" in line for line in printed):
         p(
-            f"       rounds disturbed by other work on CPU{CPU}: {dirty}"
-            + (" (left out)" if len(used) < len(samples.rounds) else " (too few clean: all used)")
+            f"       * fewer than {samples.min_clean} undisturbed runs (or same-round pairs): "
+            f"every run used, treat as noisy"
         )
-    if not all(x.clean for x in used) or steal > 2:
-        p("       other work was running during the rounds used: treat small differences as noise")
-    for key, n_err in sorted(samples.errors.items()):
-        if n_err or samples.stalls.get(key):
+    if steal > 2:
+        p("       the hypervisor took CPU time: treat small differences as noise")
+    for key, (n_err, stalls) in sorted(samples.failures().items()):
+        if n_err or stalls:
             problems.append(
                 f"{key[0]} N={key[1]} {key[2]}: {n_err} failed connections, "
-                f"{samples.stalls.get(key, 0)} stalls > 200 ms"
+                f"{stalls} stalls over 200 ms"
             )
     if problems:
         p("problems:")
@@ -1232,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--extra-rounds",
         type=int,
-        help="rounds that may replace disturbed ones (default 2, quick 1)",
+        help="rounds that may replace disturbed ones (default 2, quick 0)",
     )
     ap.add_argument("--cpu", type=int, default=int(CPU), help=f"CPU for the traffic ({CPU})")
     ap.add_argument("--no-bpf", action="store_true", help="skip BPF_PROG_TEST_RUN")
@@ -1245,7 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.seconds = args.seconds or (1.0 if args.quick else 2.0)
     if args.extra_rounds is None:
-        args.extra_rounds = 1 if args.quick else 2
+        args.extra_rounds = 0 if args.quick else 2
     sizes = [1, 1000] if args.quick else [1, 1000, 10000]
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]

@@ -50,7 +50,7 @@ trap cleanup EXIT
 say "starting porin-agent (embedded default config) in node namespace $NODE"
 ip netns add $NODE
 ip -n $NODE link set lo up
-in_node porin-agent >"$LOG" 2>&1 &
+nsenter --net=/var/run/netns/$NODE porin-agent >"$LOG" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 1 300); do
   porin status >/dev/null 2>&1 && break

@@ -359,6 +359,12 @@ class Node:
         self.pods = {k: v for k, v in self.pods.items() if v is not pod}
         return rc, out
 
+    def forget_pods(self) -> None:
+        """Remove the pods' namespaces without CNI DEL (their node is gone)."""
+        for pod in self.pods.values():
+            pod.ns.close()
+        self.pods.clear()
+
     def links(self) -> list[str]:
         out = self.ns.exec(["ip", "-o", "link", "show"]).stdout
         return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]

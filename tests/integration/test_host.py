@@ -347,4 +347,4 @@ def test_uninstall_detaches_host_programs_only(site, nodeport):
         assert "from_netdev" not in shown and "to_netdev" not in shown
         assert "from_host_lo" not in shown
     assert "u32" in node.ns.exec(["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
-    node.pods.clear()
+    node.forget_pods()

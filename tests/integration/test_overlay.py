@@ -374,4 +374,4 @@ def test_node_leaving_for_good_is_dropped(cluster):
     for n in c.nodes[:2]:
         wait_for(lambda n=n: f"{leaving.node_ip}/32" not in ipcache(n), 10, "the node to be gone")
         assert leaving.ns.name not in {x["name"] for x in n.porin_json("node", "list")}
-    leaving.pods.clear()
+    leaving.forget_pods()
