@@ -45,9 +45,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchlib import (
+    CPU,
+    RR_CLIENT,
+    RR_SERVER,
+    Signals,
+    busy_pct,
+    cpu_ticks,
+    fmt_table,
+    in_ns,
+    loadavg,
+    quietly,
+    stop_process,
+)
 from porinlab import CNI_PLUGIN_DIRS, ROOT, VENV_BIN, Netns, Node, Pod, run, wait_for
 
-CPU = "1"  # both ends of every traffic test run here
 RR_PORT = 7777
 STREAM_PORT = 5201
 POD_CIDR = "10.244.0.0/24"
@@ -59,49 +71,6 @@ ADD_TARGET_MS = 100.0
 DEL_TARGET_MS = 50.0
 RATIO_TARGET = 0.95
 NOISY_PCT = 10.0  # busy % of the CPUs the traffic tests leave idle that hints at other load
-
-RR_SERVER = r"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    recv, send = c.recv, c.send
-    while True:
-        b = recv(1)
-        if not b:
-            break
-        send(b)
-    c.close()
-"""
-
-RR_CLIENT = r"""
-import json, socket, sys, time
-ip, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-c = socket.create_connection((ip, port), timeout=5)
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-c.settimeout(None)
-send, recv, msg, clock = c.send, c.recv, b"x", time.perf_counter
-for _ in range(200):  # warm-up: neighbour entries, caches, scheduler
-    send(msg); recv(1)
-n, start = 0, clock()
-end = start + duration
-while True:
-    for _ in range(250):
-        send(msg)
-        if not recv(1):
-            sys.exit("server closed the connection")
-    n += 250
-    now = clock()
-    if now >= end:
-        break
-c.close()
-print(json.dumps({"transactions": n, "seconds": now - start}))
-"""
 
 
 # ---------------------------------------------------------------- helpers
@@ -140,37 +109,6 @@ def inside_netns(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
-    """`cmd` pinned to CPU, run inside `ns` (nsenter and taskset both exec)."""
-    return ["nsenter", f"--net={ns.path}", "taskset", "-c", CPU, *cmd]
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def cpu_ticks() -> dict[str, tuple[int, int]]:
-    """(busy, total) jiffies since boot, for "cpu" (all) and each "cpuN"."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if not name.startswith("cpu"):
-                break  # the cpu lines come first
-            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-            out[name] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
-    """Average busy % of `cpus` since the `before` snapshot."""
-    after = cpu_ticks()
-    busy = sum(after[c][0] - before[c][0] for c in cpus)
-    total = sum(after[c][1] - before[c][1] for c in cpus)
-    return 100.0 * busy / max(1, total)
-
-
 class Lab:
     """Owns every object the benchmark makes; `close()` removes them in reverse."""
 
@@ -178,7 +116,7 @@ class Lab:
         self._stack = contextlib.ExitStack()
 
     def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(_quietly, fn)
+        self._stack.callback(quietly, fn)
 
     def netns(self, kind: str) -> Netns:
         ns = Netns(kind=kind)
@@ -194,24 +132,11 @@ class Lab:
             text=True,
             start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
         )
-        self.on_close(lambda: _stop(proc))
+        self.on_close(lambda: stop_process(proc))
         return proc
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _quietly(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception as e:  # keep cleaning up
-        print(f"cleanup: {e}", file=sys.stderr)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- CNI latency
@@ -465,24 +390,6 @@ def forwarded_packets(node: Node) -> int:
 # ---------------------------------------------------------------- report
 
 
-def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """A boxed text table; columns in `right` are right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.rjust(w) if i in right else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-            + " |"
-        )
-
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    return "\n".join([line, fmt(header), line, *(fmt(r) for r in rows), line])
-
-
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -557,19 +464,6 @@ def print_details(c: CniResult, rr: Rounds, stream: Rounds) -> None:
 # ---------------------------------------------------------------- main
 
 
-class _Signals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while cleaning up."""
-
-    interrupted = False
-    cleaning = False
-
-    @classmethod
-    def handler(cls, signum: int, frame: object) -> None:
-        cls.interrupted = True
-        if not cls.cleaning:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every target is met, 1 when not, 130 when interrupted."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -586,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     stream_s = max(1, round(seconds))
     mode = "quick" if args.quick else "full"
-    signal.signal(signal.SIGINT, _Signals.handler)
-    signal.signal(signal.SIGTERM, _Signals.handler)
+    signal.signal(signal.SIGINT, Signals.handler)
+    signal.signal(signal.SIGTERM, Signals.handler)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
@@ -627,14 +521,14 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             problems.append(f"agent log has {len(errors)} error lines, first: {errors[0]}")
     except BaseException:
-        if not _Signals.interrupted:
+        if not Signals.interrupted:
             raise
     finally:
-        _Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
+        Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
         log("removing everything the benchmark created")
         lab.close()
-        _Signals.cleaning = False
-    if _Signals.interrupted:
+        Signals.cleaning = False
+    if Signals.interrupted:
         print("interrupted; everything the benchmark created has been removed", file=sys.stderr)
         return 130
 

@@ -51,7 +51,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,9 +60,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchlib import (
+    CPU,
+    Signals,
+    fmt_table,
+    in_ns,
+    loadavg,
+    median,
+    quietly,
+    stop_process,
+    tune_client,
+)
 from porinlab import Netns, Node, Pod, Underlay, run, wait_for
 
-CPU = "1"  # every client and server of the traffic tests runs here
 UNDERLAY = "198.18.0.0/24"
 EXT_IP = "198.18.0.100"
 PORIN_NODE_IP = "198.18.0.11"
@@ -312,16 +321,6 @@ def build_crr(workdir: str) -> str:
 # ---------------------------------------------------------------- helpers
 
 
-def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
-    """`cmd` pinned to CPU, run inside `ns` (nsenter and taskset both exec)."""
-    return ["nsenter", f"--net={ns.path}", "taskset", "-c", CPU, *cmd]
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def cpu_ticks() -> dict[str, tuple[int, int, int]]:
     """(busy, total, steal) jiffies since boot, for "cpu" (all) and each "cpuN"."""
     out = {}
@@ -372,10 +371,6 @@ def pinned_cpu_time(exclude: set[int]) -> dict[int, tuple[str, float]]:
     return out
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 class Lab:
     """Owns every object the benchmark makes; `close()` removes them in reverse."""
 
@@ -386,7 +381,7 @@ class Lab:
         self.spawned: set[int] = set()  # our long-lived servers (nsenter and taskset exec)
 
     def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(_quietly, fn)
+        self._stack.callback(quietly, fn)
 
     def track(self, *paths: str, pid: int | None = None) -> None:
         self._paths += paths
@@ -413,25 +408,12 @@ class Lab:
             text=True,
             start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
         )
-        self.on_close(lambda: _stop(proc))
+        self.on_close(lambda: stop_process(proc))
         self.spawned.add(proc.pid)
         return proc
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _quietly(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception as e:  # keep cleaning up
-        print(f"cleanup: {e}", file=sys.stderr)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- topology
@@ -445,12 +427,6 @@ class Variant:
     pod_ns: Netns
     node_ip: str
     ipt: IptFlavour | None = None  # None: Porin
-
-
-def tune_client(ns: Netns) -> None:
-    """Room for many short connections: wide port range, TIME_WAIT ports reusable."""
-    ns.exec(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])
-    ns.exec(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
 
 
 def start_porin_node(lab: Lab, underlay: Underlay) -> tuple[Node, Pod]:
@@ -754,24 +730,6 @@ def nat_half_mappings(nat: list[dict[str, Any]]) -> tuple[int, int]:
 # ---------------------------------------------------------------- report
 
 
-def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """A boxed text table; columns in `right` are right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.rjust(w) if i in right else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-            + " |"
-        )
-
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    return "\n".join([line, fmt(header), line, *(fmt(r) for r in rows), line])
-
-
 def fmt_value(v: float, unit: str) -> str:
     if v != v:
         return "-"
@@ -838,19 +796,6 @@ def print_latency(res: Results, names: list[str]) -> None:
 # ---------------------------------------------------------------- main
 
 
-class _Signals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while cleaning up."""
-
-    interrupted = False
-    cleaning = False
-
-    @classmethod
-    def handler(cls, signum: int, frame: object) -> None:
-        cls.interrupted = True
-        if not cls.cleaning:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def timed(log: Callable[[str], None], what: str) -> Iterator[None]:
     t0 = time.monotonic()
@@ -885,8 +830,8 @@ def main(argv: list[str] | None = None) -> int:
         IPT_FLAVOURS[f] for f in (["legacy", "nft"] if args.iptables == "both" else [args.iptables])
     ]
     mode = "quick" if args.quick else "full"
-    signal.signal(signal.SIGINT, _Signals.handler)
-    signal.signal(signal.SIGTERM, _Signals.handler)
+    signal.signal(signal.SIGINT, Signals.handler)
+    signal.signal(signal.SIGTERM, Signals.handler)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
@@ -969,19 +914,19 @@ def main(argv: list[str] | None = None) -> int:
         ]
         info["pod_ip"] = pod.ip
     except BaseException:
-        if not _Signals.interrupted:
+        if not Signals.interrupted:
             raise
     finally:
-        _Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
+        Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
         log("removing everything the benchmark created")
         if th is not None:
             th.join()  # the Porin node registers its own clean-up: let it get that far
         lab.close()
-        _Signals.cleaning = False
+        Signals.cleaning = False
         leftovers = lab.leftovers()
         if leftovers:
             print(f"cleanup left behind: {leftovers}", file=sys.stderr)
-    if _Signals.interrupted:
+    if Signals.interrupted:
         done = "some objects are left (above)" if leftovers else "everything created is removed"
         print(f"interrupted; {done}", file=sys.stderr)
         return 130

@@ -64,11 +64,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchlib import CPU, loadavg, median, quietly, stop_process, tune_client
 from porinlab import Netns, Node, Pod, run
 
 from porin.client import AgentClient
 
-CPU = "1"  # client and servers of every traffic test run here (--cpu)
 OTHER_CPUS = ["cpu0"]  # the rest: agents and this script; set with CPU by set_cpu()
 FOREIGN_EVERY_S = 0.025  # how often the sampler looks for other processes on CPU
 FOREIGN_MAX = 0.05  # a round where another process was runnable on CPU more often is redone
@@ -215,11 +215,6 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONHASHSEED": "0"}
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def cpu_ticks() -> dict[str, tuple[int, int]]:
     """(busy, total) jiffies since boot for "cpu" and each "cpuN"."""
     out = {}
@@ -240,10 +235,6 @@ def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
     return 100.0 * busy / max(1, total)
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def fmt_rate(v: float) -> str:
     return "-" if v != v else f"{v:,.0f}"
 
@@ -255,7 +246,7 @@ class Lab:
         self._stack = contextlib.ExitStack()
 
     def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(_quietly, fn)
+        self._stack.callback(quietly, fn)
 
     def netns(self, kind: str) -> Netns:
         ns = Netns(kind=kind)
@@ -272,24 +263,11 @@ class Lab:
             env=child_env(),
             start_new_session=True,  # a terminal Ctrl-C reaches us; we stop it
         )
-        self.on_close(lambda: _stop(proc))
+        self.on_close(lambda: stop_process(proc))
         return proc
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _quietly(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception as e:  # keep cleaning up
-        print(f"cleanup: {e}", file=sys.stderr)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- one N: node, pods, paths
@@ -324,12 +302,6 @@ class Level:
         return [f"{p.ip}:{SERVER_PORT}" for p in self.backends]
 
 
-def tune_client(ns: Netns) -> None:
-    """Room for many short connections: wide port range, TIME_WAIT ports reusable."""
-    ns.exec(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])
-    ns.exec(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
-
-
 def start_agents(nodes: list[Node]) -> None:
     """Start the agents in parallel (each compiles the datapath) and pin them off CPU."""
     errors: list[BaseException] = []
@@ -356,7 +328,7 @@ def start_agents(nodes: list[Node]) -> None:
 def restart_servers(lab: Lab, level: Level) -> None:
     """(Re)start the echo server in every backend pod."""
     for proc in level.servers:
-        _stop(proc)
+        stop_process(proc)
     level.servers = []
     for pod in level.backends:
         proc = lab.spawn(
@@ -558,14 +530,14 @@ class ForeignLoad:
         self._samples = 0
         self._hits = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self.stop_process = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stop_process.set()
         self._thread.join()
 
     def counts(self) -> tuple[int, int]:
@@ -574,7 +546,7 @@ class ForeignLoad:
 
     def _run(self) -> None:
         os.sched_setaffinity(0, {int(c.removeprefix("cpu")) for c in OTHER_CPUS})
-        while not self._stop.wait(FOREIGN_EVERY_S):
+        while not self.stop_process.wait(FOREIGN_EVERY_S):
             hit = self._foreign_runnable()
             with self._lock:
                 self._samples += 1
@@ -1012,7 +984,7 @@ def bpf_microbench(samples: int, repeat: int, log: Callable[[str], None]) -> Bpf
     finally:
         os.sched_setaffinity(0, affinity)
         for m in reversed(modules):
-            _quietly(m.cleanup)
+            quietly(m.cleanup)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
 

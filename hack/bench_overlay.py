@@ -46,9 +46,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchlib import (
+    CPU,
+    RR_CLIENT,
+    RR_SERVER,
+    Signals,
+    busy_pct,
+    cpu_ticks,
+    in_ns,
+    loadavg,
+    quietly,
+    stop_process,
+)
 from porinlab import VENV_BIN, Etcd, Netns, Node, Underlay, run, unique, wait_for
 
-CPU = "1"  # both ends of every traffic test run here
 RR_PORT = 7777
 STREAM_PORT = 5201
 POD_MTU = 1450  # flannel's and Porin VXLAN's pod MTU on a 1500-byte underlay
@@ -68,49 +79,6 @@ BASE_VTEP_MAC = "0a:58:0a:f6:{:02x}:00"  # flannel.1's MAC on the node with subn
 TUNNELED = "sent to another node through the overlay"
 FROM_TUNNEL = "received from another node through the overlay"
 
-RR_SERVER = r"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    recv, send = c.recv, c.send
-    while True:
-        b = recv(1)
-        if not b:
-            break
-        send(b)
-    c.close()
-"""
-
-RR_CLIENT = r"""
-import json, socket, sys, time
-ip, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-c = socket.create_connection((ip, port), timeout=5)
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-c.settimeout(None)
-send, recv, msg, clock = c.send, c.recv, b"x", time.perf_counter
-for _ in range(200):  # warm-up: neighbour entries, caches, scheduler
-    send(msg); recv(1)
-n, start = 0, clock()
-end = start + duration
-while True:
-    for _ in range(250):
-        send(msg)
-        if not recv(1):
-            sys.exit("server closed the connection")
-    n += 250
-    now = clock()
-    if now >= end:
-        break
-c.close()
-print(json.dumps({"transactions": n, "seconds": now - start}))
-"""
-
 
 # ---------------------------------------------------------------- lab
 
@@ -123,7 +91,7 @@ class Lab:
         self.names: list[str] = []  # namespaces (and so bpffs pin dirs) it made, for the log
 
     def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(_quietly, fn)
+        self._stack.callback(quietly, fn)
 
     def netns(self, kind: str) -> Netns:
         name = self.name(kind)
@@ -144,24 +112,11 @@ class Lab:
             text=True,
             start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
         )
-        self.on_close(lambda: _stop(proc))
+        self.on_close(lambda: stop_process(proc))
         return proc
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _quietly(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception as e:  # keep cleaning up
-        print(f"cleanup: {e}", file=sys.stderr)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
 
 
 def del_netns(name: str) -> None:
@@ -176,11 +131,6 @@ def remove_node_leftovers(name: str) -> None:
     pins = f"/sys/fs/bpf/{name}"
     if os.path.isdir(pins):
         shutil.rmtree(pins, ignore_errors=True)
-
-
-def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
-    """`cmd` pinned to CPU, run inside `ns` (nsenter and taskset both exec)."""
-    return ["nsenter", f"--net={ns.path}", "taskset", "-c", CPU, *cmd]
 
 
 def link_mtu(ns: Netns, dev: str = "eth0") -> int:
@@ -432,32 +382,6 @@ def check_porin(
 # ---------------------------------------------------------------- report
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def cpu_ticks() -> dict[str, tuple[int, int]]:
-    """(busy, total) jiffies since boot, for "cpu" (all) and each "cpuN"."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if not name.startswith("cpu"):
-                break  # the cpu lines come first
-            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-            out[name] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
-    """Average busy % of `cpus` since the `before` snapshot."""
-    after = cpu_ticks()
-    busy = sum(after[c][0] - before[c][0] for c in cpus)
-    total = sum(after[c][1] - before[c][1] for c in cpus)
-    return 100.0 * busy / max(1, total)
-
-
 def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
     """A boxed text table; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -552,19 +476,6 @@ def print_report(variants: list[Variant], base: Variant) -> list[list[str]]:
 # ---------------------------------------------------------------- main
 
 
-class _Signals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while cleaning up."""
-
-    interrupted = False
-    cleaning = False
-
-    @classmethod
-    def handler(cls, signum: int, frame: object) -> None:
-        cls.interrupted = True
-        if not cls.cleaning:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when the target is met, 1 when not, 130 when interrupted."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -586,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     rr_s = args.seconds or (1.5 if args.quick else 3.0)
     stream_s = args.stream_seconds or (1 if args.quick else 3)
     mode = "quick" if args.quick else "full"
-    signal.signal(signal.SIGINT, _Signals.handler)
-    signal.signal(signal.SIGTERM, _Signals.handler)
+    signal.signal(signal.SIGINT, Signals.handler)
+    signal.signal(signal.SIGTERM, Signals.handler)
     started = time.monotonic()
 
     def log(msg: str) -> None:
@@ -629,14 +540,14 @@ def main(argv: list[str] | None = None) -> int:
 
         tunnel_table = check_porin([vx, ipip], before, problems, notes)
     except BaseException:
-        if not _Signals.interrupted:
+        if not Signals.interrupted:
             raise
     finally:
-        _Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
+        Signals.cleaning = True  # a second Ctrl-C must not cut the clean-up short
         log("removing everything the benchmark created: " + " ".join(lab.names))
         lab.close()
-        _Signals.cleaning = False
-    if _Signals.interrupted:
+        Signals.cleaning = False
+    if Signals.interrupted:
         print("interrupted; everything the benchmark created has been removed", file=sys.stderr)
         return 130
 
