@@ -22,7 +22,9 @@
  *  10. destination is a local endpoint -> redirect into it (REASON_FORWARDED)
  *  11. destination behind another node (ipcache) -> overlay: VXLAN with the
  *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED)
- *  12. otherwise -> host stack (REASON_TO_STACK)
+ *  12. leaving through an uplink that masquerades (FIB lookup) -> source
+ *      translated and sent straight to the uplink (REASON_MASQUERADED)
+ *  13. otherwise -> host stack (REASON_TO_STACK)
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
@@ -37,6 +39,7 @@
 #include "lib/lb.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
+#include "lib/snat.h"
 #include "lib/icmp.h"
 #include "lib/lxc.h"
 
@@ -82,6 +85,52 @@ static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flo
 	return verdict(skb, ret, REASON_TUNNELED, DIR_EGRESS);
 }
 
+/* BPF host routing for masqueraded traffic: when the route to the
+ * destination leaves through an uplink that masquerades, translate the
+ * source here and hand the packet straight to that uplink, past the node's
+ * IP forwarding path. Returns -1 to leave the packet to the host stack
+ * (no route, neighbour not resolved yet, too big, not masqueraded). */
+static __always_inline int masquerade_and_route(struct __sk_buff *skb, struct ipv4_flow *f)
+{
+	struct bpf_fib_lookup fib = {};
+	struct host_device *dev;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u32 out;
+	int ret;
+
+	/* only the pod's own traffic: a reply translated back to a frontend (a
+	 * NodePort's node address, a service VIP) already carries its source */
+	if (f->is_fragment || !snat_wanted(f->daddr) || !lookup_endpoint(f->saddr))
+		return -1;
+	fib.family = 2; /* AF_INET */
+	fib.ipv4_src = f->saddr;
+	fib.ipv4_dst = f->daddr;
+	fib.ifindex = skb->ifindex;
+	/* tot_len 0: the kernel checks the MTU itself, aware of GSO */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	out = fib.ifindex;
+	dev = host_devices.lookup(&out);
+	if (!dev || !(dev->flags & HOST_DEV_MASQUERADE))
+		return -1;
+	ip = ctx_data(skb) + ETH_HLEN;
+	if ((void *)(ip + 1) > ctx_data_end(skb) || ip->ttl <= 1)
+		return -1;
+	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
+		return DROP_CSUM_FAILED;
+	ret = snat_egress(skb, f, dev->node_ip);
+	if (ret)
+		return ret;
+	eth = ctx_data(skb);
+	if ((void *)(eth + 1) > ctx_data_end(skb))
+		return DROP_TRUNCATED;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	update_metrics(skb->len, REASON_MASQUERADED, DIR_EGRESS);
+	return bpf_redirect(out, 0) == TC_ACT_REDIRECT ? 0 : DROP_REDIRECT_FAILED;
+}
+
 static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 {
 	struct ethhdr *eth = ctx_data(skb);
@@ -119,6 +168,13 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 	dst = lookup_endpoint(flow.daddr);
 	if (dst)
 		return redirect_to_endpoint(skb, dst);
+	if (!tunnel_cfg() || !ipcache_lookup(flow.daddr)) {
+		ret = masquerade_and_route(skb, &flow);
+		if (ret == 0)
+			return TC_ACT_REDIRECT;
+		if (ret > 0)
+			return drop(skb, ret, DIR_EGRESS);
+	}
 
 	return to_remote_node(skb, &flow, src->sec_identity);
 }
