@@ -28,14 +28,15 @@ nor the root namespace's iptables):
    the same single service (the A/A control) shows how far two identical
    set-ups differ, i.e. what a "within 5%" comparison across nodes can
    resolve. A sampler on another CPU looks for other processes runnable on
-   the traffic CPU; a round they disturbed is redone (up to --extra-rounds).
+   the traffic CPU: runs they disturbed are left out (figures marked * when
+   too few clean runs remain), and up to --extra-rounds rounds replace them.
 2. BPF_PROG_TEST_RUN cost of an established service flow through the real
    from_container (private bpffs root) next to a minimal tc program
    (Ethernet/IPv4/TCP parse + one hash lookup) compiled here with bcc.
 
 Everything created is removed at exit, also on error, Ctrl-C or SIGTERM.
 
-    PATH=.venv/bin:$PATH .venv/bin/python hack/bench_lb.py           N = 1, 1000, 10000 (~6 min)
+    PATH=.venv/bin:$PATH .venv/bin/python hack/bench_lb.py           N = 1, 1000, 10000 (~5-7 min)
     PATH=.venv/bin:$PATH .venv/bin/python hack/bench_lb.py --quick   N = 1, 1000 (~1 min)
 
 Exit status: 0 every target met, 1 a target missed or a problem seen, 130 interrupted.
@@ -64,14 +65,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchlib import CPU, loadavg, median, quietly, stop_process, tune_client
+from benchlib import (
+    CPU,
+    busy_pct,
+    cpu_ticks,
+    loadavg,
+    median,
+    quietly,
+    stop_process,
+    tune_client,
+)
 from porinlab import Netns, Node, Pod, run
 
 from porin.client import AgentClient
 
 OTHER_CPUS = ["cpu0"]  # the rest: agents and this script; set with CPU by set_cpu()
 FOREIGN_EVERY_S = 0.025  # how often the sampler looks for other processes on CPU
-FOREIGN_MAX = 0.05  # a round where another process was runnable on CPU more often is redone
+FOREIGN_MAX = 0.05  # a run where another process was runnable on CPU more often is left out
 SERVER_PORT = 7777
 SVC_PORT = 80
 BACKENDS_PER_SERVICE = 2
@@ -213,26 +223,6 @@ def set_cpu(cpu: int) -> None:
 def child_env() -> dict[str, str]:
     """Environment of the traffic programs: fixed string hashing, like the fixed layout."""
     return {**os.environ, "PYTHONHASHSEED": "0"}
-
-
-def cpu_ticks() -> dict[str, tuple[int, int]]:
-    """(busy, total) jiffies since boot for "cpu" and each "cpuN"."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if not name.startswith("cpu"):
-                break
-            v = [int(x) for x in fields[:8]]
-            out[name] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
-    after = cpu_ticks()
-    busy = sum(after[c][0] - before[c][0] for c in cpus if c in after)
-    total = sum(after[c][1] - before[c][1] for c in cpus if c in after)
-    return 100.0 * busy / max(1, total)
 
 
 def fmt_rate(v: float) -> str:
@@ -530,14 +520,14 @@ class ForeignLoad:
         self._samples = 0
         self._hits = 0
         self._lock = threading.Lock()
-        self.stop_process = threading.Event()
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self.stop_process.set()
+        self._done.set()
         self._thread.join()
 
     def counts(self) -> tuple[int, int]:
@@ -546,7 +536,7 @@ class ForeignLoad:
 
     def _run(self) -> None:
         os.sched_setaffinity(0, {int(c.removeprefix("cpu")) for c in OTHER_CPUS})
-        while not self.stop_process.wait(FOREIGN_EVERY_S):
+        while not self._done.wait(FOREIGN_EVERY_S):
             hit = self._foreign_runnable()
             with self._lock:
                 self._samples += 1
