@@ -52,7 +52,7 @@ from porin.models import (
 
 log = logging.getLogger("porin.api")
 
-MAX_BODY = 1 << 20
+MAX_BODY = 32 << 20  # a batch of 100,000 services fits
 
 # CNI error codes the plugin passes on to the runtime
 CNI_CONTAINER_UNKNOWN = 3
