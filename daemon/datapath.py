@@ -20,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from porin.bpf import SOURCE_DIR
 from porin.daemon.bpf_source import flatten
 from porin.daemon.config import AgentConfig
+from porin.daemon.jiffies import kernel_hz
 
 log = logging.getLogger("porin.datapath")
 
@@ -51,6 +52,7 @@ def build_flags(cfg: AgentConfig) -> list[str]:
         f"-DCT_LIFETIME_TCP_CLOSE={cfg.ct_lifetime_tcp_close}",
         f"-DCT_LIFETIME_NONTCP={cfg.ct_lifetime_nontcp}",
         f"-DNAT_MAP_SIZE={cfg.nat_map_size}",
+        f"-DKERNEL_HZ={kernel_hz()}",
         f"-DSNAT_PORT_MIN={cfg.snat_ports[0]}",
         f"-DSNAT_PORT_MAX={cfg.snat_ports[1]}",
         "-Wno-unused-function",

@@ -73,7 +73,11 @@ LIFETIME_OFFSET = CtEntry.lifetime.offset
 
 
 def monotonic_seconds() -> int:
-    """The datapath's clock: bpf_ktime_get_ns() is CLOCK_MONOTONIC."""
+    """The datapath's clock, whole seconds of CLOCK_MONOTONIC (bpf/lib/clock.h).
+
+    The datapath derives it from jiffies, which may trail this by up to a
+    second: lifetimes are tens of seconds or more, so it does not matter.
+    """
     return int(time.clock_gettime(time.CLOCK_MONOTONIC))
 
 

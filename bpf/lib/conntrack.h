@@ -6,7 +6,7 @@
  * the responder's. Service flows carry a second entry keyed on the
  * client -> VIP tuple (CT_KEY_SERVICE) that remembers the chosen backend.
  *
- * Lifetimes (seconds, CLOCK_MONOTONIC) follow Cilium's defaults and are
+ * Lifetimes (seconds of CLOCK_MONOTONIC, lib/clock.h) follow Cilium's defaults and are
  * build flags: TCP SYN 60, established 21600, closing 10, non-TCP 60.
  */
 #ifndef PORIN_CONNTRACK_H
@@ -15,6 +15,7 @@
 #include "common.h"
 #include "l4.h"
 #include "metrics.h"
+#include "clock.h"
 
 #ifndef CT_MAP_SIZE
 #define CT_MAP_SIZE 262144
@@ -89,11 +90,6 @@ struct ct4_entry {
 };
 
 PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
-
-static __always_inline __u32 now_seconds(void)
-{
-	return bpf_ktime_get_ns() / 1000000000ULL;
-}
 
 static __always_inline void ct_key_from_flow(struct ct4_key *key, const struct ipv4_flow *f)
 {
