@@ -359,6 +359,8 @@ class EndpointManager:
             problems.append(
                 f"endpoints map entry for {ep.ip} is {entry}, expected {self._map_entry(ep)}"
             )
+        elif self.map.datapath_lookup(ep.ip) != entry:
+            problems.append(f"the datapath does not find {ep.ip} (endpoint_slots out of step)")
         return problems
 
     # ---------- GC ----------
@@ -396,6 +398,9 @@ class EndpointManager:
             self._process_pending_deletes()
             self._sweep_maps()
             self._sweep_ipam()
+            fixed = self.map.sync_slots()
+            if fixed:
+                log.info("endpoint_slots: %d slots rewritten from the endpoints map", fixed)
 
     def _restore_one(self, ep: Endpoint) -> None:
         if ep.state != "ready":

@@ -163,7 +163,8 @@ class PinnedMap(Generic[K, V]):
         Fast path for large maps (conntrack): callers slice the buffers
         themselves. Per-CPU maps are not supported here.
         """
-        ksize, vsize = ctypes.sizeof(self.KEY), self._stride
+        # the kernel packs batch values at value_size (no per-CPU rounding)
+        ksize, vsize = ctypes.sizeof(self.KEY), ctypes.sizeof(self.VALUE)
         batch = self.BATCH
         keys_out, vals_out, total = [], [], 0
         cursor: ctypes.Array | None = None
