@@ -21,6 +21,7 @@ from porin.bpf import SOURCE_DIR
 from porin.daemon.bpf_source import flatten
 from porin.daemon.config import AgentConfig
 from porin.daemon.jiffies import kernel_hz
+from porin.daemon.map_specs import reconcile_pins, size_flags
 
 log = logging.getLogger("porin.datapath")
 
@@ -44,14 +45,11 @@ def build_flags(cfg: AgentConfig) -> list[str]:
     """The -D flags that carry node settings into the C code."""
     return [
         f'-DPIN_ROOT="{cfg.bpffs_root}"',
-        f"-DENDPOINTS_MAP_SIZE={cfg.endpoints_map_size}",
-        f"-DLB_MAGLEV_TABLE_SIZE={cfg.maglev_table_size}",
-        f"-DCT_MAP_SIZE={cfg.ct_map_size}",
+        *size_flags(cfg),
         f"-DCT_LIFETIME_TCP_SYN={cfg.ct_lifetime_tcp_syn}",
         f"-DCT_LIFETIME_TCP={cfg.ct_lifetime_tcp}",
         f"-DCT_LIFETIME_TCP_CLOSE={cfg.ct_lifetime_tcp_close}",
         f"-DCT_LIFETIME_NONTCP={cfg.ct_lifetime_nontcp}",
-        f"-DNAT_MAP_SIZE={cfg.nat_map_size}",
         f"-DKERNEL_HZ={kernel_hz()}",
         f"-DSNAT_PORT_MIN={cfg.snat_ports[0]}",
         f"-DSNAT_PORT_MAX={cfg.snat_ports[1]}",
@@ -72,6 +70,7 @@ def compile_programs(
     started = time.monotonic()
     text = flatten(SOURCE_DIR / entry)
     try:
+        reconcile_pins(cfg)  # bcc would reuse a pin of the wrong shape as it is
         module = BPF(text=text.encode(), cflags=build_flags(cfg))
         progs = {}
         for name in names:
