@@ -30,7 +30,7 @@ from porin.maps.endpoints import EndpointInfo, EndpointKey
 from porin.maps.host_devices import HostDevice, Ifindex
 from porin.maps.ipcache import IpcacheKey, RemoteEndpointInfo
 from porin.maps.lb_affinity import AffinityKey, AffinityValue
-from porin.maps.lb_backends import BackendId, Lb4Backend
+from porin.maps.lb_backends import BackendSlot, Lb4Backend
 from porin.maps.lb_reverse_nat import Lb4ReverseNat, RevNatId
 from porin.maps.lb_services import Lb4Key, Lb4Service
 from porin.maps.metrics import MetricsKey, MetricsValue
@@ -85,7 +85,7 @@ def map_specs(cfg: AgentConfig) -> list[MapSpec]:
         _spec("endpoint_slots", ARRAY, SlotIndex, EndpointInfo, 1 << ENDPOINT_SLOT_BITS),
         _spec("ct4_global", LRU_HASH, CtKey, CtEntry, cfg.ct_map_size),
         _spec("lb4_services", HASH, Lb4Key, Lb4Service, LB_SERVICES_MAP_SIZE),
-        _spec("lb4_backends", HASH, BackendId, Lb4Backend, LB_BACKENDS_MAP_SIZE),
+        _spec("lb4_backends", ARRAY, BackendSlot, Lb4Backend, LB_BACKENDS_MAP_SIZE),
         _spec("lb4_reverse_nat", HASH, RevNatId, Lb4ReverseNat, LB_SERVICES_MAP_SIZE),
         MapSpec(
             "lb4_maglev", HASH, 2, 4 * cfg.maglev_table_size, LB_MAGLEV_MAP_SIZE, BPF_F_NO_PREALLOC

@@ -27,7 +27,7 @@ from functools import reduce
 from porin.daemon import maglev
 from porin.daemon.store import read_json, write_json_atomic
 from porin.maps.lb_affinity import AffinityMap
-from porin.maps.lb_backends import BackendId, BackendsMap, Lb4Backend
+from porin.maps.lb_backends import BackendsMap, Lb4Backend
 from porin.maps.lb_maglev import MaglevMap
 from porin.maps.lb_reverse_nat import Lb4ReverseNat, ReverseNatMap, RevNatId
 from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, Lb4Key, Lb4Service, ServicesMap
@@ -92,15 +92,16 @@ class Programmed:
 class Plan:
     """Map writes for a batch of services, in publication order."""
 
-    backends: list[tuple[BackendId, Lb4Backend]] = field(default_factory=list)
+    backends: list[tuple[int, Lb4Backend]] = field(default_factory=list)  # by backend id
     maglev: list[tuple[int, list[int]]] = field(default_factory=list)
     slots: list[tuple[Lb4Key, Lb4Service]] = field(default_factory=list)
     reverse_nat: list[tuple[RevNatId, Lb4ReverseNat]] = field(default_factory=list)
     masters: list[tuple[Lb4Key, Lb4Service]] = field(default_factory=list)
     stale_slots: list[Lb4Key] = field(default_factory=list)
-    stale_backends: list[BackendId] = field(default_factory=list)
+    stale_backends: list[int] = field(default_factory=list)
     stale_maglev: list[int] = field(default_factory=list)
     stale_rev_nat: list[int] = field(default_factory=list)
+    used_backend_slots: set[int] = field(default_factory=set)  # lb4_backends slots taken
 
 
 @dataclass
@@ -152,7 +153,7 @@ class ServiceManager:
             self._assign_ids(svcs)
             self._assign_node_ports(svcs)
             self._check_conflicts(svcs)
-            plan = Plan()
+            plan = Plan(used_backend_slots=self._backend_slots())
             extra_ids = self._extra_rev_nat_pool(svcs)
             progs = [self._plan_one(svc, plan, extra_ids) for svc in svcs]
             self._apply(plan)
@@ -180,7 +181,7 @@ class ServiceManager:
             plan = Plan()
             for fe in p.frontends:
                 self._plan_frontend_removal(p.service, fe, plan)
-            plan.stale_backends += [BackendId(b) for b in p.backend_ids.values()]
+            plan.stale_backends += list(p.backend_ids.values())
             self._apply(plan)
             for fe in p.frontends:
                 self.maps.affinity.forget_service(fe.rev_nat)
@@ -342,10 +343,9 @@ class ServiceManager:
         for b in svc.backends:
             bid = old.backend_ids.get(b.address) if old else None
             if bid is None:
-                bid = self._next_backend_id
-                self._next_backend_id += 1
+                bid = self._new_backend_id(plan)
             prog.backend_ids[b.address] = bid
-            plan.backends.append((BackendId(bid), Lb4Backend.of(b.ip, b.port, proto, b.state)))
+            plan.backends.append((bid, Lb4Backend.of(b.ip, b.port, proto, b.state)))
 
         by_addr = {b.address: b for b in svc.backends}
         old_fes = {(f.ip, f.port): f for f in old.frontends} if old else {}
@@ -389,8 +389,25 @@ class ServiceManager:
             self._plan_frontend_removal(old.service, gone, plan)
         if old is not None:
             live = set(prog.backend_ids.values())
-            plan.stale_backends += [BackendId(b) for b in old.backend_ids.values() if b not in live]
+            plan.stale_backends += [b for b in old.backend_ids.values() if b not in live]
         return prog
+
+    def _backend_slots(self) -> set[int]:
+        slot_of = self.maps.backends.slot_of
+        return {slot_of(b) for p in self._svcs.values() for b in p.backend_ids.values()}
+
+    def _new_backend_id(self, plan: Plan) -> int:
+        """The next id whose lb4_backends slot is free: ids grow and are not
+        reused while 32 bits last, so conntrack never finds a stale id again."""
+        m = self.maps.backends
+        for _ in range(m.max_entries):
+            bid = self._next_backend_id
+            self._next_backend_id = bid + 1 if bid < 0xFFFFFFFF else 1
+            slot = m.slot_of(bid)
+            if bid and slot not in plan.used_backend_slots:
+                plan.used_backend_slots.add(slot)
+                return bid
+        raise ServiceConflict(f"no free backend slot ({m.max_entries} backends programmed)")
 
     def _maglev_ids(
         self,
@@ -421,7 +438,7 @@ class ServiceManager:
 
     def _apply(self, plan: Plan) -> None:
         m = self.maps
-        m.backends.put_many(plan.backends)
+        m.backends.put_backends(plan.backends)
         for rid, table in plan.maglev:
             m.maglev.put(rid, table)
         m.services.put_many(plan.slots)
@@ -430,7 +447,7 @@ class ServiceManager:
         # a removed frontend goes with its slot 0 first, so no packet picks a missing slot
         m.services.delete_many([k for k in plan.stale_slots if k.slot == 0])
         m.services.delete_many([k for k in plan.stale_slots if k.slot != 0])
-        m.backends.delete_many(plan.stale_backends)
+        m.backends.remove_backends(plan.stale_backends)
         written = {k.id for k, _ in plan.reverse_nat}
         m.reverse_nat.delete_many([RevNatId(r) for r in plan.stale_rev_nat if r not in written])
         for rid in plan.stale_maglev:
@@ -472,9 +489,28 @@ class ServiceManager:
                 self._svcs[svc.id] = Programmed(
                     service=svc, backend_ids=dict(raw.get("backendIds", {})), frontends=fes
                 )
+            self._drop_backend_slot_collisions()
             if self._svcs:
                 self.upsert_many([p.service for p in self._svcs.values()])
             self._sweep()
+
+    def _drop_backend_slot_collisions(self) -> None:
+        """Ids saved by older builds (a hash of backends) may share an
+        lb4_backends slot: such a backend is given a new id."""
+        taken: set[int] = set()
+        slot_of = self.maps.backends.slot_of
+        for p in self._svcs.values():
+            for addr, bid in list(p.backend_ids.items()):
+                if slot_of(bid) in taken:
+                    log.info(
+                        "service %d backend %s: new id (slot of id %d taken)",
+                        p.service.id,
+                        addr,
+                        bid,
+                    )
+                    del p.backend_ids[addr]
+                else:
+                    taken.add(slot_of(bid))
 
     def _sweep(self) -> None:
         """Drop map entries no saved service owns (left by a crash mid-change)."""
@@ -490,7 +526,7 @@ class ServiceManager:
             want_backends |= set(p.backend_ids.values())
         m = self.maps
         m.services.delete_many([k for k in m.services.keys() if bytes(k) not in want_keys])
-        m.backends.delete_many([k for k in m.backends.keys() if k.id not in want_backends])
+        m.backends.remove_backends([b for b in m.backends.backends() if b not in want_backends])
         m.reverse_nat.delete_many([k for k in m.reverse_nat.keys() if k.id not in want_rev_nat])
 
 

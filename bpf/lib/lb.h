@@ -3,7 +3,10 @@
  *
  *   lb4_services    {vip, dport, proto, slot} -> slot 0: the service (count,
  *                   rev_nat, algorithm, affinity); slot 1..count: backend id
- *   lb4_backends    backend id -> {ip, port, state}
+ *   lb4_backends    array, slot id % size -> {ip, port, state, id}: the
+ *                   backend whose id the slot holds (an array lookup is
+ *                   inlined by the verifier; a slot taken over by a newer id
+ *                   makes an old id dangling, never another service's backend)
  *   lb4_reverse_nat rev_nat id -> {vip, port}   (replies are sourced from it)
  *   lb4_maglev      rev_nat id -> Maglev lookup table of backend ids
  *   lb4_affinity    {client ip, rev_nat id} -> {backend id, last used}
@@ -26,6 +29,9 @@
 #endif
 #ifndef LB_BACKENDS_MAP_SIZE
 #define LB_BACKENDS_MAP_SIZE 131072
+#endif
+#if LB_BACKENDS_MAP_SIZE & (LB_BACKENDS_MAP_SIZE - 1)
+#error "LB_BACKENDS_MAP_SIZE must be a power of two"
 #endif
 #ifndef LB_MAGLEV_MAP_SIZE
 #define LB_MAGLEV_MAP_SIZE 1024
@@ -70,6 +76,7 @@ struct lb4_backend {
 	__be16 port;
 	__u8 proto;
 	__u8 state;
+	__u32 id;               /* the backend id the slot holds; 0: empty */
 };
 
 struct lb4_reverse_nat {
@@ -94,7 +101,7 @@ struct lb4_affinity_val {
 };
 
 PORIN_MAP("hash", struct lb4_key, struct lb4_service, lb4_services, LB_SERVICES_MAP_SIZE);
-PORIN_MAP("hash", __u32, struct lb4_backend, lb4_backends, LB_BACKENDS_MAP_SIZE);
+PORIN_MAP("array", __u32, struct lb4_backend, lb4_backends, LB_BACKENDS_MAP_SIZE);
 PORIN_MAP("hash", __u16, struct lb4_reverse_nat, lb4_reverse_nat, LB_SERVICES_MAP_SIZE);
 BPF_TABLE_PINNED("hash", __u16, struct lb4_maglev_table, lb4_maglev, LB_MAGLEV_MAP_SIZE,
 		 PIN_ROOT "/lb4_maglev", BPF_F_NO_PREALLOC);
@@ -114,14 +121,18 @@ static __always_inline struct lb4_service *lb4_lookup_service(const struct ipv4_
 	return lb4_services.lookup(&key);
 }
 
+/* The backend with id `id` while it exists; for a new flow only an active one. */
 static __always_inline struct lb4_backend *lb4_backend_usable(__u32 id, int for_new_flow)
 {
+	__u32 slot = id & (LB_BACKENDS_MAP_SIZE - 1);
 	struct lb4_backend *b;
 
 	if (!id)
 		return NULL;
-	b = lb4_backends.lookup(&id);
-	if (b && for_new_flow && b->state != BACKEND_ACTIVE)
+	b = lb4_backends.lookup(&slot);
+	if (!b || b->id != id)
+		return NULL;
+	if (for_new_flow && b->state != BACKEND_ACTIVE)
 		return NULL;
 	return b;
 }

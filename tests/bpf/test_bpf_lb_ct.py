@@ -172,6 +172,42 @@ def test_removed_backend_flow_is_rebalanced(pods, services):
     )
 
 
+def test_dangling_backend_id_never_reaches_the_slots_next_holder(pods, services):
+    """lb4_backends is an array of id-tagged slots: when a removed backend's
+    slot goes to another service's new backend, a flow that still names the
+    old id is re-balanced within its own service."""
+    svc(services, [(POD_B.ip, 8080)])
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40035, dport=80, flags="S")
+    pods.run("from_container", frame(POD_A, syn))
+    old_id = services.backend_ids(1)[f"{POD_B.ip}:8080"]
+    svc(services, [(POD_C.ip, 8080)])  # B removed: its slot is free again
+    size = pods.lb.backends.max_entries
+    services._next_backend_id = old_id + size  # the next id lands in B's old slot
+    svc(services, [(POD_B.ip, 9090)], id=2, ip="10.96.0.20")
+    new_id = services.backend_ids(2)[f"{POD_B.ip}:9090"]
+    assert new_id == old_id + size
+    assert pods.lb.backends.slot_of(new_id) == pods.lb.backends.slot_of(old_id)
+    ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40035, dport=80, flags="A")
+    got = Ether(pods.run("from_container", frame(POD_A, ack))[1])
+    assert (got[IP].dst, got[TCP].dport) == (POD_C.ip, 8080)
+
+
+def test_backend_ids_take_free_slots_only(pods, services):
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)])
+    taken = services.backend_ids(1)
+    services._next_backend_id = min(taken.values()) + pods.lb.backends.max_entries
+    svc(services, [(POD_B.ip, 7070), (POD_C.ip, 7070)], id=2, ip="10.96.0.20")
+    slots = [
+        pods.lb.backends.slot_of(b) for sid in (1, 2) for b in services.backend_ids(sid).values()
+    ]
+    assert len(set(slots)) == 4
+    assert set(pods.lb.backends.backends()) == {
+        b for sid in (1, 2) for b in services.backend_ids(sid).values()
+    }
+    services.delete(1)
+    assert set(pods.lb.backends.backends()) == set(services.backend_ids(2).values())
+
+
 def test_no_backend_answers_icmp_port_unreachable(pods, services):
     svc(services, [])
     before = pods.count("NO_SERVICE_BACKEND")
