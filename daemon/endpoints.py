@@ -393,6 +393,9 @@ class EndpointManager:
                 name = data.get("host_ifname")
                 if isinstance(name, str):
                     self.reaper.delete(name)
+            # before programs are re-attached: a slots map new to this build
+            # starts empty, and the new programs look there first
+            self.map.sync_slots()
             for ep in list(self._eps.values()):
                 self._restore_one(ep)
             self._process_pending_deletes()
