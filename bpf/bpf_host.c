@@ -47,7 +47,7 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, __be32 daddr, _
 
 	if (!ep)
 		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	update_metrics(skb->len, reason, DIR_INGRESS);
+	count_verdict(skb, reason, DIR_INGRESS);
 	return redirect_to_endpoint(skb, ep);
 }
 
@@ -128,7 +128,7 @@ static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32
 
 	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
-		update_metrics(skb->len, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
+		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
 		return bpf_redirect(skb->ifindex, 0);
 	}
 	if (ret)
@@ -211,7 +211,7 @@ int from_host_lo(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
-		update_metrics(skb->len, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
+		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
 		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 	}
 	if (ret)

@@ -71,7 +71,7 @@ static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flo
 
 		if (icmp_reply_unreach(skb, ip->daddr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu) < 0)
 			return drop(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
-		update_metrics(skb->len, DROP_FRAG_NEEDED, DIR_EGRESS);
+		count_verdict(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
 		return bpf_redirect(skb->ifindex, 0);
 	}
 	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
@@ -127,7 +127,7 @@ static __always_inline int masquerade_and_route(struct __sk_buff *skb, struct ip
 		return DROP_TRUNCATED;
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	update_metrics(skb->len, REASON_MASQUERADED, DIR_EGRESS);
+	count_verdict(skb, REASON_MASQUERADED, DIR_EGRESS);
 	return bpf_redirect(out, 0) == TC_ACT_REDIRECT ? 0 : DROP_REDIRECT_FAILED;
 }
 
@@ -157,7 +157,7 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 
 	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
-		update_metrics(skb->len, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
+		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
 		return bpf_redirect(skb->ifindex, 0);
 	}
 	if (!ret)

@@ -64,6 +64,6 @@ int from_overlay(struct __sk_buff *skb)
 	ep = lookup_endpoint(flow.daddr);
 	if (!ep)
 		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	update_metrics(skb->len, REASON_FROM_TUNNEL, DIR_INGRESS);
+	count_verdict(skb, REASON_FROM_TUNNEL, DIR_INGRESS);
 	return redirect_to_endpoint(skb, ep);
 }

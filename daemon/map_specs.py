@@ -34,6 +34,9 @@ from porin.maps.lb_backends import BackendSlot, Lb4Backend
 from porin.maps.lb_reverse_nat import Lb4ReverseNat, RevNatId
 from porin.maps.lb_services import Lb4Key, Lb4Service
 from porin.maps.metrics import MetricsKey, MetricsValue
+from porin.maps.monitor_config import Index as MonitorIndex
+from porin.maps.monitor_config import MonitorConfig
+from porin.maps.monitor_lost import Counter
 from porin.maps.nat import NatEntry, NatKey
 from porin.maps.nonmasq import LpmKey, Present
 from porin.maps.tunnel_config import Index, TunnelConfig
@@ -41,8 +44,15 @@ from porin.maps.tunnel_config import Index, TunnelConfig
 log = logging.getLogger("porin.maps")
 
 # enum bpf_map_type
-HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, LPM_TRIE = 1, 2, 6, 9, 11
-TYPE_NAMES = {HASH: "hash", ARRAY: "array", PERCPU_ARRAY: "percpu_array", 9: "lru_hash", 11: "lpm"}
+HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, LPM_TRIE, RINGBUF = 1, 2, 6, 9, 11, 27
+TYPE_NAMES = {
+    HASH: "hash",
+    ARRAY: "array",
+    PERCPU_ARRAY: "percpu_array",
+    LRU_HASH: "lru_hash",
+    LPM_TRIE: "lpm_trie",
+    RINGBUF: "ringbuf",
+}
 BPF_F_NO_PREALLOC = 1
 
 # sizes that are not in the agent's config
@@ -55,6 +65,7 @@ IPCACHE_MAP_SIZE = 65536
 METRICS_SLOTS = 256 * 4
 HOST_DEVICES_MAP_SIZE = 256
 NONMASQ_MAP_SIZE = 256
+MONITOR_RING_SIZE = 1 << 20  # bytes: about 6,000 events
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,9 @@ def map_specs(cfg: AgentConfig) -> list[MapSpec]:
             "ipcache", LPM_TRIE, IpcacheKey, RemoteEndpointInfo, IPCACHE_MAP_SIZE, BPF_F_NO_PREALLOC
         ),
         _spec("tunnel_config", ARRAY, Index, TunnelConfig, 1),
+        _spec("monitor_config", ARRAY, MonitorIndex, MonitorConfig, 1),
+        _spec("monitor_lost", PERCPU_ARRAY, MonitorIndex, Counter, 1),
+        MapSpec("monitor_events", RINGBUF, 0, 0, MONITOR_RING_SIZE),
     ]
 
 
@@ -115,6 +129,7 @@ def size_flags(cfg: AgentConfig) -> list[str]:
         "LB_AFFINITY_MAP_SIZE": LB_AFFINITY_MAP_SIZE,
         "IPCACHE_MAP_SIZE": IPCACHE_MAP_SIZE,
         "NAT_MAP_SIZE": cfg.nat_map_size,
+        "MONITOR_RING_SIZE": MONITOR_RING_SIZE,
     }
     return [f"-D{k}={v}" for k, v in sizes.items()]
 

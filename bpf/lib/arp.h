@@ -42,7 +42,7 @@ static __always_inline int arp_respond(struct __sk_buff *skb, struct arp_packet 
 	p->body.tip = sip;
 	mac_copy(p->body.sha, mac);
 	p->body.sip = tip;
-	update_metrics(skb->len, REASON_ARP_REPLY, DIR_EGRESS);
+	count_verdict(skb, REASON_ARP_REPLY, DIR_EGRESS);
 	return bpf_redirect(skb->ifindex, 0);
 }
 

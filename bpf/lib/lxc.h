@@ -33,8 +33,8 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	ret = bpf_redirect_peer(dst->ifindex, 0);
 	if (ret != TC_ACT_REDIRECT)
 		return drop(skb, DROP_REDIRECT_FAILED, DIR_EGRESS);
-	update_metrics(skb->len, REASON_FORWARDED, DIR_EGRESS);
-	update_metrics(skb->len, REASON_FORWARDED, DIR_INGRESS);
+	count_verdict(skb, REASON_FORWARDED, DIR_EGRESS);
+	update_metrics(skb->len, REASON_FORWARDED, DIR_INGRESS); /* the receiver's view */
 	return ret;
 }
 

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "reasons.h"
+#include "monitor.h"
 
 struct metrics_value {
 	__u64 packets;
@@ -29,9 +30,16 @@ static __always_inline void update_metrics(__u32 len, __u8 reason, __u8 dir)
 }
 
 /* Count and return a verdict in one step, so no path forgets to count. */
-static __always_inline int verdict(struct __sk_buff *skb, int ret, __u8 reason, __u8 dir)
+/* Count a packet's verdict, and tell a listening `porin monitor`. */
+static __always_inline void count_verdict(struct __sk_buff *skb, __u8 reason, __u8 dir)
 {
 	update_metrics(skb->len, reason, dir);
+	monitor_notify(skb, reason, dir);
+}
+
+static __always_inline int verdict(struct __sk_buff *skb, int ret, __u8 reason, __u8 dir)
+{
+	count_verdict(skb, reason, dir);
 	return ret;
 }
 

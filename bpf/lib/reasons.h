@@ -23,6 +23,7 @@
 #define REASON_FROM_TUNNEL 11      // received from another node through the overlay
 
 /* drops */
+#define FIRST_DROP_REASON 128 /* every reason from here on is a drop */
 #define DROP_TRUNCATED 130         // truncated or malformed header
 #define DROP_INVALID_SIP 131       // source IP is not the endpoint's
 #define DROP_INVALID_SMAC 132      // source MAC is not the endpoint's

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from porin.cli import bpf, cluster, endpoints, metrics, services
+from porin.cli import bpf, cluster, endpoints, metrics, monitor, services
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json
 from porin.client import DEFAULT_SOCKET
@@ -108,6 +108,7 @@ for group in (
     bpf.bpf,
     cluster.node,
     cluster.identity,
+    monitor.monitor,
 ):
     cli.add_command(group)
 

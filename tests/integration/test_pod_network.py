@@ -385,3 +385,38 @@ def test_state_files_persisted(node, three_pods):
     files = list(Path(node.cfg.state_dir, "endpoints").glob("*.json"))
     assert len(files) >= 3
     wait_for(lambda: Path(node.cfg.state_dir, "ipam.json").exists(), 2, "ipam state")
+
+
+def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
+    from porin.maps.monitor_config import MonitorConfigMap
+
+    pod, other = three_pods[0], three_pods[1]
+    mon = node.ns.popen(
+        [str(VENV_BIN / "porin"), "monitor", "-o", "json", "--count", "1", "--duration", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=node.env,
+    )
+    try:
+        assert "Listening for drop events" in mon.stderr.readline()
+        # one monitor per node: a second one is turned away
+        second = node.porin("monitor", "--duration", "1", check=False)
+        assert second.returncode == 1 and "another porin monitor" in second.stderr
+        # the pod sends from an address that is not its own
+        pod.exec(["ip", "addr", "add", "10.244.0.250/32", "dev", "eth0"])
+        pod.exec(["ping", "-c", "1", "-W", "1", "-I", "10.244.0.250", other.ip], check=False)
+        out, err = mon.communicate(timeout=30)
+    finally:
+        pod.exec(["ip", "addr", "del", "10.244.0.250/32", "dev", "eth0"], check=False)
+        if mon.poll() is None:
+            mon.kill()
+            mon.wait()
+    assert mon.returncode == 0, err
+    (event,) = [json.loads(line) for line in out.splitlines()]
+    assert event["type"] == "drop"
+    assert event["reason"] in ("ARP_SPOOFED", "INVALID_SIP")
+    assert event["interface"].startswith("lxc") and event["direction"] == "egress"
+    assert event["packet"]["src"] == "10.244.0.250"
+    with MonitorConfigMap(node.cfg.bpffs_root) as cfg:
+        assert cfg.flags() == 0  # nobody listens: the datapath reports nothing

@@ -1,0 +1,101 @@
+/* Datapath events for `porin monitor` (porin/cli/monitor.py).
+ *
+ * While a monitor listens it sets monitor_config.flags; every drop then
+ * becomes an event in the monitor_events ring buffer, and with
+ * MONITOR_F_TRACE every other verdict too. An event carries the verdict's
+ * reason and direction, the interface, the packet's length and its first
+ * MONITOR_CAPTURE bytes, as the packet was at the verdict (a packet turned
+ * into an ICMP error shows as that error).
+ *
+ * With nobody listening, the cost is one inlined array lookup per verdict.
+ * A full ring buffer loses events, never packets; the monitor reports the
+ * gap from the per-CPU lost counter.
+ */
+#ifndef PORIN_MONITOR_H
+#define PORIN_MONITOR_H
+
+#include "common.h"
+#include "reasons.h"
+
+#define MONITOR_F_DROPS 1
+#define MONITOR_F_TRACE 2
+
+#define MONITOR_CAPTURE 128
+#ifndef MONITOR_RING_SIZE
+#define MONITOR_RING_SIZE (1 << 20)
+#endif
+
+#define MONITOR_TYPE_DROP 1
+#define MONITOR_TYPE_TRACE 2
+
+struct monitor_config {
+	__u32 flags;
+	__u32 pad;
+};
+
+struct monitor_event {
+	__u64 ktime_ns;
+	__u32 ifindex;
+	__u32 len;      /* the packet's length */
+	__u16 cap_len;  /* bytes of it in data[] */
+	__u8 type;      /* MONITOR_TYPE_* */
+	__u8 reason;
+	__u8 dir;
+	__u8 pad[3];
+	__u8 data[MONITOR_CAPTURE];
+};
+
+struct monitor_events_table_t {
+	int key;
+	__u32 leaf;
+	int (*ringbuf_output)(void *, __u64, __u64);
+	void *(*ringbuf_reserve)(__u64);
+	void (*ringbuf_discard)(void *, __u64);
+	void (*ringbuf_submit)(void *, __u64);
+	__u32 max_entries;
+};
+/* BPF_RINGBUF_OUTPUT, pinned like every other map */
+__attribute__((section("maps/ringbuf:" PIN_ROOT "/monitor_events")))
+struct monitor_events_table_t monitor_events = { .max_entries = MONITOR_RING_SIZE };
+
+PORIN_MAP("array", __u32, struct monitor_config, monitor_config, 1);
+PORIN_MAP("percpu_array", __u32, __u64, monitor_lost, 1);
+
+static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, __u8 dir)
+{
+	__u32 zero = 0, cap = skb->len;
+	struct monitor_config *cfg = monitor_config.lookup(&zero);
+	struct monitor_event *ev;
+	__u64 *lost;
+
+	if (!cfg || !cfg->flags)
+		return;
+	if (reason < FIRST_DROP_REASON && !(cfg->flags & MONITOR_F_TRACE))
+		return;
+	ev = monitor_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev) {
+		lost = monitor_lost.lookup(&zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	ev->ktime_ns = bpf_ktime_get_ns();
+	ev->ifindex = skb->ifindex;
+	ev->len = skb->len;
+	ev->type = reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP;
+	ev->reason = reason;
+	ev->dir = dir;
+	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
+	ev->cap_len = 0;
+	if (cap >= MONITOR_CAPTURE) {
+		cap = MONITOR_CAPTURE;
+	} else {
+		/* 1..MONITOR_CAPTURE-1 in a form the verifier can bound (len >= 14) */
+		cap = ((cap - 1) & (MONITOR_CAPTURE - 1)) + 1;
+	}
+	if (bpf_skb_load_bytes(skb, 0, ev->data, cap) == 0)
+		ev->cap_len = cap;
+	monitor_events.ringbuf_submit(ev, 0);
+}
+
+#endif /* PORIN_MONITOR_H */

@@ -1,0 +1,182 @@
+"""`porin monitor`: the datapath's verdicts as they happen.
+
+By default every drop, with its named reason; `--type trace` adds every
+other verdict (forwarded, to the stack, masqueraded, ...), `--type all`
+both. Events come from the datapath's ring buffer (bpf/lib/monitor.h),
+which only fills while a monitor listens; one monitor at a time per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import click
+
+from porin.cli.context import Context, fail
+from porin.cli.output import output_option
+from porin.maps.monitor_config import MONITOR_F_DROPS, MONITOR_F_TRACE
+from porin.maps.monitor_events import MonitorEventC
+from porin.maps.pinned import MapNotFound
+from porin.packet_summary import summarize
+
+LOCK_DIR = "/run"
+
+
+@contextlib.contextmanager
+def _exclusive(bpffs_root: str) -> Iterator[None]:
+    """One monitor per node: a ring buffer has a single read position."""
+    tag = hashlib.sha1(os.path.abspath(bpffs_root).encode()).hexdigest()[:12]
+    path = os.path.join(LOCK_DIR, f"porin-monitor-{tag}.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            fail(f"another porin monitor is reading this node's events (pid {f.read().strip()})")
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def _ifname(ifindex: int, cache: dict[int, str]) -> str:
+    if ifindex not in cache:
+        try:
+            cache[ifindex] = socket.if_indextoname(ifindex)
+        except OSError:
+            cache[ifindex] = f"if{ifindex}"
+    return cache[ifindex]
+
+
+def event_record(ev: MonitorEventC, names: dict[int, str]) -> dict[str, Any]:
+    """One event as `-o json` prints it."""
+    from porin.maps.metrics import direction_name, reasons
+
+    r = reasons().get(ev.reason)
+    wall = time.time() - (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - ev.ktime_ns) / 1e9
+    text, fields = summarize(ev.packet)
+    return {
+        "time": datetime.fromtimestamp(wall).isoformat(timespec="microseconds"),
+        "type": ev.type_name,
+        "reason": r.name if r else str(ev.reason),
+        "description": r.description if r else "",
+        "direction": direction_name(ev.dir),
+        "ifindex": ev.ifindex,
+        "interface": _ifname(ev.ifindex, names),
+        "length": ev.len,
+        "summary": text,
+        "packet": fields,
+        "capture": ev.packet.hex(),
+    }
+
+
+def event_line(rec: dict[str, Any]) -> str:
+    what = f"{rec['reason']} ({rec['description']})" if rec["type"] == "drop" else rec["reason"]
+    return (
+        f"{rec['time'][11:]} {rec['type']:<5} {what} {rec['interface']} {rec['direction']}: "
+        f"{rec['summary']} len={rec['length']}"
+    )
+
+
+@click.command()
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["drop", "trace", "all"]),
+    default="drop",
+    show_default=True,
+    help="drop: drops only; trace: every other verdict; all: both.",
+)
+@click.option("--reason", "reasons_", multiple=True, help="Only these reasons (e.g. INVALID_SIP).")
+@click.option("--interface", "-i", help="Only events on this interface (name or ifindex).")
+@click.option("--count", "-n", type=int, default=0, help="Stop after N events.")
+@click.option("--duration", type=float, default=0.0, help="Stop after S seconds.")
+@output_option
+@click.pass_obj
+def monitor(
+    ctx: Context,
+    kind: str,
+    reasons_: tuple[str, ...],
+    interface: str | None,
+    count: int,
+    duration: float,
+    output: str,
+) -> None:
+    """Show datapath drops (and traces) as they happen; -o json prints one object per line."""
+    from porin.maps.metrics import reason_by_name
+    from porin.maps.monitor_config import MonitorConfigMap
+    from porin.maps.monitor_events import RingBuffer
+    from porin.maps.monitor_lost import MonitorLostMap
+
+    wanted = set()
+    for name in reasons_:
+        try:
+            wanted.add(
+                reason_by_name(name.upper().removeprefix("DROP_").removeprefix("REASON_")).code
+            )
+        except KeyError:
+            fail(f"unknown reason {name!r} (see `porin metrics list`)")
+    ifindex = None
+    if interface:
+        try:
+            ifindex = int(interface) if interface.isdigit() else socket.if_nametoindex(interface)
+        except OSError:
+            fail(f"no interface {interface!r} in this network namespace")
+    flags = {"drop": MONITOR_F_DROPS, "trace": MONITOR_F_TRACE, "all": 3}[kind]
+
+    with _exclusive(ctx.bpffs_root):
+        try:
+            ring = RingBuffer(ctx.bpffs_root)
+            config = MonitorConfigMap(ctx.bpffs_root)
+            lost = MonitorLostMap(ctx.bpffs_root, read_only=True)
+        except MapNotFound as e:
+            fail(f"{e} (an agent of this version creates it)")
+        except PermissionError:
+            fail(f"permission denied opening maps under {ctx.bpffs_root}; run as root")
+        names: dict[int, str] = {}
+        seen = 0
+        deadline = time.monotonic() + duration if duration else None
+        try:
+            ring.skip_pending()  # whatever an earlier monitor left unread
+            lost_before = lost.total()
+            # the datapath has one switch for drops and traces; filter here
+            config.set_flags(MONITOR_F_DROPS | (MONITOR_F_TRACE if kind != "drop" else 0))
+            click.echo(f"Listening for {kind} events ({ctx.bpffs_root}); Ctrl-C to stop.", err=True)
+            while not (count and seen >= count):
+                left = deadline - time.monotonic() if deadline else 0.5
+                if left <= 0:
+                    break
+                ring.wait(min(left, 0.5))
+                for ev in ring.events():
+                    if not ev.type & flags:
+                        continue
+                    if (wanted and ev.reason not in wanted) or (
+                        ifindex is not None and ev.ifindex != ifindex
+                    ):
+                        continue
+                    rec = event_record(ev, names)
+                    click.echo(json.dumps(rec) if output == "json" else event_line(rec))
+                    seen += 1
+                    if count and seen >= count:
+                        break
+                gone = lost.total() - lost_before
+                if gone:
+                    click.echo(f"warning: {gone} events lost (ring buffer full)", err=True)
+                    lost_before += gone
+        except KeyboardInterrupt:
+            pass
+        finally:
+            config.set_flags(0)
+            ring.close()
+            config.close()
+            lost.close()
