@@ -126,7 +126,7 @@ static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32
 		return deliver_to_pod(skb, flow.daddr, REASON_REV_SNAT);
 	}
 
-	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
+	ret = lb4_dnat(skb, &flow, CT_DIR_IN, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
 		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
 		return bpf_redirect(skb->ifindex, 0);
@@ -209,7 +209,7 @@ int from_host_lo(struct __sk_buff *skb)
 	ret = ipv4_flow_parse(skb, ip, &flow);
 	if (ret || !lb4_lookup_service(&flow))
 		return TC_ACT_OK;
-	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
+	ret = lb4_dnat(skb, &flow, CT_DIR_IN, &rev_nat, &ct_flags, &icmp_sent);
 	if (icmp_sent) {
 		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
 		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);

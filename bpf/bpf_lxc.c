@@ -13,12 +13,15 @@
  *   6. source IP must be an endpoint on this very interface (DROP_INVALID_SIP)
  *      and the source MAC its MAC (DROP_INVALID_SMAC)
  *   7. L4 tuple parsed (DROP_TRUNCATED)
- *   8. service frontend? -> backend from conntrack or freshly chosen, DNAT;
+ *   8. established flow? one conntrack lookup on the tuple as sent: a
+ *      service flow's packet is DNATed to the backend its flow entry names,
+ *      a reply of one translated back to the frontend; counted, on to 10
+ *   9. otherwise (new flow, ICMP error, backend gone):
+ *      service frontend? -> backend chosen (or the flow entry's), DNAT;
  *      no active backend -> ICMP port unreachable back to the pod
  *      (DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from
- *      the hairpin address
- *   9. conntrack: create, or account; a reply of a service flow is
- *      translated back to the frontend; ICMP errors match their flow
+ *      the hairpin address; then conntrack: create or account, ICMP errors
+ *      matched to their flow
  *  10. destination is a local endpoint -> redirect into it (REASON_FORWARDED)
  *  11. destination behind another node (ipcache) -> overlay: VXLAN with the
  *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED)
@@ -155,13 +158,16 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
 	if (ret)
 		return drop(skb, ret, DIR_EGRESS);
 
-	ret = lb4_dnat(skb, &flow, &rev_nat, &ct_flags, &icmp_sent);
-	if (icmp_sent) {
-		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
-		return bpf_redirect(skb->ifindex, 0);
+	ret = lb4_ct_fast(skb, &flow);
+	if (ret == CT_SLOW_PATH) {
+		ret = lb4_dnat(skb, &flow, CT_DIR_OUT, &rev_nat, &ct_flags, &icmp_sent);
+		if (icmp_sent) {
+			count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
+			return bpf_redirect(skb->ifindex, 0);
+		}
+		if (!ret)
+			ret = ct_process(skb, &flow, CT_DIR_OUT, rev_nat, ct_flags);
 	}
-	if (!ret)
-		ret = ct_process(skb, &flow, CT_DIR_OUT, rev_nat, ct_flags);
 	if (ret)
 		return drop(skb, ret, DIR_EGRESS);
 

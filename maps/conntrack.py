@@ -16,8 +16,6 @@ from typing import Any
 from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
 from porin.maps.pinned import PinnedMap
 
-CT_KEY_SERVICE = 1
-
 STATES = {
     0: "NEW",
     1: "SYN_SENT",
@@ -65,7 +63,7 @@ class CtEntry(ctypes.Structure):
         ("dir", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
-        ("pad2", ctypes.c_uint32),
+        ("peer_seen", ctypes.c_uint32),
     ]
 
 
@@ -91,7 +89,7 @@ class Connection:
 
     proto: str
     direction: str  # OUT: a local pod opened it; IN: opened towards a local pod
-    service: bool  # the client -> frontend entry of a service flow
+    service: bool  # the flow entry of a service flow (client -> frontend, names the backend)
     src: str
     sport: int
     dst: str
@@ -118,7 +116,7 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
     return Connection(
         proto=proto_name(key.proto),
         direction=DIRS.get(e.dir, "?"),
-        service=bool(key.flags & CT_KEY_SERVICE),
+        service=e.backend_id != 0,
         src=be_to_ip(key.saddr),
         sport=be_to_port(key.sport),
         dst=be_to_ip(key.daddr),

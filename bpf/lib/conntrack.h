@@ -3,8 +3,18 @@
  * One entry per connection, keyed by the tuple as the *initiator* sent it
  * (saddr/sport = initiator, daddr/dport = responder); a reply is found by
  * looking up its swapped tuple. "tx" counts the initiator's packets, "rx"
- * the responder's. Service flows carry a second entry keyed on the
- * client -> VIP tuple (CT_KEY_SERVICE) that remembers the chosen backend.
+ * the responder's.
+ *
+ * A service flow has two entries (lib/lb.h):
+ *   the flow entry   client -> frontend, as the client sent it: the chosen
+ *                    backend (backend_id), the frontend (rev_nat), the state
+ *                    and the counters of both directions. An established
+ *                    packet from the client finds everything it needs here,
+ *                    in the one lookup every packet makes.
+ *   the reply entry  client -> backend, as the backend sees the connection:
+ *                    how to translate its replies back (rev_nat, hairpin).
+ *                    Replies keep it in step with the flow entry; packets
+ *                    from the client refresh it every CT_PEER_REFRESH seconds.
  *
  * Lifetimes (seconds of CLOCK_MONOTONIC, lib/clock.h) follow Cilium's defaults and are
  * build flags: TCP SYN 60, established 21600, closing 10, non-TCP 60.
@@ -33,7 +43,8 @@
 #define CT_LIFETIME_NONTCP 60
 #endif
 
-#define CT_KEY_SERVICE 1        /* client -> VIP entry of a service flow */
+/* a flow entry renews its reply entry's lifetime this often (seconds) */
+#define CT_PEER_REFRESH 5
 
 /* entry->state */
 #define CT_STATE_NEW 0          /* non-TCP, or TCP first seen without SYN */
@@ -67,7 +78,7 @@ struct ct4_key {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
-	__u8 flags;
+	__u8 flags;             /* reserved, 0 */
 	__u16 pad;
 };
 
@@ -78,7 +89,7 @@ struct ct4_entry {
 	__u64 rx_bytes;
 	__u32 lifetime;         /* expiry, seconds of CLOCK_MONOTONIC */
 	__u32 created;          /* seconds of CLOCK_MONOTONIC */
-	__u32 backend_id;       /* service entries: the chosen backend */
+	__u32 backend_id;       /* a service flow's flow entry: the chosen backend */
 	__u16 rev_nat;          /* replies are translated back to this frontend */
 	__u8 tx_flags;          /* TCP flags seen from the initiator */
 	__u8 rx_flags;          /* TCP flags seen from the responder */
@@ -86,7 +97,7 @@ struct ct4_entry {
 	__u8 dir;
 	__u8 flags;
 	__u8 pad;
-	__u32 pad2;
+	__u32 peer_seen;        /* flow entry: when its reply entry was last renewed */
 };
 
 PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
@@ -171,8 +182,10 @@ static __always_inline void ct_tcp_advance(struct ct4_entry *e, __u8 flags, int 
 	}
 }
 
-static __always_inline void ct_account(struct ct4_entry *e, const struct ipv4_flow *f, __u32 len,
-				       int reply)
+/* Count a packet on its entry, advance the TCP state, renew the lifetime
+ * from `now` (seconds, lib/clock.h). */
+static __always_inline void ct_account_at(struct ct4_entry *e, const struct ipv4_flow *f,
+					  __u32 len, int reply, __u32 now)
 {
 	if (reply) {
 		e->rx_packets += 1;
@@ -187,7 +200,13 @@ static __always_inline void ct_account(struct ct4_entry *e, const struct ipv4_fl
 	}
 	if (f->proto == IPPROTO_TCP)
 		ct_tcp_advance(e, f->tcp_flags, reply);
-	e->lifetime = now_seconds() + ct_lifetime(e, f->proto);
+	e->lifetime = now + ct_lifetime(e, f->proto);
+}
+
+static __always_inline void ct_account(struct ct4_entry *e, const struct ipv4_flow *f, __u32 len,
+				       int reply)
+{
+	ct_account_at(e, f, len, reply, now_seconds());
 }
 
 /* Look a packet up: CT_ESTABLISHED / CT_REPLY with *entry set, or CT_NEW. */

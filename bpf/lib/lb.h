@@ -47,6 +47,9 @@
 #define LB_HAIRPIN_IPV4 0xa9fe2a01 /* 169.254.42.1 */
 #endif
 
+/* lb4_established / lb4_ct_fast: leave the packet to lb4_dnat + ct_process */
+#define CT_SLOW_PATH (-1)
+
 #define SVC_F_MAGLEV 1
 #define SVC_F_AFFINITY 2
 
@@ -197,12 +200,13 @@ static __always_inline __u32 lb4_select_backend(const struct ipv4_flow *f,
 	return id;
 }
 
-/* The backend of a service flow: the one conntrack remembers while it is
- * still there (even terminating), else a fresh choice recorded in conntrack.
- * Returns NULL when the service has no usable backend. */
+/* The backend of a service flow: the one its flow entry remembers while it
+ * is still there (even terminating), else a fresh choice recorded in a flow
+ * entry (created here, `dir` saying where the client is). Returns NULL when
+ * the service has no usable backend. */
 static __always_inline struct lb4_backend *lb4_flow_backend(const struct ipv4_flow *f,
 							    const struct lb4_service *svc,
-							    __u32 len, int *ct_err)
+							    __u32 len, __u8 dir, int *ct_err)
 {
 	struct ct4_key key;
 	struct ct4_entry *e;
@@ -210,7 +214,6 @@ static __always_inline struct lb4_backend *lb4_flow_backend(const struct ipv4_fl
 	__u32 id;
 
 	ct_key_from_flow(&key, f);
-	key.flags = CT_KEY_SERVICE;
 	e = ct4_global.lookup(&key);
 	if (e) {
 		b = lb4_backend_usable(e->backend_id, 0);
@@ -226,16 +229,20 @@ static __always_inline struct lb4_backend *lb4_flow_backend(const struct ipv4_fl
 	if (!b)
 		return NULL;
 	if (e) {
-		/* its backend was removed: re-balance the flow */
+		/* its backend was removed (or the entry was no service flow's):
+		 * re-balance the flow; conntrack makes the new reply entry */
 		e->backend_id = id;
+		e->rev_nat = svc->rev_nat;
+		e->peer_seen = now_seconds();
 		ct_account(e, f, len, 0);
 	} else {
 		struct ct4_entry ne = {};
 
 		ne.created = now_seconds();
+		ne.peer_seen = ne.created;
 		ne.backend_id = id;
 		ne.rev_nat = svc->rev_nat;
-		ne.dir = CT_DIR_OUT;
+		ne.dir = dir;
 		ne.state = ct_initial_state(f);
 		ct_account(&ne, f, len, 0);
 		if (ct4_global.update(&key, &ne) < 0)
@@ -244,16 +251,17 @@ static __always_inline struct lb4_backend *lb4_flow_backend(const struct ipv4_fl
 	return b;
 }
 
-/* A reply of a service flow: source back to the frontend (and, for a
- * hairpin flow, destination back to the pod), and the client -> frontend
- * entry refreshed so it lives as long as the connection. */
+/* A reply of a service flow (`e` its reply entry): source back to the
+ * frontend (and, for a hairpin flow, destination back to the pod). The flow
+ * entry counts the reply and advances its state; the reply entry takes the
+ * flow entry's state and outlives it, so it is there as long as the flow. */
 static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *f,
-					   const struct ct4_entry *e, __u32 len)
+				       struct ct4_entry *e, __u32 len)
 {
 	__u16 id = e->rev_nat;
 	struct lb4_reverse_nat *rn = lb4_reverse_nat.lookup(&id);
 	struct ct4_key key;
-	struct ct4_entry *svc;
+	struct ct4_entry *flow;
 
 	if (!rn)
 		return 0; /* service deleted: leave the reply as it is */
@@ -272,11 +280,57 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *
 	key.sport = f->dport;
 	key.dport = f->sport;
 	key.proto = f->proto;
-	key.flags = CT_KEY_SERVICE;
+	key.flags = 0;
 	key.pad = 0;
-	svc = ct4_global.lookup(&key);
-	if (svc)
-		ct_account(svc, f, len, 1);
+	flow = ct4_global.lookup(&key);
+	if (flow) {
+		ct_account(flow, f, len, 1);
+		e->state = flow->state;
+		e->lifetime = flow->lifetime + CT_PEER_REFRESH;
+	}
+	return 0;
+}
+
+/* An established packet of a service flow from its client (`e` its flow
+ * entry): DNAT to the recorded backend, hairpin SNAT when the client is the
+ * backend, and every CT_PEER_REFRESH seconds the reply entry's lifetime
+ * renewed. Returns 0, a drop reason, or CT_SLOW_PATH when the backend is
+ * gone and the flow needs balancing afresh. */
+static __always_inline int lb4_established(struct __sk_buff *skb, struct ipv4_flow *f,
+					   struct ct4_entry *e, __u32 len)
+{
+	struct lb4_backend *b = lb4_backend_usable(e->backend_id, 0);
+	struct ct4_entry *reply;
+	struct ct4_key key;
+	__u8 state = e->state;
+	__u32 now;
+
+	if (!b)
+		return CT_SLOW_PATH;
+	now = now_seconds();
+	ct_account_at(e, f, len, 0, now);
+	if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
+		return DROP_NAT_FAILED;
+	f->daddr = b->address;
+	f->dport = b->port;
+	if (f->daddr == f->saddr) {
+		if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
+			return DROP_NAT_FAILED;
+		f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
+	}
+	/* the reply entry follows: at once when the state moved (the handshake's
+	 * last ACK makes a long-lived flow of it), else every few seconds */
+	if (e->state != state || now - e->peer_seen >= CT_PEER_REFRESH) {
+		ct_key_from_flow(&key, f);
+		reply = ct4_global.lookup(&key);
+		if (reply) {
+			reply->state = e->state;
+			reply->lifetime = e->lifetime + CT_PEER_REFRESH;
+			/* the same tuple last used through another frontend */
+			reply->rev_nat = e->rev_nat;
+		}
+		e->peer_seen = now;
+	}
 	return 0;
 }
 
@@ -285,8 +339,8 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *
  * or a drop reason; *icmp_sent tells that the packet became an ICMP port
  * unreachable to send back. *rev_nat and *ct_flags describe the flow for
  * conntrack. */
-static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, __u16 *rev_nat,
-				    __u8 *ct_flags, int *icmp_sent)
+static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, __u8 dir,
+				    __u16 *rev_nat, __u8 *ct_flags, int *icmp_sent)
 {
 	struct lb4_service *svc = lb4_lookup_service(f);
 	struct lb4_backend *b;
@@ -297,7 +351,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, 
 		return 0;
 	if (f->is_fragment)
 		return DROP_FRAG_NOT_SUPPORTED;
-	b = lb4_flow_backend(f, svc, skb->len, &err);
+	b = lb4_flow_backend(f, svc, skb->len, dir, &err);
 	if (!b) {
 		if (icmp_reply_unreach(skb, vip, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0) == 0)
 			*icmp_sent = 1;
@@ -343,9 +397,12 @@ static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f
 	case CT_ESTABLISHED:
 		/* The initiator's packets decide which frontend replies are
 		 * translated to: a reused source port may reach the same backend
-		 * through another service, or directly. */
+		 * through another service, or directly. An untranslated packet
+		 * on a flow entry means its service is gone: a plain flow now. */
 		e->rev_nat = rev_nat;
 		e->flags = (e->flags & ~CT_F_HAIRPIN) | ct_flags;
+		if (!rev_nat)
+			e->backend_id = 0;
 		ct_account(e, f, len, 0);
 		return 0;
 	case CT_REPLY:
@@ -355,6 +412,41 @@ static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f
 		return 0;
 	}
 	return 0;
+}
+
+/* Established flows first, in one conntrack lookup on the tuple as it
+ * arrived: a service flow's packet from its client finds its flow entry
+ * (backend and all), any other flow its own entry, a reply its flow's entry
+ * swapped. Returns 0 when done (packet translated as its flow wants, and
+ * counted), a drop reason, or CT_SLOW_PATH for everything else: new flows,
+ * ICMP errors, fragments, a flow whose backend is gone, and a packet that
+ * reuses a service reply entry's tuple directly. */
+static __always_inline int lb4_ct_fast(struct __sk_buff *skb, struct ipv4_flow *f)
+{
+	__u32 len = skb->len;
+	struct ct4_entry *e;
+
+	if (f->is_fragment || (f->proto == IPPROTO_ICMP && icmp_is_error(f->icmp_type)))
+		return CT_SLOW_PATH;
+	switch (ct_lookup(f, &e)) {
+	case CT_ESTABLISHED:
+		/* a SYN reusing the tuple may be a new connection through
+		 * another frontend: conntrack re-points the reply entry */
+		if ((f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			return CT_SLOW_PATH;
+		if (e->backend_id)
+			return lb4_established(skb, f, e, len);
+		if (e->rev_nat)
+			return CT_SLOW_PATH;
+		ct_account(e, f, len, 0);
+		return 0;
+	case CT_REPLY:
+		ct_account(e, f, len, 1);
+		if (e->rev_nat)
+			return lb4_rev_nat(skb, f, e, len);
+		return 0;
+	}
+	return CT_SLOW_PATH;
 }
 
 #endif /* PORIN_LB_H */

@@ -136,7 +136,8 @@ def bpf_ct_list(
     output: str,
 ) -> None:
     """Connections: SRC opened the connection to DST (OUT: by a local pod, IN: towards one,
-    SVC: the client -> service-frontend entry that pins the backend)."""
+    SVC: a service connection, client -> frontend, with its backend and both directions'
+    counters; its client -> backend entry translates the replies back)."""
     from porin.maps.conntrack import ConntrackMap
 
     with open_map(ctx, ConntrackMap) as m:

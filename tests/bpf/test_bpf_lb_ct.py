@@ -14,7 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from porin.maps.conntrack import monotonic_seconds
+from porin.maps.conntrack import decode, monotonic_seconds
 from porin.maps.endpoints import EndpointEntry
 from porin.models import Backend, Service
 
@@ -49,6 +49,10 @@ def svc(services, backends, **kw) -> Service:
         **kw,
     )
     return services.upsert(s)
+
+
+def ct_entry_of(key, entry):
+    return decode(key, entry, monotonic_seconds())
 
 
 def ct_entry(lxc, src, sport, dst, dport, service=False):
@@ -170,6 +174,87 @@ def test_removed_backend_flow_is_rebalanced(pods, services):
         ct_entry(pods, POD_A.ip, 40030, VIP, 80, service=True).backend_id
         == services.backend_ids(1)[f"{POD_C.ip}:8080"]
     )
+
+
+def handshake(pods, sport: int, backend=POD_B) -> None:
+    sending(pods, POD_A)
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=sport, dport=80, flags="S")
+    assert Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst == backend.ip
+    sending(pods, backend)
+    synack = IP(src=backend.ip, dst=POD_A.ip) / TCP(sport=8080, dport=sport, flags="SA")
+    assert Ether(pods.run("from_container", frame(backend, synack))[1])[IP].src == VIP
+    sending(pods, POD_A)
+
+
+def raw_entry(pods, src, sport, dst, dport):
+    for k, e in pods.ct.raw_entries():
+        c = ct_entry_of(k, e)
+        if (c.src, c.sport, c.dst, c.dport) == (src, sport, dst, dport):
+            return k, e
+    raise AssertionError(f"no entry {src}:{sport} -> {dst}:{dport}")
+
+
+def test_established_client_packets_touch_only_the_flow_entry(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    handshake(pods, 40060)
+    for _ in range(5):
+        ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40060, dport=80, flags="A")
+        got = Ether(pods.run("from_container", frame(POD_A, ack))[1])
+        assert (got[IP].dst, got[TCP].dport) == (POD_B.ip, 8080) and checksums_valid(got)
+    flow = ct_entry(pods, POD_A.ip, 40060, VIP, 80, service=True)
+    reply = ct_entry(pods, POD_A.ip, 40060, POD_B.ip, 8080)
+    assert (flow.tx_packets, flow.rx_packets, flow.state) == (6, 1, "ESTABLISHED")
+    assert flow.backend_id == services.backend_ids(1)[f"{POD_B.ip}:8080"]
+    assert (reply.tx_packets, reply.rx_packets, reply.rev_nat) == (1, 1, flow.rev_nat)
+    assert not reply.service
+    # the handshake's last ACK made the flow long-lived: its reply entry too,
+    # and it outlives the flow entry
+    assert reply.state == "ESTABLISHED" and reply.expires_in == flow.expires_in + 5
+
+
+def test_reply_entry_follows_its_flow_entry(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    handshake(pods, 40070)
+    pods.run(
+        "from_container",
+        frame(POD_A, IP(src=POD_A.ip, dst=VIP) / TCP(sport=40070, dport=80, flags="A")),
+    )
+    # a reply hands the flow entry's state and lifetime to the reply entry
+    sending(pods, POD_B)
+    pods.run(
+        "from_container",
+        frame(POD_B, IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=40070, flags="A")),
+    )
+    flow = ct_entry(pods, POD_A.ip, 40070, VIP, 80, service=True)
+    reply = ct_entry(pods, POD_A.ip, 40070, POD_B.ip, 8080)
+    assert reply.state == flow.state == "ESTABLISHED"
+    assert reply.expires_in == flow.expires_in + 5
+    # the client's packets renew it every few seconds, even with no replies
+    rk, re = raw_entry(pods, POD_A.ip, 40070, POD_B.ip, 8080)
+    re.lifetime = monotonic_seconds() + 1
+    pods.ct.put(rk, re)
+    fk, fe = raw_entry(pods, POD_A.ip, 40070, VIP, 80)
+    fe.peer_seen = 0
+    pods.ct.put(fk, fe)
+    sending(pods, POD_A)
+    pods.run(
+        "from_container",
+        frame(POD_A, IP(src=POD_A.ip, dst=VIP) / TCP(sport=40070, dport=80, flags="A")),
+    )
+    flow = ct_entry(pods, POD_A.ip, 40070, VIP, 80, service=True)
+    reply = ct_entry(pods, POD_A.ip, 40070, POD_B.ip, 8080)
+    assert reply.expires_in == flow.expires_in + 5 and flow.expires_in > 21000
+
+
+def test_flow_of_a_deleted_service_is_no_longer_translated(pods, services):
+    svc(services, [(POD_B.ip, 8080)])
+    handshake(pods, 40080)
+    services.delete(1)
+    ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40080, dport=80, flags="A")
+    ret, out = pods.run("from_container", frame(POD_A, ack))
+    assert ret == TC_ACT_OK and Ether(out)[IP].dst == VIP
+    c = ct_entry(pods, POD_A.ip, 40080, VIP, 80)
+    assert c.backend_id == 0 and c.rev_nat == 0 and not c.service
 
 
 def test_dangling_backend_id_never_reaches_the_slots_next_holder(pods, services):
