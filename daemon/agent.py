@@ -65,6 +65,8 @@ class Agent:
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.datapath = LxcDatapath(cfg)
+        ct = ConntrackMap(cfg.bpffs_root)
+        self._adopt_legacy_ct(ct, drop_legacy=False)  # before new programs are attached
         self.endpoints_map = EndpointsMap(cfg.bpffs_root)
         self.metrics_map = MetricsMap(cfg.bpffs_root)
         self.manager = EndpointManager(
@@ -80,6 +82,8 @@ class Agent:
             self.host = HostDatapath(cfg, self.manager.ipr)
             self.host.attach()
         self.manager.restore()
+        self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
+        ct.close()
         node = NodeContext(
             node_ips=self.host.node_ips if self.host else [],
             node_port_range=cfg.node_ports,
@@ -114,6 +118,12 @@ class Agent:
             cfg.bpffs_root,
             len(self.manager.list()),
         )
+
+    @staticmethod
+    def _adopt_legacy_ct(ct: ConntrackMap, drop_legacy: bool) -> None:
+        moved = ct.adopt_legacy_service_entries(drop_legacy)
+        if moved:
+            log.info("conntrack: %d service entries of an older build re-keyed", moved)
 
     def _start_cluster(self) -> None:
         """Tunnel, kvstore, identities and ipcache (the embedded store for one node)."""

@@ -32,6 +32,8 @@ CT_F_TX_FIN = 2
 CT_F_RX_FIN = 4
 CT_F_RELATED = 8
 
+LEGACY_KEY_SERVICE = 1  # key flag of service entries written by older builds
+
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"))
 
 
@@ -161,6 +163,29 @@ class ConntrackMap(PinnedMap[CtKey, CtEntry]):
     def delete_raw(self, keys: bytes, count: int) -> int:
         """Delete `count` keys packed back to back in `keys` (BPF_MAP_DELETE_BATCH)."""
         return self.delete_packed(keys, count)
+
+    def adopt_legacy_service_entries(self, drop_legacy: bool) -> int:
+        """Builds before the one-lookup fast path kept a service flow's backend
+        under the client -> frontend tuple with key flag 1; today's datapath
+        looks for it under flag 0. Copy such entries to flag 0 (where none is
+        yet), so connections keep their backend across the upgrade; with
+        `drop_legacy`, once no old program is attached any more, remove the
+        originals. Returns how many were copied."""
+        entries = self.raw_entries()
+        present = {bytes(k) for k, _ in entries if k.flags == 0}
+        legacy = [(k, e) for k, e in entries if k.flags == LEGACY_KEY_SERVICE]
+        copies = []
+        for k, e in legacy:
+            new = CtKey.from_buffer_copy(bytes(k))
+            new.flags = 0
+            if bytes(new) in present:
+                continue
+            e.peer_seen = 0  # renew its reply entry on the next packet
+            copies.append((new, e))
+        self.put_many(copies)
+        if drop_legacy:
+            self.delete_many([k for k, _ in legacy])
+        return len(copies)
 
     def flush(self) -> int:
         keys, _vals, n = self.dump_raw()

@@ -246,6 +246,27 @@ def test_reply_entry_follows_its_flow_entry(pods, services):
     assert reply.expires_in == flow.expires_in + 5 and flow.expires_in > 21000
 
 
+def test_service_entries_of_an_older_build_keep_their_backend(pods, services):
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)])
+    ids = services.backend_ids(1)
+    # what an older build left: the client -> frontend entry under key flag 1,
+    # naming POD_C, and no flow entry under flag 0
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40090, dport=80, flags="S")
+    pods.run("from_container", frame(POD_A, syn))
+    fk, fe = raw_entry(pods, POD_A.ip, 40090, VIP, 80)
+    pods.ct.delete(fk)
+    fk.flags = 1
+    fe.backend_id = ids[f"{POD_C.ip}:8080"]
+    pods.ct.put(fk, fe)
+    assert pods.ct.adopt_legacy_service_entries(drop_legacy=False) == 1
+    assert any(k.flags == 1 for k, _ in pods.ct.raw_entries())  # old programs still use it
+    for _ in range(3):
+        ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40090, dport=80, flags="A")
+        assert Ether(pods.run("from_container", frame(POD_A, ack))[1])[IP].dst == POD_C.ip
+    assert pods.ct.adopt_legacy_service_entries(drop_legacy=True) == 0  # already copied
+    assert not any(k.flags for k, _ in pods.ct.raw_entries())
+
+
 def test_flow_of_a_deleted_service_is_no_longer_translated(pods, services):
     svc(services, [(POD_B.ip, 8080)])
     handshake(pods, 40080)
