@@ -829,13 +829,22 @@ class BpfResult:
     repeat: int
 
     @property
-    def ratio(self) -> float:
-        """Program cost ratio, the timer overhead (empty program) taken out of both."""
+    def raw_ratio(self) -> float:
+        """The two ns/packet figures BPF_PROG_TEST_RUN reports, side by side (the target)."""
+        return self.lxc_ns / max(1e-9, self.minimal_ns)
+
+    @property
+    def net_ratio(self) -> float:
+        """The same with the harness's fixed cost per call (the empty program) taken out
+        of both: what the programs alone cost."""
         return (self.lxc_ns - self.empty_ns) / max(1e-9, self.minimal_ns - self.empty_ns)
 
     @property
-    def raw_ratio(self) -> float:
-        return self.lxc_ns / max(1e-9, self.minimal_ns)
+    def loop_ratio(self) -> float:
+        """As if from_container could run with repeat=N like the minimal program: its
+        program time plus the per-run overhead of a loop, against the minimal's loop."""
+        lxc = self.lxc_ns - self.empty_ns + self.empty_loop_ns
+        return lxc / max(1e-9, self.minimal_loop_ns)
 
 
 def bpf_microbench(samples: int, repeat: int, log: Callable[[str], None]) -> BpfResult:
@@ -1091,9 +1100,14 @@ def report(
         p(f"  from_container, pod-to-pod flow       {bpf.p2p_ns:8.0f} ns   (no service)")
         p(f"  minimal tc (parse + 1 hash lookup)    {bpf.minimal_ns:8.0f} ns")
         p(f"  empty tc (timer + run overhead)       {bpf.empty_ns:8.0f} ns")
+        p(f"  service flow / minimal                {bpf.raw_ratio:8.2f}x   ns/packet as reported")
         p(
-            f"  service flow / minimal                {bpf.ratio:8.2f}x   empty program's time "
-            f"taken out of both (raw: {bpf.raw_ratio:.2f}x)"
+            f"                                        {bpf.net_ratio:8.2f}x   the empty program's "
+            f"time taken out of both"
+        )
+        p(
+            f"                                        {bpf.loop_ratio:8.2f}x   as if both ran "
+            f"repeat={bpf.repeat} loops (program time + a loop's per-run overhead)"
         )
         p(
             f"  repeat={bpf.repeat} in one call: minimal {bpf.minimal_loop_ns:.0f} ns, "
@@ -1149,9 +1163,10 @@ def report(
     if bpf is not None:
         results.append(
             (
-                bpf.ratio < BPF_RATIO_TARGET,
-                f"established-flow program cost < {BPF_RATIO_TARGET:g}x minimal: {bpf.ratio:.2f}x "
-                f"(raw {bpf.raw_ratio:.2f}x)",
+                bpf.raw_ratio < BPF_RATIO_TARGET,
+                f"established-flow program cost < {BPF_RATIO_TARGET:g}x minimal "
+                f"(BPF_PROG_TEST_RUN ns/packet): {bpf.raw_ratio:.2f}x; without the harness's "
+                f"per-call cost {bpf.net_ratio:.2f}x, as repeat loops {bpf.loop_ratio:.2f}x",
             )
         )
     p()
