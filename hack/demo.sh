@@ -89,6 +89,52 @@ kill $SRV; wait $SRV 2>/dev/null || true
 say "pod3 -> node (gateway 10.244.0.1)"
 ip netns exec ${PODS[2]} ping -c 2 -i 0.2 -W 2 10.244.0.1
 
+say "a ClusterIP service: 10.96.0.10:80 -> pod2 and pod3 (each server answers with its name)"
+WHOAMI='import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[2].encode(); self.send_response(200)
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer((sys.argv[1], 8080), H).serve_forever()'
+ip netns exec ${PODS[1]} python3 -c "$WHOAMI" "$IP2" pod2 >/dev/null 2>&1 &
+SRV2=$!
+ip netns exec ${PODS[2]} python3 -c "$WHOAMI" "$IP3" pod3 >/dev/null 2>&1 &
+SRV3=$!
+porin service update --id 1 --frontend 10.96.0.10:80 --backends "$IP2:8080,$IP3:8080"
+for ip in "$IP2" "$IP3"; do
+  for _ in $(seq 1 100); do
+    ip netns exec ${PODS[0]} python3 -c "import socket; socket.create_connection(('$ip', 8080), 1)" 2>/dev/null && break
+    sleep 0.05
+  done
+done
+echo "pod1 -> http://10.96.0.10/ twenty times, new connection each:"
+ip netns exec ${PODS[0]} python3 - <<'PY'
+import collections, urllib.request
+seen = collections.Counter(
+    urllib.request.urlopen("http://10.96.0.10/", timeout=5).read().decode() for _ in range(20)
+)
+print("  answered by:", dict(sorted(seen.items())))
+PY
+porin service list
+say "porin bpf lb list"
+porin bpf lb list
+say "porin bpf ct list global --dst 10.96.0.10 (first 3)"
+porin bpf ct list global --dst 10.96.0.10 | head -3 || true
+kill $SRV2 $SRV3; wait $SRV2 $SRV3 2>/dev/null || true
+porin service delete 1
+
+say "porin monitor: pod1 sends from an address that is not its own"
+MONERR=$(mktemp /tmp/porin-demo-monitor.XXXXXX)
+in_node porin monitor --count 1 --duration 10 2>"$MONERR" &
+MON=$!
+for _ in $(seq 1 200); do grep -q Listening "$MONERR" && break; sleep 0.05; done
+cat "$MONERR"; rm -f "$MONERR"
+ip -n ${PODS[0]} addr add 10.244.0.250/32 dev eth0
+ip netns exec ${PODS[0]} ping -c 1 -W 1 -I 10.244.0.250 "$IP2" >/dev/null 2>&1 || true
+wait $MON || true
+ip -n ${PODS[0]} addr del 10.244.0.250/32 dev eth0
+
 say "porin endpoint list"
 porin endpoint list
 say "porin bpf endpoint list"
