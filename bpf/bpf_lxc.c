@@ -74,6 +74,7 @@ static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flo
 
 		if (icmp_reply_unreach(skb, ip->daddr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu) < 0)
 			return drop(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
+		lb4_own_icmp_error(skb);
 		count_verdict(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
 		return bpf_redirect(skb->ifindex, 0);
 	}

@@ -70,7 +70,6 @@
 #define CT_NEW 0
 #define CT_ESTABLISHED 1        /* packet in the initiator's direction */
 #define CT_REPLY 2              /* packet in the responder's direction */
-#define CT_RELATED 3            /* ICMP error about a tracked flow */
 
 struct ct4_key {
 	__be32 saddr;
@@ -223,18 +222,6 @@ static __always_inline int ct_lookup(const struct ipv4_flow *f, struct ct4_entry
 	if (*entry)
 		return CT_REPLY;
 	return CT_NEW;
-}
-
-/* An ICMP error: is the packet it quotes part of a tracked flow? */
-static __always_inline int ct_lookup_related(const struct ipv4_flow *inner,
-					     struct ct4_entry **entry)
-{
-	int ret = ct_lookup(inner, entry);
-
-	if (ret == CT_NEW)
-		return CT_NEW;
-	(*entry)->flags |= CT_F_RELATED;
-	return CT_RELATED;
 }
 
 static __always_inline __u8 ct_initial_state(const struct ipv4_flow *f)

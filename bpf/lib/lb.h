@@ -291,6 +291,45 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *
 	return 0;
 }
 
+/* An ICMP error about a service flow's packet to its backend (the quoted
+ * header reads client -> backend, `e` is the flow's reply entry) goes to the
+ * client as one about the frontend, as the kernel's NAT treats related ICMP:
+ * the quoted destination address and port become the frontend's and, when
+ * the backend itself sent the error, so does the outer source. The quoted
+ * header's checksum follows its address, so the ICMP checksum only changes
+ * by the port. Hairpin flows are left as they are. Returns 0 or a drop reason. */
+static __always_inline int lb4_icmp_error_rev_nat(struct __sk_buff *skb, struct ipv4_flow *f,
+						  const struct ipv4_flow *inner,
+						  const struct ct4_entry *e)
+{
+	__u16 id = e->rev_nat;
+	struct lb4_reverse_nat *rn = lb4_reverse_nat.lookup(&id);
+	int inner_ip = f->l4_off + sizeof(struct icmphdr);
+	int icmp_csum = f->l4_off + offsetof(struct icmphdr, checksum);
+	__be32 vip;
+	__be16 vport;
+
+	if (!rn || (e->flags & CT_F_HAIRPIN) || inner->proto == IPPROTO_ICMP)
+		return 0;
+	vip = rn->address;
+	vport = rn->port;
+	if (f->saddr == inner->daddr) {
+		if (nat_rewrite(skb, f, 1, vip, 0) < 0)
+			return DROP_NAT_FAILED;
+		f->saddr = vip;
+	}
+	if (bpf_l3_csum_replace(skb, inner_ip + offsetof(struct iphdr, check), inner->daddr, vip,
+				sizeof(vip)) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_ip + offsetof(struct iphdr, daddr), &vip, sizeof(vip),
+				0) < 0)
+		return DROP_NAT_FAILED;
+	if (vport != inner->dport &&
+	    (bpf_l4_csum_replace(skb, icmp_csum, inner->dport, vport, sizeof(vport)) < 0 ||
+	     bpf_skb_store_bytes(skb, inner->l4_off + 2, &vport, sizeof(vport), 0) < 0))
+		return DROP_NAT_FAILED;
+	return 0;
+}
+
 /* An established packet of a service flow from its client (`e` its flow
  * entry): DNAT to the recorded backend, hairpin SNAT when the client is the
  * backend, and every CT_PEER_REFRESH seconds the reply entry's lifetime
@@ -384,9 +423,17 @@ static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f
 
 	if (f->proto == IPPROTO_ICMP && icmp_is_error(f->icmp_type)) {
 		struct ipv4_flow inner;
+		int found;
 
-		if (icmp_inner_flow(skb, f, &inner) == 0)
-			ct_lookup_related(&inner, &e);
+		if (icmp_inner_flow(skb, f, &inner))
+			return 0;
+		found = ct_lookup(&inner, &e);
+		if (found == CT_NEW)
+			return 0;
+		e->flags |= CT_F_RELATED;
+		/* about a service flow's packet to its backend: a reply entry */
+		if (found == CT_ESTABLISHED && e->rev_nat && !e->backend_id)
+			return lb4_icmp_error_rev_nat(skb, f, &inner, e);
 		return 0;
 	}
 	if (f->is_fragment)
@@ -412,6 +459,19 @@ static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f
 		return 0;
 	}
 	return 0;
+}
+
+/* An ICMP error the datapath made itself out of a packet it had translated
+ * (fragmentation needed for the tunnel): about the frontend, like any other. */
+static __always_inline void lb4_own_icmp_error(struct __sk_buff *skb)
+{
+	struct ipv4_flow f;
+	struct iphdr *ip;
+	__u8 reason = 0;
+
+	ip = ipv4_header(skb, &reason);
+	if (ip && !ipv4_flow_parse(skb, ip, &f))
+		ct_process(skb, &f, CT_DIR_OUT, 0, 0);
 }
 
 /* Established flows first, in one conntrack lookup on the tuple as it

@@ -472,6 +472,54 @@ def test_icmp_error_is_matched_to_its_flow_as_related(pods):
     assert len(pods.ct.connections()) == n
 
 
+def udp_service_flow(pods, services, sport: int) -> None:
+    svc(services, [(POD_B.ip, 5353)], port=53, protocol="udp")
+    dns = IP(src=POD_A.ip, dst=VIP) / UDP(sport=sport, dport=53) / Raw(b"q")
+    got = Ether(pods.run("from_container", frame(POD_A, dns))[1])
+    assert (got[IP].dst, got[UDP].dport) == (POD_B.ip, 5353)
+
+
+def quoted_error(src: str, sport: int, ttl: int = 63) -> IP:
+    """What the backend's side sends back about the client's (translated) packet."""
+    return (
+        IP(src=src, dst=POD_A.ip)
+        / ICMP(type=3, code=3)
+        / IPerror(src=POD_A.ip, dst=POD_B.ip, ttl=ttl, proto=17)
+        / UDPerror(sport=sport, dport=5353)
+        / Raw(b"q")
+    )
+
+
+def test_icmp_error_from_the_backend_is_about_the_frontend(pods, services):
+    """A UDP client of a service with a closed backend port gets port unreachable
+    from the frontend, about its packet to the frontend (so its socket sees
+    ECONNREFUSED), as kube-proxy's NAT gives it."""
+    udp_service_flow(pods, services, 5100)
+    sending(pods, POD_B)
+    ret, out = pods.run("from_container", frame(POD_B, quoted_error(POD_B.ip, 5100)))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].src, got[IP].dst) == (VIP, POD_A.ip)
+    q = got[IPerror]
+    assert (q.src, q.dst, got[UDPerror].sport, got[UDPerror].dport) == (POD_A.ip, VIP, 5100, 53)
+    # the ICMP checksum and the quoted header's own checksum, independently
+    assert checksums_valid(got)
+    fresh = IPerror(bytes(q))
+    del fresh.chksum
+    assert IPerror(bytes(fresh)).chksum == q.chksum
+    assert ct_entry(pods, POD_A.ip, 5100, POD_B.ip, 5353).related
+
+
+def test_icmp_error_from_a_router_keeps_its_source(pods, services):
+    udp_service_flow(pods, services, 5101)
+    router_err = Ether(src=POD_A.node_mac, dst=POD_A.mac) / quoted_error("192.0.2.1", 5101)
+    ret, out = pods.run("to_container", bytes(router_err))
+    assert ret == TC_ACT_OK
+    got = Ether(out)
+    assert got[IP].src == "192.0.2.1" and got[IPerror].dst == VIP and got[UDPerror].dport == 53
+    assert checksums_valid(got)
+
+
 def test_reused_source_port_through_another_service_replies_from_that_service(pods, services):
     svc(services, [(POD_B.ip, 8080)], id=1)
     svc(services, [(POD_B.ip, 8080)], id=2, ip="10.96.0.20")

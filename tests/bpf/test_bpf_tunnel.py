@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from lxc_harness import (
     POD_A,
@@ -15,9 +17,11 @@ from scapy.layers.inet import ICMP, IP, TCP, IPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from porin.daemon.services import ServiceManager
 from porin.maps.host_devices import HostDevice, Ifindex
 from porin.maps.ipcache import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IpcacheEntry
 from porin.maps.tunnel_config import TunnelConfig
+from porin.models import Backend, Service
 
 NODE_IP, PEER_NODE = "198.18.0.11", "198.18.0.12"
 REMOTE_POD = "10.244.2.5"
@@ -145,6 +149,31 @@ def test_too_big_for_the_tunnel_gets_fragmentation_needed(overlay, mode, mtu):
     ok = IP(src=POD_A.ip, dst=REMOTE_POD) / TCP(sport=1003, dport=80) / Raw(b"y" * 1460)
     assert overlay.run("from_container", from_a(ok))[0] == TC_ACT_REDIRECT
     assert overlay.count("FRAG_NEEDED") == before + 1
+
+
+def test_fragmentation_needed_for_a_service_flow_quotes_the_frontend(overlay):
+    """A service flow to a backend behind the tunnel: the client must see the
+    error about its own packet (to the frontend), or path MTU discovery stalls."""
+    overlay.tunnel.set(TunnelConfig.of("vxlan", 55, 1, NODE_IP, 1500))
+    with tempfile.TemporaryDirectory() as state:
+        ServiceManager(overlay.lb, state).upsert(
+            Service(id=1, ip="10.96.0.10", port=80, backends=[Backend(REMOTE_POD, 8080)])
+        )
+        syn = IP(src=POD_A.ip, dst="10.96.0.10") / TCP(sport=1004, dport=80, flags="S")
+        assert overlay.run("from_container", from_a(syn))[0] == TC_ACT_REDIRECT
+        big = (
+            IP(src=POD_A.ip, dst="10.96.0.10", flags="DF")
+            / TCP(sport=1004, dport=80, flags="A")
+            / Raw(b"y" * 1460)
+        )
+        ret, out = overlay.run("from_container", from_a(big))
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[ICMP].type, got[ICMP].code, got[ICMP].nexthopmtu) == (3, 4, 1450)
+    assert (got[IP].src, got[IP].dst) == ("10.96.0.10", POD_A.ip)
+    assert (got[IPerror].src, got[IPerror].dst) == (POD_A.ip, "10.96.0.10")
+    assert bytes(got[IPerror].payload)[:4] == (1004).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    assert checksums_valid(got)
 
 
 def test_no_tunnel_configured_means_host_stack(overlay):

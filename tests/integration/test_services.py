@@ -195,6 +195,26 @@ for i in range(30):
     node.porin("service", "delete", "2")
 
 
+def test_udp_service_with_a_closed_backend_port_refuses(cluster):
+    """The backend's port unreachable reaches the client as one about the
+    frontend, so a connected UDP socket sees ECONNREFUSED instead of a timeout."""
+    node, client, backends, _ = cluster
+    update(node, 7, "10.96.0.54:53", [f"{backends[0].ip}:5999"], "--protocol", "udp")
+    script = """
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.connect(("10.96.0.54", 53))
+s.send(b"q")
+try:
+    s.recv(2048); print("answered")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e))
+"""
+    out = client.exec(["python3", "-c", script]).stdout.strip()
+    assert out == errno.errorcode[errno.ECONNREFUSED]
+    node.porin("service", "delete", "7")
+
+
 def test_session_affinity(cluster):
     node, client, backends, _ = cluster
     update(
