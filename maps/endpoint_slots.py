@@ -17,11 +17,9 @@ import ctypes
 import ipaddress
 
 from porin.maps.endpoints import ENDPOINT_F_SLOT_SHARED, EndpointInfo
-from porin.maps.pinned import PinnedMap
+from porin.maps.pinned import PinnedMap, U32Key
 
-
-class SlotIndex(ctypes.Structure):
-    _fields_ = [("index", ctypes.c_uint32)]
+SlotIndex = U32Key  # the array index
 
 
 class EndpointSlotsMap(PinnedMap[SlotIndex, EndpointInfo]):

@@ -12,7 +12,7 @@ import os
 
 from porin.maps import syscall
 from porin.maps.lb_reverse_nat import RevNatId
-from porin.maps.pinned import DEFAULT_BPFFS_ROOT, MapNotFound
+from porin.maps.pinned import DEFAULT_BPFFS_ROOT, open_pinned
 
 
 class MaglevMap:
@@ -20,12 +20,7 @@ class MaglevMap:
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT, read_only: bool = False) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)
-        try:
-            self.fd = syscall.obj_get(self.path, read_only=read_only)
-        except syscall.BpfError as e:
-            if e.errno == 2:
-                raise MapNotFound(f"BPF map {self.path} not found") from None
-            raise
+        self.fd = open_pinned(self.path, bpffs_root, read_only)
         info = syscall.map_info(self.fd)
         if info.key_size != 2 or info.value_size % 4:
             raise ValueError(f"{self.path}: unexpected key/value size")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import ctypes
 
-from porin.maps.pinned import PinnedMap
+from porin.maps.pinned import PinnedMap, U32Key
 
 MONITOR_F_DROPS = 1
 MONITOR_F_TRACE = 2
 
 
-class Index(ctypes.Structure):
-    _fields_ = [("index", ctypes.c_uint32)]
+Index = U32Key  # the array index
 
 
 class MonitorConfig(ctypes.Structure):

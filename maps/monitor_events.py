@@ -21,7 +21,7 @@ import struct
 import time
 
 from porin.maps import syscall
-from porin.maps.pinned import DEFAULT_BPFFS_ROOT, MapNotFound
+from porin.maps.pinned import DEFAULT_BPFFS_ROOT, open_pinned
 
 BPF_MAP_TYPE_RINGBUF = 27
 RINGBUF_BUSY_BIT = 1 << 31
@@ -60,15 +60,7 @@ class RingBuffer:
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)
-        try:
-            self.fd = syscall.obj_get(self.path)
-        except syscall.BpfError as e:
-            if e.errno == 2:
-                raise MapNotFound(
-                    f"BPF ring buffer {self.path} not found: is porin-agent running with "
-                    f"bpffs root {bpffs_root}?"
-                ) from None
-            raise
+        self.fd = open_pinned(self.path, bpffs_root)
         try:
             info = syscall.map_info(self.fd)
             if info.type != BPF_MAP_TYPE_RINGBUF:

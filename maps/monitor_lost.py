@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import ctypes
 
-from porin.maps.pinned import PinnedMap
+from porin.maps.pinned import PinnedMap, U32Key
 
-
-class Index(ctypes.Structure):
-    _fields_ = [("index", ctypes.c_uint32)]
+Index = U32Key  # the array index
 
 
 class Counter(ctypes.Structure):

@@ -24,6 +24,24 @@ class MapNotFound(FileNotFoundError):
     """The pinned map does not exist (agent never started, or wrong bpffs root)."""
 
 
+class U32Key(ctypes.Structure):
+    """The key of an array map: an index."""
+
+    _fields_ = [("index", ctypes.c_uint32)]
+
+
+def open_pinned(path: str, bpffs_root: str, read_only: bool = False) -> int:
+    """The fd of the BPF object pinned at `path`; MapNotFound says what to check."""
+    try:
+        return syscall.obj_get(path, read_only=read_only)
+    except syscall.BpfError as e:
+        if e.errno == 2:
+            raise MapNotFound(
+                f"BPF map {path} not found: is porin-agent running with bpffs root {bpffs_root}?"
+            ) from None
+        raise
+
+
 class PinnedMap(Generic[K, V]):
     """A pinned map under a bpffs root, opened by name."""
 
@@ -34,15 +52,7 @@ class PinnedMap(Generic[K, V]):
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT, read_only: bool = False) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)
-        try:
-            self.fd = syscall.obj_get(self.path, read_only=read_only)
-        except syscall.BpfError as e:
-            if e.errno == 2:
-                raise MapNotFound(
-                    f"BPF map {self.path} not found: is porin-agent running with "
-                    f"bpffs root {bpffs_root}?"
-                ) from None
-            raise
+        self.fd = open_pinned(self.path, bpffs_root, read_only)
         info = syscall.map_info(self.fd)
         self.percpu = info.type in syscall.PERCPU_MAP_TYPES
         self.max_entries = info.max_entries

@@ -5,14 +5,13 @@ from __future__ import annotations
 import ctypes
 
 from porin.maps.lb_common import be_to_ip, ip_to_be
-from porin.maps.pinned import PinnedMap
+from porin.maps.pinned import PinnedMap, U32Key
 
 TUNNEL_MODES = {"disabled": 0, "vxlan": 1, "ipip": 2}
 TUNNEL_MODE_NAMES = {v: k for k, v in TUNNEL_MODES.items()}
 
 
-class Index(ctypes.Structure):
-    _fields_ = [("index", ctypes.c_uint32)]
+Index = U32Key  # the array index
 
 
 class TunnelConfig(ctypes.Structure):

@@ -291,6 +291,32 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ipv4_flow *
 	return 0;
 }
 
+/* DNAT to backend `b`; a client reaching itself through the service is
+ * sourced from the hairpin address. Returns 0, CT_F_HAIRPIN, or -1. */
+static __always_inline int lb4_to_backend(struct __sk_buff *skb, struct ipv4_flow *f,
+					  const struct lb4_backend *b)
+{
+	if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
+		return -1;
+	f->daddr = b->address;
+	f->dport = b->port;
+	if (f->daddr != f->saddr)
+		return 0;
+	if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
+		return -1;
+	f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
+	return CT_F_HAIRPIN;
+}
+
+/* A packet in the responder's direction: counted, and a service flow's
+ * reply translated back to its frontend. */
+static __always_inline int lb4_reply(struct __sk_buff *skb, struct ipv4_flow *f,
+				     struct ct4_entry *e, __u32 len)
+{
+	ct_account(e, f, len, 1);
+	return e->rev_nat ? lb4_rev_nat(skb, f, e, len) : 0;
+}
+
 /* An ICMP error about a service flow's packet to its backend (the quoted
  * header reads client -> backend, `e` is the flow's reply entry) goes to the
  * client as one about the frontend, as the kernel's NAT treats related ICMP:
@@ -348,15 +374,8 @@ static __always_inline int lb4_established(struct __sk_buff *skb, struct ipv4_fl
 		return CT_SLOW_PATH;
 	now = now_seconds();
 	ct_account_at(e, f, len, 0, now);
-	if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
+	if (lb4_to_backend(skb, f, b) < 0)
 		return DROP_NAT_FAILED;
-	f->daddr = b->address;
-	f->dport = b->port;
-	if (f->daddr == f->saddr) {
-		if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
-			return DROP_NAT_FAILED;
-		f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
-	}
 	/* the reply entry follows: at once when the state moved (the handshake's
 	 * last ACK makes a long-lived flow of it), else every few seconds */
 	if (e->state != state || now - e->peer_seen >= CT_PEER_REFRESH) {
@@ -384,7 +403,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, 
 	struct lb4_service *svc = lb4_lookup_service(f);
 	struct lb4_backend *b;
 	__be32 vip = f->daddr;
-	int err = 0;
+	int err = 0, ret;
 
 	if (!svc)
 		return 0;
@@ -398,17 +417,11 @@ static __always_inline int lb4_dnat(struct __sk_buff *skb, struct ipv4_flow *f, 
 	}
 	if (err)
 		return err;
-	if (nat_rewrite(skb, f, 0, b->address, b->port) < 0)
+	ret = lb4_to_backend(skb, f, b);
+	if (ret < 0)
 		return DROP_NAT_FAILED;
-	f->daddr = b->address;
-	f->dport = b->port;
 	*rev_nat = svc->rev_nat;
-	if (f->daddr == f->saddr) {
-		if (nat_rewrite(skb, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0) < 0)
-			return DROP_NAT_FAILED;
-		f->saddr = bpf_htonl(LB_HAIRPIN_IPV4);
-		*ct_flags = CT_F_HAIRPIN;
-	}
+	*ct_flags = ret;
 	return 0;
 }
 
@@ -453,10 +466,7 @@ static __always_inline int ct_process(struct __sk_buff *skb, struct ipv4_flow *f
 		ct_account(e, f, len, 0);
 		return 0;
 	case CT_REPLY:
-		ct_account(e, f, len, 1);
-		if (e->rev_nat)
-			return lb4_rev_nat(skb, f, e, len);
-		return 0;
+		return lb4_reply(skb, f, e, len);
 	}
 	return 0;
 }
@@ -501,10 +511,7 @@ static __always_inline int lb4_ct_fast(struct __sk_buff *skb, struct ipv4_flow *
 		ct_account(e, f, len, 0);
 		return 0;
 	case CT_REPLY:
-		ct_account(e, f, len, 1);
-		if (e->rev_nat)
-			return lb4_rev_nat(skb, f, e, len);
-		return 0;
+		return lb4_reply(skb, f, e, len);
 	}
 	return CT_SLOW_PATH;
 }
