@@ -358,9 +358,9 @@ static __always_inline int lb4_icmp_error_rev_nat(struct __sk_buff *skb, struct 
 
 /* An established packet of a service flow from its client (`e` its flow
  * entry): DNAT to the recorded backend, hairpin SNAT when the client is the
- * backend, and every CT_PEER_REFRESH seconds the reply entry's lifetime
- * renewed. Returns 0, a drop reason, or CT_SLOW_PATH when the backend is
- * gone and the flow needs balancing afresh. */
+ * backend, and the reply entry kept in step (made again if the table lost
+ * it). Returns 0, a drop reason, or CT_SLOW_PATH when the backend is gone
+ * and the flow needs balancing afresh. */
 static __always_inline int lb4_established(struct __sk_buff *skb, struct ipv4_flow *f,
 					   struct ct4_entry *e, __u32 len)
 {
@@ -369,12 +369,14 @@ static __always_inline int lb4_established(struct __sk_buff *skb, struct ipv4_fl
 	struct ct4_key key;
 	__u8 state = e->state;
 	__u32 now;
+	int hairpin;
 
 	if (!b)
 		return CT_SLOW_PATH;
 	now = now_seconds();
 	ct_account_at(e, f, len, 0, now);
-	if (lb4_to_backend(skb, f, b) < 0)
+	hairpin = lb4_to_backend(skb, f, b);
+	if (hairpin < 0)
 		return DROP_NAT_FAILED;
 	/* the reply entry follows: at once when the state moved (the handshake's
 	 * last ACK makes a long-lived flow of it), else every few seconds */
@@ -386,6 +388,18 @@ static __always_inline int lb4_established(struct __sk_buff *skb, struct ipv4_fl
 			reply->lifetime = e->lifetime + CT_PEER_REFRESH;
 			/* the same tuple last used through another frontend */
 			reply->rev_nat = e->rev_nat;
+		} else {
+			/* evicted from a full table: without it replies would
+			 * leave untranslated */
+			struct ct4_entry ne = {};
+
+			ne.created = now;
+			ne.dir = e->dir;
+			ne.rev_nat = e->rev_nat;
+			ne.flags = hairpin;
+			ne.state = e->state;
+			ne.lifetime = e->lifetime + CT_PEER_REFRESH;
+			ct4_global.update(&key, &ne);
 		}
 		e->peer_seen = now;
 	}

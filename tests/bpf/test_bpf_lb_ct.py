@@ -267,6 +267,27 @@ def test_service_entries_of_an_older_build_keep_their_backend(pods, services):
     assert not any(k.flags for k, _ in pods.ct.raw_entries())
 
 
+def test_a_lost_reply_entry_is_made_again(pods, services):
+    """A full table may evict a reply entry while its flow entry lives on: the
+    client's next packets (within CT_PEER_REFRESH seconds) make it again."""
+    svc(services, [(POD_B.ip, 8080)])
+    handshake(pods, 40095)
+    rk, _ = raw_entry(pods, POD_A.ip, 40095, POD_B.ip, 8080)
+    pods.ct.delete(rk)
+    fk, fe = raw_entry(pods, POD_A.ip, 40095, VIP, 80)
+    fe.peer_seen = 0
+    pods.ct.put(fk, fe)
+    ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40095, dport=80, flags="A")
+    pods.run("from_container", frame(POD_A, ack))
+    reply = ct_entry(pods, POD_A.ip, 40095, POD_B.ip, 8080)
+    flow = ct_entry(pods, POD_A.ip, 40095, VIP, 80, service=True)
+    assert reply.rev_nat == flow.rev_nat and reply.expires_in == flow.expires_in + 5
+    sending(pods, POD_B)
+    data = IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=40095, flags="A")
+    got = Ether(pods.run("from_container", frame(POD_B, data))[1])
+    assert (got[IP].src, got[TCP].sport) == (VIP, 80) and checksums_valid(got)
+
+
 def test_flow_of_a_deleted_service_is_no_longer_translated(pods, services):
     svc(services, [(POD_B.ip, 8080)])
     handshake(pods, 40080)
