@@ -29,6 +29,7 @@ from porin.daemon.endpoints import EndpointManager
 from porin.daemon.host import HostDatapath
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import open_store
+from porin.daemon.monitor_watch import MonitorWatch
 from porin.daemon.service_file import ServiceFileError, load_service_file
 from porin.daemon.services import (
     LbMaps,
@@ -103,6 +104,8 @@ class Agent:
             nat=NatMap(cfg.bpffs_root) if self.host else None,
         )
         self.ct_gc.start()
+        self.monitor_watch = MonitorWatch(cfg.bpffs_root)
+        self.monitor_watch.start()
         self.server = ApiServer(
             cfg.api_socket,
             Api(self.manager, self.services, self.ct_gc, self.status, self.cluster),
@@ -183,6 +186,8 @@ class Agent:
             self.cluster.stop()
         if getattr(self, "ct_gc", None) is not None:
             self.ct_gc.stop()
+        if getattr(self, "monitor_watch", None) is not None:
+            self.monitor_watch.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

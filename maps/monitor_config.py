@@ -4,11 +4,21 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import os
 
 from porin.maps.pinned import PinnedMap, U32Key
 
 MONITOR_F_DROPS = 1
 MONITOR_F_TRACE = 2
+LOCK_DIR = "/run"
+
+
+def lock_path(bpffs_root: str) -> str:
+    """The file a running `porin monitor` holds an exclusive lock on: one per node
+    (per bpffs root). The agent clears the switch when nobody holds it."""
+    tag = hashlib.sha1(os.path.abspath(bpffs_root).encode()).hexdigest()[:12]
+    return os.path.join(LOCK_DIR, f"porin-monitor-{tag}.lock")
 
 
 Index = U32Key  # the array index

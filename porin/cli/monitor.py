@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -23,25 +22,29 @@ import click
 
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option
-from porin.maps.monitor_config import MONITOR_F_DROPS, MONITOR_F_TRACE
+from porin.maps.monitor_config import MONITOR_F_DROPS, MONITOR_F_TRACE, lock_path
 from porin.maps.monitor_events import MonitorEventC
 from porin.maps.pinned import MapNotFound
 from porin.packet_summary import summarize
 
-LOCK_DIR = "/run"
-
 
 @contextlib.contextmanager
 def _exclusive(bpffs_root: str) -> Iterator[None]:
-    """One monitor per node: a ring buffer has a single read position."""
-    tag = hashlib.sha1(os.path.abspath(bpffs_root).encode()).hexdigest()[:12]
-    path = os.path.join(LOCK_DIR, f"porin-monitor-{tag}.lock")
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            fail(f"another porin monitor is reading this node's events (pid {f.read().strip()})")
+    """One monitor per node: a ring buffer has a single read position. (The
+    agent takes the lock shared for an instant when it checks for monitors
+    killed before they could clean up: try again for a moment.)"""
+    with open(lock_path(bpffs_root), "a+") as f:
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    f.seek(0)
+                    holder = f.read().strip() or "?"
+                    fail(f"another porin monitor is reading this node's events (pid {holder})")
+                time.sleep(0.05)
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

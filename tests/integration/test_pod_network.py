@@ -420,3 +420,34 @@ def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
     assert event["packet"]["src"] == "10.244.0.250"
     with MonitorConfigMap(node.cfg.bpffs_root) as cfg:
         assert cfg.flags() == 0  # nobody listens: the datapath reports nothing
+
+
+def test_a_killed_monitor_does_not_leave_events_on(node):
+    """SIGKILL gives the monitor no chance to switch the datapath's events off:
+    the agent notices that nobody holds the monitor lock and does it."""
+    import signal
+
+    from porin.daemon.monitor_watch import MonitorWatch
+    from porin.maps.monitor_config import MonitorConfigMap
+
+    mon = node.ns.popen(
+        [str(VENV_BIN / "porin"), "monitor", "--type", "trace", "--duration", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=node.env,
+    )
+    try:
+        assert "Listening for trace events" in mon.stderr.readline()
+        with MonitorConfigMap(node.cfg.bpffs_root) as cfg:
+            assert cfg.flags() == 3
+            # the agent's check leaves a running monitor alone
+            assert MonitorWatch(node.cfg.bpffs_root).check_once() is False
+            assert cfg.flags() == 3
+            mon.send_signal(signal.SIGKILL)
+            mon.wait()
+            assert wait_for(lambda: cfg.flags() == 0, timeout=10)
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+            mon.wait()
