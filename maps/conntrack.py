@@ -146,15 +146,7 @@ class ConntrackMap(PinnedMap[CtKey, CtEntry]):
     BATCH = 8192
 
     def raw_entries(self) -> list[tuple[CtKey, CtEntry]]:
-        keys, vals, n = self.dump_raw()
-        ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
-        return [
-            (
-                CtKey.from_buffer_copy(keys, i * ks),
-                CtEntry.from_buffer_copy(vals, i * vs),
-            )
-            for i in range(n)
-        ]
+        return self.dump()
 
     def connections(self) -> list[Connection]:
         now = monotonic_seconds()

@@ -70,11 +70,4 @@ class EndpointSlotsMap(PinnedMap[SlotIndex, EndpointInfo]):
 
     def occupied(self) -> dict[int, EndpointInfo]:
         """Non-empty slots (holding an endpoint, or only marked shared)."""
-        raw_keys, raw_vals, n = self.dump_raw()
-        size = ctypes.sizeof(EndpointInfo)
-        out = {}
-        for i in range(n):
-            info = EndpointInfo.from_buffer_copy(raw_vals, i * size)
-            if bytes(info) != bytes(size):
-                out[SlotIndex.from_buffer_copy(raw_keys, i * 4).index] = info
-        return out
+        return {k.index: v for k, v in self.dump(skip_zero=True)}

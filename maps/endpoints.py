@@ -198,13 +198,9 @@ class EndpointsMap(PinnedMap[EndpointKey, EndpointInfo]):
             return super().clear()
 
     def _hash_items(self) -> list[tuple[EndpointKey, EndpointInfo]]:
-        raw_keys, raw_vals, n = self.dump_raw()
-        out = []
-        for i in range(n):
-            key = EndpointKey.from_buffer_copy(raw_keys, i * 4)
-            info = EndpointInfo.from_buffer_copy(raw_vals, i * ctypes.sizeof(EndpointInfo))
+        out = self.dump()
+        for key, info in out:
             info.ip = key.ip  # the key is authoritative (entries of older builds carry 0)
-            out.append((key, info))
         return out
 
     def entries(self) -> list[EndpointEntry]:

@@ -82,14 +82,7 @@ class BackendsMap(PinnedMap[BackendSlot, Lb4Backend]):
 
     def backends(self) -> dict[int, Lb4Backend]:
         """Every backend, by id."""
-        raw_keys, raw_vals, n = self.dump_raw()
-        size = ctypes.sizeof(Lb4Backend)
-        out = {}
-        for i in range(n):
-            b = Lb4Backend.from_buffer_copy(raw_vals, i * size)
-            if b.id:
-                out[b.id] = b
-        return out
+        return {b.id: b for _, b in self.dump(skip_zero=True) if b.id}
 
     def clear(self) -> int:
         return self.remove_backends(list(self.backends()))

@@ -197,6 +197,21 @@ class PinnedMap(Generic[K, V]):
             cursor = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
         return b"".join(keys_out), b"".join(vals_out), total
 
+    def dump(self, skip_zero: bool = False) -> list[tuple[K, V]]:
+        """Every (key, value), read in batches (not for per-CPU maps); with
+        `skip_zero`, without the all-zero values (the empty slots of an array)."""
+        raw_keys, raw_vals, n = self.dump_raw()
+        ks, vs = ctypes.sizeof(self.KEY), ctypes.sizeof(self.VALUE)
+        zero = bytes(vs)
+        return [
+            (
+                self.KEY.from_buffer_copy(raw_keys, i * ks),
+                self.VALUE.from_buffer_copy(raw_vals, i * vs),
+            )
+            for i in range(n)
+            if not (skip_zero and raw_vals[i * vs : (i + 1) * vs] == zero)
+        ]
+
     def keys(self) -> Iterator[K]:
         ksize = ctypes.sizeof(self.KEY)
         cur: ctypes.Array | None = None

@@ -387,19 +387,29 @@ def test_state_files_persisted(node, three_pods):
     wait_for(lambda: Path(node.cfg.state_dir, "ipam.json").exists(), 2, "ipam state")
 
 
-def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
-    from porin.maps.monitor_config import MonitorConfigMap
-
-    pod, other = three_pods[0], three_pods[1]
+def start_monitor(node, *args: str) -> subprocess.Popen:
+    """`porin monitor ARGS` in the node, once it listens."""
     mon = node.ns.popen(
-        [str(VENV_BIN / "porin"), "monitor", "-o", "json", "--count", "1", "--duration", "30"],
+        [str(VENV_BIN / "porin"), "monitor", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=node.env,
     )
+    line = mon.stderr.readline()
+    if "Listening for" not in line:
+        mon.kill()
+        mon.wait()
+        raise AssertionError(f"porin monitor did not start: {line}{mon.stderr.read()}")
+    return mon
+
+
+def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
+    from porin.maps.monitor_config import MonitorConfigMap
+
+    pod, other = three_pods[0], three_pods[1]
+    mon = start_monitor(node, "-o", "json", "--count", "1", "--duration", "30")
     try:
-        assert "Listening for drop events" in mon.stderr.readline()
         # one monitor per node: a second one is turned away
         second = node.porin("monitor", "--duration", "1", check=False)
         assert second.returncode == 1 and "another porin monitor" in second.stderr
@@ -430,15 +440,8 @@ def test_a_killed_monitor_does_not_leave_events_on(node):
     from porin.daemon.monitor_watch import MonitorWatch
     from porin.maps.monitor_config import MonitorConfigMap
 
-    mon = node.ns.popen(
-        [str(VENV_BIN / "porin"), "monitor", "--type", "trace", "--duration", "60"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=node.env,
-    )
+    mon = start_monitor(node, "--type", "trace", "--duration", "60")
     try:
-        assert "Listening for trace events" in mon.stderr.readline()
         with MonitorConfigMap(node.cfg.bpffs_root) as cfg:
             assert cfg.flags() == 3
             # the agent's check leaves a running monitor alone
