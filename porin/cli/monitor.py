@@ -102,6 +102,7 @@ def event_line(rec: dict[str, Any]) -> str:
 )
 @click.option("--reason", "reasons_", multiple=True, help="Only these reasons (e.g. INVALID_SIP).")
 @click.option("--interface", "-i", help="Only events on this interface (name or ifindex).")
+@click.option("--ip", "ips", multiple=True, help="Only packets from or to this address.")
 @click.option("--count", "-n", type=int, default=0, help="Stop after N events.")
 @click.option("--duration", type=float, default=0.0, help="Stop after S seconds.")
 @output_option
@@ -111,6 +112,7 @@ def monitor(
     kind: str,
     reasons_: tuple[str, ...],
     interface: str | None,
+    ips: tuple[str, ...],
     count: int,
     duration: float,
     output: str,
@@ -135,6 +137,11 @@ def monitor(
             ifindex = int(interface) if interface.isdigit() else socket.if_nametoindex(interface)
         except OSError:
             fail(f"no interface {interface!r} in this network namespace")
+    for ip in ips:
+        try:
+            socket.inet_aton(ip)
+        except OSError:
+            fail(f"--ip {ip!r} is no IPv4 address")
     flags = {"drop": MONITOR_F_DROPS, "trace": MONITOR_F_TRACE, "all": 3}[kind]
 
     with _exclusive(ctx.bpffs_root):
@@ -168,6 +175,8 @@ def monitor(
                     ):
                         continue
                     rec = event_record(ev, names)
+                    if ips and not {rec["packet"].get("src"), rec["packet"].get("dst")} & set(ips):
+                        continue
                     click.echo(json.dumps(rec) if output == "json" else event_line(rec))
                     seen += 1
                     if count and seen >= count:

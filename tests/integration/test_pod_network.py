@@ -408,7 +408,9 @@ def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
     from porin.maps.monitor_config import MonitorConfigMap
 
     pod, other = three_pods[0], three_pods[1]
-    mon = start_monitor(node, "-o", "json", "--count", "1", "--duration", "30")
+    mon = start_monitor(
+        node, "-o", "json", "--count", "1", "--duration", "30", "--ip", "10.244.0.250"
+    )
     try:
         # one monitor per node: a second one is turned away
         second = node.porin("monitor", "--duration", "1", check=False)
