@@ -3,13 +3,15 @@
 A monitor clears `monitor_config` when it exits, but one killed with
 SIGKILL cannot: with tracing left on, every packet would go on trying a
 full ring buffer. A running monitor holds an exclusive lock on
-`lock_path(bpffs_root)`; when the switch is on and the lock is free, the
-monitor is gone and the agent turns the switch off. It checks under a
-shared lock, which a monitor starting at that moment waits out.
+`lock_path(bpffs_root)` and removes it when it exits; when the switch is on
+and the lock is free, the monitor is gone and the agent turns the switch off
+and removes the file. It checks under a shared lock, which a monitor
+starting at that moment waits out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -42,6 +44,10 @@ class MonitorWatch:
                         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     except BlockingIOError:
                         return False  # a monitor is running
+                    # the dead monitor's lock file (a monitor opening it right now
+                    # sees it gone once it has the lock, and makes a new one)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock_path(self.bpffs_root))
                 cfg.set_flags(0)
             finally:
                 if fd >= 0:

@@ -30,26 +30,40 @@ from porin.packet_summary import summarize
 
 @contextlib.contextmanager
 def _exclusive(bpffs_root: str) -> Iterator[None]:
-    """One monitor per node: a ring buffer has a single read position. (The
-    agent takes the lock shared for an instant when it checks for monitors
-    killed before they could clean up: try again for a moment.)"""
-    with open(lock_path(bpffs_root), "a+") as f:
-        deadline = time.monotonic() + 1.0
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    f.seek(0)
-                    holder = f.read().strip() or "?"
-                    fail(f"another porin monitor is reading this node's events (pid {holder})")
-                time.sleep(0.05)
+    """One monitor per node: a ring buffer has a single read position. The
+    lock file goes when the monitor does. (The agent takes the lock shared for
+    an instant when it checks for monitors killed before they could clean up:
+    try again for a moment.)"""
+    path = lock_path(bpffs_root)
+    deadline = time.monotonic() + 1.0
+    while True:
+        f = open(path, "a+")  # held, and locked, for the monitor's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            if time.monotonic() > deadline:
+                fail(f"another porin monitor is reading this node's events (pid {holder})")
+            time.sleep(0.05)
+            continue
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # its last holder removed it meanwhile: lock the new one
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
         yield
+    finally:
+        os.unlink(path)
+        f.close()
 
 
 def _ifname(ifindex: int, cache: dict[int, str]) -> str:

@@ -30,25 +30,25 @@ from porin.maps.tunnel_config import TunnelConfig, TunnelConfigMap
 def lxc_datapath():
     root = f"/sys/fs/bpf/pltest-{uuid.uuid4().hex[:8]}"
     cfg = AgentConfig(bpffs_root=root)
-    # both programs share the pinned maps, as in the agent
-    lxc_mod, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
-    host_mod, host_progs = compile_programs(
-        "bpf_host.c", cfg, ["from_netdev", "to_netdev", "from_host_lo"]
-    )
-    overlay_mod, overlay_progs = compile_programs("bpf_overlay.c", cfg, ["from_overlay"])
-    dp = Lxc(
-        progs={**progs, **host_progs, **overlay_progs},
-        endpoints=EndpointsMap(root),
-        metrics=MetricsMap(root),
-        ct=ConntrackMap(root),
-        lb=LbMaps.open(root),
-        nat=NatMap(root),
-        host_devices=HostDevicesMap(root),
-        nonmasq=NonMasqMap(root),
-        ipcache=IpcacheMap(root),
-        tunnel=TunnelConfigMap(root),
-    )
-    try:
+    try:  # the pins go also when a program fails to compile or load
+        # the programs share the pinned maps, as in the agent
+        lxc_mod, progs = compile_programs("bpf_lxc.c", cfg, ["from_container", "to_container"])
+        host_mod, host_progs = compile_programs(
+            "bpf_host.c", cfg, ["from_netdev", "to_netdev", "from_host_lo"]
+        )
+        overlay_mod, overlay_progs = compile_programs("bpf_overlay.c", cfg, ["from_overlay"])
+        dp = Lxc(
+            progs={**progs, **host_progs, **overlay_progs},
+            endpoints=EndpointsMap(root),
+            metrics=MetricsMap(root),
+            ct=ConntrackMap(root),
+            lb=LbMaps.open(root),
+            nat=NatMap(root),
+            host_devices=HostDevicesMap(root),
+            nonmasq=NonMasqMap(root),
+            ipcache=IpcacheMap(root),
+            tunnel=TunnelConfigMap(root),
+        )
         yield dp, (lxc_mod, host_mod, overlay_mod)
     finally:
         shutil.rmtree(root, ignore_errors=True)

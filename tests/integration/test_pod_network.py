@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -405,7 +406,7 @@ def start_monitor(node, *args: str) -> subprocess.Popen:
 
 
 def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
-    from porin.maps.monitor_config import MonitorConfigMap
+    from porin.maps.monitor_config import MonitorConfigMap, lock_path
 
     pod, other = three_pods[0], three_pods[1]
     mon = start_monitor(
@@ -432,6 +433,7 @@ def test_monitor_reports_a_spoofed_packet_and_cleans_up(node, three_pods):
     assert event["packet"]["src"] == "10.244.0.250"
     with MonitorConfigMap(node.cfg.bpffs_root) as cfg:
         assert cfg.flags() == 0  # nobody listens: the datapath reports nothing
+    assert not os.path.exists(lock_path(node.cfg.bpffs_root))  # nothing left in /run
 
 
 def test_a_killed_monitor_does_not_leave_events_on(node):
@@ -440,7 +442,7 @@ def test_a_killed_monitor_does_not_leave_events_on(node):
     import signal
 
     from porin.daemon.monitor_watch import MonitorWatch
-    from porin.maps.monitor_config import MonitorConfigMap
+    from porin.maps.monitor_config import MonitorConfigMap, lock_path
 
     mon = start_monitor(node, "--type", "trace", "--duration", "60")
     try:
@@ -452,6 +454,7 @@ def test_a_killed_monitor_does_not_leave_events_on(node):
             mon.send_signal(signal.SIGKILL)
             mon.wait()
             assert wait_for(lambda: cfg.flags() == 0, timeout=10)
+        assert not os.path.exists(lock_path(node.cfg.bpffs_root))
     finally:
         if mon.poll() is None:
             mon.kill()
