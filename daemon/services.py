@@ -217,11 +217,7 @@ class ServiceManager:
     def refresh_local(self) -> None:
         """Local endpoints changed: re-plan services whose frontends depend on them."""
         with self._lock:
-            affected = [
-                p.service
-                for p in self._svcs.values()
-                if p.service.type == "nodeport" and p.service.external_traffic_policy == "local"
-            ]
+            affected = [p.service for p in self._svcs.values() if p.service.type == "nodeport"]
             if affected:
                 self.upsert_many(affected)
 
@@ -321,11 +317,11 @@ class ServiceManager:
         all_backends = [b.address for b in svc.active_backends]
         fes = [Frontend(svc.ip, svc.port, svc.id, backends=all_backends)]
         if svc.type == "nodeport":
-            local = (
-                [b.address for b in svc.active_backends if self.node.is_local(b.ip)]
-                if svc.external_traffic_policy == "local"
-                else all_backends
-            )
+            # A node port reaches this node's own backends only, whatever the policy:
+            # without source NAT (not there yet) a backend on another node would
+            # answer the client directly and the connection would hang. A node
+            # without backends of its own refuses at once (ICMP port unreachable).
+            local = [b.address for b in svc.active_backends if self.node.is_local(b.ip)]
             previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
             for ip in self.node.node_ips:
                 rid = previous.get((ip, svc.node_port))
