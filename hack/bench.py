@@ -43,20 +43,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from benchlib import (
     CPU,
     RR_CLIENT,
     RR_SERVER,
+    Lab,
     Signals,
     busy_pct,
     cpu_ticks,
     fmt_table,
     in_ns,
     loadavg,
-    quietly,
-    stop_process,
 )
 from porinlab import CNI_PLUGIN_DIRS, ROOT, VENV_BIN, Netns, Node, Pod, run, wait_for
 
@@ -107,36 +105,6 @@ def inside_netns(path: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
-
-
-class Lab:
-    """Owns every object the benchmark makes; `close()` removes them in reverse."""
-
-    def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(quietly, fn)
-
-    def netns(self, kind: str) -> Netns:
-        ns = Netns(kind=kind)
-        self.on_close(ns.close)
-        return ns
-
-    def spawn(self, cmd: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
-        )
-        self.on_close(lambda: stop_process(proc))
-        return proc
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 # ---------------------------------------------------------------- CNI latency

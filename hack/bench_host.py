@@ -60,15 +60,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import benchlib
 from benchlib import (
     CPU,
     Signals,
+    busy_pct,
+    cpu_ticks,
     fmt_table,
     in_ns,
     loadavg,
     median,
-    quietly,
-    stop_process,
+    steal_pct,
     tune_client,
 )
 from porinlab import Netns, Node, Pod, Underlay, run, wait_for
@@ -321,33 +323,6 @@ def build_crr(workdir: str) -> str:
 # ---------------------------------------------------------------- helpers
 
 
-def cpu_ticks() -> dict[str, tuple[int, int, int]]:
-    """(busy, total, steal) jiffies since boot, for "cpu" (all) and each "cpuN"."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if not name.startswith("cpu"):
-                break  # the cpu lines come first
-            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-            out[name] = (sum(v) - v[3] - v[4], sum(v), v[7])
-    return out
-
-
-def steal_pct(before: dict[str, tuple[int, int, int]]) -> float:
-    """% of the machine's time the hypervisor gave to others since `before`."""
-    after = cpu_ticks()["cpu"]
-    return 100.0 * (after[2] - before["cpu"][2]) / max(1, after[1] - before["cpu"][1])
-
-
-def busy_pct(before: dict[str, tuple[int, int, int]], cpus: list[str]) -> float:
-    """Average busy % of `cpus` since the `before` snapshot."""
-    after = cpu_ticks()
-    busy = sum(after[c][0] - before[c][0] for c in cpus if c in after)
-    total = sum(after[c][1] - before[c][1] for c in cpus if c in after)
-    return 100.0 * busy / max(1, total)
-
-
 def pinned_cpu_time(exclude: set[int]) -> dict[int, tuple[str, float]]:
     """(name, CPU seconds so far) of the user processes, other than `exclude`, allowed
     to run on CPU only: other benchmarks pinned where this one measures."""
@@ -371,17 +346,14 @@ def pinned_cpu_time(exclude: set[int]) -> dict[int, tuple[str, float]]:
     return out
 
 
-class Lab:
-    """Owns every object the benchmark makes; `close()` removes them in reverse."""
+class Lab(benchlib.Lab):
+    """benchlib.Lab that also checks, after close, that what it made is gone."""
 
     def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
+        super().__init__()
         self._paths: list[str] = []  # netns files, bpffs roots, work dirs: gone after close
         self._pids: list[int] = []
         self.spawned: set[int] = set()  # our long-lived servers (nsenter and taskset exec)
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(quietly, fn)
 
     def track(self, *paths: str, pid: int | None = None) -> None:
         self._paths += paths
@@ -394,26 +366,14 @@ class Lab:
         return left + [f"pid {pid}" for pid in self._pids if os.path.exists(f"/proc/{pid}")]
 
     def netns(self, kind: str) -> Netns:
-        ns = Netns(kind=kind)
-        self.on_close(ns.close)
+        ns = super().netns(kind)
         self.track(ns.path)
         return ns
 
-    def spawn(self, cmd: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
-        )
-        self.on_close(lambda: stop_process(proc))
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = super().spawn(cmd, env)
         self.spawned.add(proc.pid)
         return proc
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 # ---------------------------------------------------------------- topology

@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import benchlib
 from benchlib import (
     CPU,
     busy_pct,
@@ -72,6 +73,7 @@ from benchlib import (
     loadavg,
     median,
     quietly,
+    steal_pct,
     stop_process,
     tune_client,
 )
@@ -161,29 +163,7 @@ while last < end:
 print(json.dumps({"ok": n - errors, "errors": errors, "stalls": stalls, "seconds": last - start}))
 """
 
-RR_CLIENT = r"""
-import json, socket, sys, time
-ip, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-c = socket.create_connection((ip, port), timeout=5)
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-c.settimeout(None)
-send, recv, msg, clock = c.send, c.recv, b"x", time.perf_counter
-for _ in range(200):
-    send(msg); recv(1)
-n, start = 0, clock()
-end = start + duration
-while True:
-    for _ in range(250):
-        send(msg)
-        if not recv(1):
-            sys.exit("server closed the connection")
-    n += 250
-    now = clock()
-    if now >= end:
-        break
-c.close()
-print(json.dumps({"ok": n, "errors": 0, "stalls": 0, "seconds": now - start}))
-"""
+RR_CLIENT = benchlib.RR_CLIENT  # prints "ok"/"errors"/"stalls" too
 
 TESTS = {"conn": NEWCONN_CLIENT, "rr": RR_CLIENT}
 TEST_TITLE = {
@@ -229,35 +209,9 @@ def fmt_rate(v: float) -> str:
     return "-" if v != v else f"{v:,.0f}"
 
 
-class Lab:
-    """Owns every object the benchmark makes; `close()` removes them in reverse order."""
-
-    def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(quietly, fn)
-
-    def netns(self, kind: str) -> Netns:
-        ns = Netns(kind=kind)
-        self.on_close(ns.close)
-        return ns
-
-    def spawn(self, cmd: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-            start_new_session=True,  # a terminal Ctrl-C reaches us; we stop it
-        )
-        self.on_close(lambda: stop_process(proc))
-        return proc
-
-    def close(self) -> None:
-        self._stack.close()
+class Lab(benchlib.Lab):
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return super().spawn(cmd, env or child_env())
 
 
 # ---------------------------------------------------------------- one N: node, pods, paths
@@ -653,26 +607,6 @@ class Samples:
         return out
 
 
-def cpu_snapshot() -> dict[str, tuple[int, int]]:
-    """cpu_ticks() plus (steal, total) jiffies of CPU under "steal"."""
-    ticks = cpu_ticks()
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *fields = line.split()
-            if name == f"cpu{CPU}":
-                ticks["steal"] = (int(fields[7]), sum(int(x) for x in fields[:8]))
-    return ticks
-
-
-def steal_pct(before: dict[str, tuple[int, int]]) -> float:
-    after = cpu_snapshot()
-    return (
-        100.0
-        * (after["steal"][0] - before["steal"][0])
-        / max(1, after["steal"][1] - before["steal"][1])
-    )
-
-
 def measure(
     lab: Lab,
     levels: list[Level],
@@ -706,13 +640,17 @@ def measure(
             order = combos[r % len(combos) :] + combos[: r % len(combos)]
             if r % 2:
                 order.reverse()
-            before = cpu_snapshot()
+            before = cpu_ticks()
             results: dict[Key, dict[str, Any]] = {}
             for test in TESTS:
                 for lv, v in order:
                     results[(test, lv.label, v)] = run_client(lv.paths[v], test, seconds, sampler)
             samples.rounds.append(
-                Round(results, other_busy=busy_pct(before, OTHER_CPUS), steal=steal_pct(before))
+                Round(
+                    results,
+                    other_busy=busy_pct(before, OTHER_CPUS),
+                    steal=steal_pct(before, f"cpu{CPU}"),
+                )
             )
             r += 1
             summary = "  ".join(

@@ -32,7 +32,6 @@ STREAM), 1 target missed or a problem seen, 2 not root, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchlib
 from benchlib import (
     CPU,
     RR_CLIENT,
@@ -55,8 +55,6 @@ from benchlib import (
     cpu_ticks,
     in_ns,
     loadavg,
-    quietly,
-    stop_process,
 )
 from porinlab import VENV_BIN, Etcd, Netns, Node, Underlay, run, unique, wait_for
 
@@ -83,15 +81,12 @@ FROM_TUNNEL = "received from another node through the overlay"
 # ---------------------------------------------------------------- lab
 
 
-class Lab:
-    """Owns every object the benchmark makes; `close()` removes them in reverse."""
+class Lab(benchlib.Lab):
+    """benchlib.Lab that names its namespaces itself, so it can list them."""
 
     def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
+        super().__init__()
         self.names: list[str] = []  # namespaces (and so bpffs pin dirs) it made, for the log
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        self._stack.callback(quietly, fn)
 
     def netns(self, kind: str) -> Netns:
         name = self.name(kind)
@@ -102,21 +97,6 @@ class Lab:
         name = unique(kind)
         self.names.append(name)
         return name
-
-    def spawn(self, cmd: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
-        )
-        self.on_close(lambda: stop_process(proc))
-        return proc
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 def del_netns(name: str) -> None:

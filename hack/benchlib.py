@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -84,8 +85,39 @@ while True:
     if now >= end:
         break
 c.close()
-print(json.dumps({"transactions": n, "seconds": now - start}))
+print(json.dumps({"transactions": n, "ok": n, "errors": 0, "stalls": 0, "seconds": now - start}))
 """
+
+
+class Lab:
+    """Owns every object a benchmark makes; `close()` removes them in reverse order."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def on_close(self, fn: Callable[[], Any]) -> None:
+        self._stack.callback(quietly, fn)
+
+    def netns(self, kind: str) -> Netns:
+        ns = Netns(kind=kind)
+        self.on_close(ns.close)
+        return ns
+
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # a terminal Ctrl-C reaches us, we stop it
+        )
+        self.on_close(lambda: stop_process(proc))
+        return proc
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
@@ -93,8 +125,8 @@ def in_ns(ns: Netns, cmd: list[str]) -> list[str]:
     return ["nsenter", f"--net={ns.path}", "taskset", "-c", CPU, *cmd]
 
 
-def cpu_ticks() -> dict[str, tuple[int, int]]:
-    """(busy, total) jiffies since boot, for "cpu" (all) and each "cpuN"."""
+def cpu_ticks() -> dict[str, tuple[int, int, int]]:
+    """(busy, total, steal) jiffies since boot, for "cpu" (all) and each "cpuN"."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
@@ -102,16 +134,22 @@ def cpu_ticks() -> dict[str, tuple[int, int]]:
             if not name.startswith("cpu"):
                 break  # the cpu lines come first
             v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-            out[name] = (sum(v) - v[3] - v[4], sum(v))
+            out[name] = (sum(v) - v[3] - v[4], sum(v), v[7])
     return out
 
 
-def busy_pct(before: dict[str, tuple[int, int]], cpus: list[str]) -> float:
+def busy_pct(before: dict[str, tuple[int, int, int]], cpus: list[str]) -> float:
     """Average busy % of `cpus` since the `before` snapshot."""
     after = cpu_ticks()
-    busy = sum(after[c][0] - before[c][0] for c in cpus)
-    total = sum(after[c][1] - before[c][1] for c in cpus)
+    busy = sum(after[c][0] - before[c][0] for c in cpus if c in after)
+    total = sum(after[c][1] - before[c][1] for c in cpus if c in after)
     return 100.0 * busy / max(1, total)
+
+
+def steal_pct(before: dict[str, tuple[int, int, int]], cpu: str = "cpu") -> float:
+    """% of `cpu`'s time ("cpu": the machine's) the hypervisor gave to others since `before`."""
+    after = cpu_ticks()[cpu]
+    return 100.0 * (after[2] - before[cpu][2]) / max(1, after[1] - before[cpu][1])
 
 
 def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
