@@ -40,17 +40,6 @@
 #include "lib/tunnel.h"
 #include "lib/lxc.h"
 
-/* Deliver a translated packet to the local pod it is now addressed to. */
-static __always_inline int deliver_to_pod(struct __sk_buff *skb, __be32 daddr, __u8 reason)
-{
-	struct endpoint_info *ep = lookup_endpoint(daddr);
-
-	if (!ep)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	count_verdict(skb, reason, DIR_INGRESS);
-	return redirect_to_endpoint(skb, ep);
-}
-
 /* IPIP from another node: the outer source must be a node of the cluster;
  * the sender's identity is the ipcache's for the inner source. */
 static __always_inline int handle_ipip(struct __sk_buff *skb, struct iphdr *outer)

@@ -60,10 +60,5 @@ int from_overlay(struct __sk_buff *skb)
 	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
 	if (ret)
 		return drop(skb, ret, DIR_INGRESS);
-
-	ep = lookup_endpoint(flow.daddr);
-	if (!ep)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	count_verdict(skb, REASON_FROM_TUNNEL, DIR_INGRESS);
-	return redirect_to_endpoint(skb, ep);
+	return deliver_to_pod(skb, flow.daddr, REASON_FROM_TUNNEL);
 }

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
-from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap
+from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap, counterpart
 
 log = logging.getLogger("porin.ctgc")
 
@@ -184,27 +184,12 @@ class CtGarbageCollector:
             ct_key = bytes(raw)
             if ct_key in ct_alive or self._ct_alive_now(ct_key, now):
                 continue
-            back = NatKey(
-                saddr=k.daddr,
-                daddr=v.to_addr,
-                sport=k.dport,
-                dport=v.to_port,
-                proto=k.proto,
-                dir=NAT_DIR_IN,
-            )
             doomed[bytes(k)] = None
-            doomed[bytes(back)] = None
+            doomed[bytes(counterpart(k, v))] = None
         for k, v in entries:
             if k.dir != NAT_DIR_IN or bytes(k) in doomed:
                 continue
-            out = NatKey(
-                saddr=v.to_addr,
-                daddr=k.saddr,
-                sport=v.to_port,
-                dport=k.sport,
-                proto=k.proto,
-                dir=NAT_DIR_OUT,
-            )
+            out = counterpart(k, v)
             if bytes(out) not in outs and self.nat.get(out) is None:
                 doomed[bytes(k)] = None  # an IN entry whose OUT entry is gone
         deleted = self.nat.delete_packed(b"".join(doomed), len(doomed))

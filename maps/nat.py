@@ -41,6 +41,28 @@ class NatEntry(ctypes.Structure):
     ]
 
 
+def counterpart(k: NatKey, v: NatEntry) -> NatKey:
+    """The other half of a translation: the IN key of an OUT entry (the peer's
+    replies to the translated address), or the OUT key of an IN entry."""
+    if k.dir == NAT_DIR_OUT:
+        return NatKey(
+            saddr=k.daddr,
+            daddr=v.to_addr,
+            sport=k.dport,
+            dport=v.to_port,
+            proto=k.proto,
+            dir=NAT_DIR_IN,
+        )
+    return NatKey(
+        saddr=v.to_addr,
+        daddr=k.saddr,
+        sport=v.to_port,
+        dport=k.sport,
+        proto=k.proto,
+        dir=NAT_DIR_OUT,
+    )
+
+
 @dataclass(frozen=True)
 class Translation:
     proto: str
@@ -79,14 +101,7 @@ class NatMap(PinnedMap[NatKey, NatEntry]):
 
     def translations(self) -> list[Translation]:
         now = monotonic_seconds()
-        keys, vals, n = self.dump_raw()
-        ks, vs = ctypes.sizeof(NatKey), ctypes.sizeof(NatEntry)
-        return [
-            decode(
-                NatKey.from_buffer_copy(keys, i * ks), NatEntry.from_buffer_copy(vals, i * vs), now
-            )
-            for i in range(n)
-        ]
+        return [decode(k, v, now) for k, v in self.dump()]
 
     def flush(self) -> int:
         return self.clear()

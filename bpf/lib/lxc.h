@@ -38,4 +38,16 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return ret;
 }
 
+/* A packet from outside the node (uplink, tunnel) to the local pod it is
+ * addressed to, counted under `reason`; not a local pod: the node's stack. */
+static __always_inline int deliver_to_pod(struct __sk_buff *skb, __be32 daddr, __u8 reason)
+{
+	struct endpoint_info *ep = lookup_endpoint(daddr);
+
+	if (!ep)
+		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
+	count_verdict(skb, reason, DIR_INGRESS);
+	return redirect_to_endpoint(skb, ep);
+}
+
 #endif /* PORIN_LXC_H */
