@@ -5,208 +5,243 @@
  *   to_netdev     tc egress of an uplink:  what the node sends out
  *   from_host_lo  tc ingress of lo: the node's own traffic to its addresses
  *
+ * Every program ends in verdict_exit, which counts and reports the verdict
+ * once (lib/verdict.h); every path into a pod goes through local_delivery
+ * (lib/lxc.h).
+ *
  * Packet path of from_netdev, top to bottom:
- *   1. not IPv4, or not addressed to this uplink's node IP -> stack (REASON_HOST_PASS)
- *   2. IPIP from a node of the cluster (else DROP_UNKNOWN_NODE) -> decapsulated,
- *      conntrack, delivered into the pod (REASON_FROM_TUNNEL)
- *   3. header and L4 tuple valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
- *   3. ICMP error quoting a masqueraded flow -> translated back to the pod
+ *   1. not IPv4, not an uplink of the config, or not addressed to this
+ *      uplink's node IP -> stack (REASON_HOST_PASS)
+ *   2. header and L4 tuple valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
+ *   3. IPIP from a node of the cluster (else DROP_UNKNOWN_NODE) -> decapsulated,
+ *      the sender's identity from the ipcache (the host's is refused:
+ *      DROP_INVALID_IDENTITY), conntrack, delivered into the pod (REASON_FROM_TUNNEL)
+ *   4. the overlay's own VXLAN packets -> the kernel's VXLAN device (REASON_HOST_PASS)
+ *   5. ICMP error quoting a masqueraded flow -> translated back to the pod
  *      (outer destination, quoted source and port, checksums), delivered
- *   4. reply to a masqueraded flow (nat4 IN entry) -> destination back to the
+ *      (REASON_REV_SNAT)
+ *   6. reply to a masqueraded flow (nat4 IN entry) -> destination back to the
  *      pod, conntrack accounted, delivered into the pod (REASON_REV_SNAT)
- *   5. NodePort frontend (node IP:port) -> backend from conntrack or chosen,
- *      DNAT, conntrack, delivered into the backend pod (REASON_NODEPORT); no
- *      active backend -> ICMP port unreachable back out (DROP_NO_SERVICE_BACKEND)
- *   6. otherwise -> stack (REASON_HOST_PASS)
+ *   7. NodePort frontend (node IP:port) -> conntrack and services
+ *      (lib/pipeline.h): backend from the flow entry or chosen, DNAT,
+ *      delivered into the backend pod (REASON_NODEPORT); no active backend
+ *      -> ICMP port unreachable back out (DROP_NO_SERVICE_BACKEND)
+ *   8. otherwise -> stack (REASON_HOST_PASS)
  *
  * Packet path of to_netdev:
  *   1. not IPv4, or not from a local pod -> out untouched (REASON_HOST_PASS)
  *   2. destination in the non-masquerade CIDRs -> out untouched
- *   3. masquerade: source becomes the node IP and a NAT port (REASON_MASQUERADED;
+ *   3. a non-first fragment -> DROP_FRAG_NOT_SUPPORTED (no ports to translate)
+ *   4. masquerade: source becomes the node IP and a NAT port (REASON_MASQUERADED;
  *      DROP_NAT_MAP_FULL / DROP_NAT_NO_PORT when no translation can be made)
+ *
+ * Packet path of from_host_lo:
+ *   1. not IPv4, ICMP, or no service frontend -> stack (REASON_HOST_PASS)
+ *   2. NodePort frontend -> as from_netdev's step 7, with the host identity
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
-#include "lib/metrics.h"
+#include "lib/verdict.h"
 #include "lib/eth.h"
-#include "lib/endpoint.h"
+#include "lib/flow.h"
 #include "lib/ipv4.h"
-#include "lib/l4.h"
+#include "lib/endpoint.h"
+#include "lib/icmp.h"
 #include "lib/nat.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
+#include "lib/pipeline.h"
 #include "lib/snat.h"
+#include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
 #include "lib/lxc.h"
 
-/* IPIP from another node: the outer source must be a node of the cluster;
- * the sender's identity is the ipcache's for the inner source. */
-static __always_inline int handle_ipip(struct __sk_buff *skb, struct iphdr *outer)
+/* Into the local pod `f` is addressed to, counted under `reason`; not a
+ * local pod: the node's stack. */
+static __always_inline int deliver_to_pod(struct __sk_buff *ctx, const struct flow *f,
+					  __u8 reason, struct verdict *v)
+{
+	struct endpoint_info *ep = lookup_endpoint(f->daddr.v4);
+
+	if (!ep) {
+		v->reason = REASON_HOST_PASS;
+		return TC_ACT_OK;
+	}
+	v->reason = reason;
+	return local_delivery(ctx, f, ep, v, DELIVER_REDIRECT);
+}
+
+/* Step 3: IPIP from another node: the outer source must be a node of the
+ * cluster; the sender's identity is the ipcache's for the inner source. */
+static __always_inline int handle_ipip(struct __sk_buff *ctx, const struct flow *outer,
+				       struct verdict *v)
 {
 	struct remote_endpoint_info *node;
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0;
+	struct flow f;
 	int ret;
 
+	v->reason = REASON_HOST_PASS;
 	if (!tunnel_cfg())
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	node = ipcache_lookup(outer->saddr);
+		return TC_ACT_OK;
+	node = ipcache_lookup(outer->saddr.v4);
 	if (!node || !(node->flags & IPCACHE_F_NODE))
-		return drop(skb, DROP_UNKNOWN_NODE, DIR_INGRESS);
-	if (tunnel_ipip_decap(skb) < 0)
-		return drop(skb, DROP_ENCAP_FAILED, DIR_INGRESS);
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_INGRESS);
-	if (identity_of(ip->saddr) == IDENTITY_HOST)
-		return drop(skb, DROP_INVALID_IDENTITY, DIR_INGRESS);
-	ret = ipv4_flow_parse(skb, ip, &flow);
+		return DROP(DROP_UNKNOWN_NODE);
+	ret = tunnel_ipip_decap(ctx);
 	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
+		return ret;
+	ret = flow_parse4(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	return deliver_to_pod(skb, flow.daddr, REASON_FROM_TUNNEL);
+		return ret;
+	v->src_identity = identity_of(f.saddr.v4);
+	if (v->src_identity == IDENTITY_HOST)
+		return DROP(DROP_INVALID_IDENTITY);
+	ret = ct_process(ctx, &f, CT_DIR_IN, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	return deliver_to_pod(ctx, &f, REASON_FROM_TUNNEL, v);
 }
 
-static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *skb, __be32 node_ip)
+static __always_inline int handle_from_netdev(struct __sk_buff *ctx, struct verdict *v)
 {
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0, ct_flags = 0;
-	__u16 rev_nat = 0;
-	int icmp_sent = 0, ret;
-
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_INGRESS);
-	if (ip->daddr != node_ip)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	if (ip->protocol == IPPROTO_IPIP)
-		return handle_ipip(skb, ip);
-	ret = ipv4_flow_parse(skb, ip, &flow);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	/* the overlay's own packets go to the kernel's VXLAN device (the port is
-	 * outside the SNAT and NodePort ranges, so no NAT or service lookup) */
-	if (flow.proto == IPPROTO_UDP && flow.dport == bpf_htons(VXLAN_PORT))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-
-	if (flow.proto == IPPROTO_ICMP && icmp_is_error(flow.icmp_type)) {
-		ret = snat_icmp_error_ingress(skb, &flow);
-		if (ret < 0)
-			return drop(skb, -ret, DIR_INGRESS);
-		if (ret > 0) {
-			ct_process(skb, &flow, CT_DIR_IN, 0, 0);
-			return deliver_to_pod(skb, flow.daddr, REASON_REV_SNAT);
-		}
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	}
-
-	ret = snat_ingress(skb, &flow);
-	if (ret < 0)
-		return drop(skb, -ret, DIR_INGRESS);
-	if (ret > 0) {
-		ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
-		if (ret)
-			return drop(skb, ret, DIR_INGRESS);
-		return deliver_to_pod(skb, flow.daddr, REASON_REV_SNAT);
-	}
-
-	ret = lb4_dnat(skb, &flow, CT_DIR_IN, &rev_nat, &ct_flags, &icmp_sent);
-	if (icmp_sent) {
-		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
-		return bpf_redirect(skb->ifindex, 0);
-	}
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	if (!rev_nat)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	ret = ct_process(skb, &flow, CT_DIR_IN, rev_nat, ct_flags);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	return deliver_to_pod(skb, flow.daddr, REASON_NODEPORT);
-}
-
-int from_netdev(struct __sk_buff *skb)
-{
-	struct ethhdr *eth = ctx_data(skb);
-	__u32 ifindex = skb->ifindex;
+	struct ethhdr *eth = ctx_data(ctx);
+	__u32 ifindex = ctx->ifindex;
 	struct host_device *dev;
+	struct flow f;
+	int ret;
 
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_INGRESS);
+	v->reason = REASON_HOST_PASS;
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
+		return TC_ACT_OK;
 	dev = host_devices.lookup(&ifindex);
 	if (!dev)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	return handle_ipv4_from_netdev(skb, dev->node_ip);
+		return TC_ACT_OK;
+	ret = flow_parse4_l3(ctx, &f);
+	if (ret)
+		return ret;
+	if (f.daddr.v4 != dev->node_ip)
+		return TC_ACT_OK;
+	if (f.proto == IPPROTO_IPIP)
+		return handle_ipip(ctx, &f, v);
+	ret = flow_parse4_l4(ctx, &f);
+	if (ret)
+		return ret;
+	/* the overlay's own packets go to the kernel's VXLAN device (the port is
+	 * outside the SNAT and NodePort ranges, so no NAT or service lookup) */
+	if (f.proto == IPPROTO_UDP && f.dport == bpf_htons(VXLAN_PORT))
+		return TC_ACT_OK;
+
+	if (flow_is_icmp_error(&f)) {
+		ret = snat_icmp_error_ingress(ctx, &f);
+		if (ret == CTX_GO_ON)
+			return TC_ACT_OK; /* about no masqueraded flow: the stack's */
+		if (ret)
+			return ret;
+		v->src_identity = identity_of(f.saddr.v4);
+		ct_process(ctx, &f, CT_DIR_IN, v);
+		return deliver_to_pod(ctx, &f, REASON_REV_SNAT, v);
+	}
+
+	ret = snat_ingress(ctx, &f);
+	if (IS_ERR(ret))
+		return ret;
+	if (ret == 0) {
+		v->src_identity = identity_of(f.saddr.v4);
+		ret = ct_process(ctx, &f, CT_DIR_IN, v);
+		if (ret != CTX_GO_ON)
+			return ret;
+		return deliver_to_pod(ctx, &f, REASON_REV_SNAT, v);
+	}
+
+	if (!lb4_lookup_service(&f))
+		return TC_ACT_OK;
+	v->src_identity = identity_of(f.saddr.v4);
+	ret = ct_lb_process(ctx, &f, CT_DIR_IN, 1, 0, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	return deliver_to_pod(ctx, &f, REASON_NODEPORT, v);
 }
 
-int to_netdev(struct __sk_buff *skb)
+int from_netdev(struct __sk_buff *ctx)
 {
-	struct ethhdr *eth = ctx_data(skb);
-	__u32 ifindex = skb->ifindex;
+	struct verdict v;
+
+	verdict_init(&v, DIR_INGRESS);
+	return verdict_exit(ctx, handle_from_netdev(ctx, &v), &v);
+}
+
+static __always_inline int handle_to_netdev(struct __sk_buff *ctx, struct verdict *v)
+{
+	struct ethhdr *eth = ctx_data(ctx);
+	__u32 ifindex = ctx->ifindex;
+	struct endpoint_info *ep;
 	struct host_device *dev;
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0;
+	struct flow f;
 	int ret;
 
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
+	v->reason = REASON_HOST_PASS;
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_EGRESS);
+		return TC_ACT_OK;
 	dev = host_devices.lookup(&ifindex);
 	if (!dev || !(dev->flags & HOST_DEV_MASQUERADE))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_EGRESS);
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_EGRESS);
-	if (!lookup_endpoint(ip->saddr) || !snat_wanted(ip->daddr))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_EGRESS);
-	ret = ipv4_flow_parse(skb, ip, &flow);
+		return TC_ACT_OK;
+	ret = flow_parse4_l3(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_EGRESS);
-	if (flow.is_fragment)
-		return drop(skb, DROP_FRAG_NOT_SUPPORTED, DIR_EGRESS);
-	ret = snat_egress(skb, &flow, dev->node_ip);
+		return ret;
+	ep = lookup_endpoint(f.saddr.v4);
+	if (!ep || !snat_wanted(f.daddr.v4))
+		return TC_ACT_OK;
+	v->ep_id = ep->ep_id;
+	v->src_identity = ep->sec_identity;
+	ret = flow_parse4_l4(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_EGRESS);
-	return verdict(skb, TC_ACT_OK, REASON_MASQUERADED, DIR_EGRESS);
+		return ret;
+	if (f.is_fragment)
+		return DROP(DROP_FRAG_NOT_SUPPORTED);
+	ret = snat_egress(ctx, &f, dev->node_ip);
+	if (ret)
+		return ret;
+	v->reason = REASON_MASQUERADED;
+	return TC_ACT_OK;
+}
+
+int to_netdev(struct __sk_buff *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_EGRESS);
+	return verdict_exit(ctx, handle_to_netdev(ctx, &v), &v);
 }
 
 /* The node's own connections to its addresses loop through lo: a NodePort
  * frontend there is translated and delivered like one from the network. */
-int from_host_lo(struct __sk_buff *skb)
+static __always_inline int handle_from_host_lo(struct __sk_buff *ctx, struct verdict *v)
 {
-	struct ethhdr *eth = ctx_data(skb);
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0, ct_flags = 0;
-	__u16 rev_nat = 0;
-	int icmp_sent = 0, ret;
+	struct ethhdr *eth = ctx_data(ctx);
+	struct flow f;
+	int ret;
 
-	if ((void *)(eth + 1) > ctx_data_end(skb) || eth->h_proto != const_htons(ETH_P_IP))
+	v->reason = REASON_HOST_PASS;
+	if ((void *)(eth + 1) > ctx_data_end(ctx) || eth->h_proto != const_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	ip = ipv4_header(skb, &reason);
-	if (!ip || ip->protocol == IPPROTO_ICMP)
+	/* the node's own traffic is not Porin's to judge: malformed is passed */
+	if (flow_parse4(ctx, &f) || f.proto == IPPROTO_ICMP || !lb4_lookup_service(&f))
 		return TC_ACT_OK;
-	ret = ipv4_flow_parse(skb, ip, &flow);
-	if (ret || !lb4_lookup_service(&flow))
-		return TC_ACT_OK;
-	ret = lb4_dnat(skb, &flow, CT_DIR_IN, &rev_nat, &ct_flags, &icmp_sent);
-	if (icmp_sent) {
-		count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_INGRESS);
-		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
-	}
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	ret = ct_process(skb, &flow, CT_DIR_IN, rev_nat, ct_flags);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	return deliver_to_pod(skb, flow.daddr, REASON_NODEPORT);
+	v->src_identity = IDENTITY_HOST;
+	ret = ct_lb_process(ctx, &f, CT_DIR_IN, 1, BPF_F_INGRESS, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	return deliver_to_pod(ctx, &f, REASON_NODEPORT, v);
+}
+
+int from_host_lo(struct __sk_buff *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_INGRESS);
+	return verdict_exit(ctx, handle_from_host_lo(ctx, &v), &v);
 }

@@ -3,7 +3,8 @@
  *   from_container  tc ingress: everything the pod sends
  *   to_container    tc egress:  everything the host stack sends to the pod
  *
- * Packet path of from_container, top to bottom:
+ * Packet path of from_container, top to bottom (each program ends in
+ * verdict_exit, which counts and reports the verdict once, lib/verdict.h):
  *   1. Ethernet header present, else DROP_TRUNCATED
  *   2. ARP  -> sender must be this endpoint; requests answered with the
  *              host veth MAC (REASON_ARP_REPLY), the rest to the stack
@@ -11,90 +12,81 @@
  *   4. other ethertypes -> DROP_UNKNOWN_L3
  *   5. IPv4 -> header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
  *   6. source IP must be an endpoint on this very interface (DROP_INVALID_SIP)
- *      and the source MAC its MAC (DROP_INVALID_SMAC)
- *   7. L4 tuple parsed (DROP_TRUNCATED)
- *   8. established flow? one conntrack lookup on the tuple as sent: a
- *      service flow's packet is DNATed to the backend its flow entry names,
- *      a reply of one translated back to the frontend; counted, on to 10
- *   9. otherwise (new flow, ICMP error, backend gone):
- *      service frontend? -> backend chosen (or the flow entry's), DNAT;
- *      no active backend -> ICMP port unreachable back to the pod
- *      (DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from
- *      the hairpin address; then conntrack: create or account, ICMP errors
- *      matched to their flow
- *  10. destination is a local endpoint -> redirect into it (REASON_FORWARDED)
- *  11. destination behind another node (ipcache) -> overlay: VXLAN with the
- *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED)
- *  12. leaving through an uplink that masquerades (FIB lookup) -> source
+ *      and the source MAC its MAC (DROP_INVALID_SMAC); the verdict takes
+ *      its endpoint and identity; then the L4 tuple (DROP_TRUNCATED)
+ *   7. conntrack and services (lib/pipeline.h): one lookup on the tuple as
+ *      sent; an established service flow is DNATed to its backend, a reply
+ *      translated back to the frontend; a new flow to a frontend gets a
+ *      backend (none: ICMP port unreachable back to the pod,
+ *      DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from the
+ *      hairpin address; (egress policy); entries created
+ *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED)
+ *   9. destination behind another node (ipcache) -> overlay: VXLAN with the
+ *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED;
+ *      too big: ICMP fragmentation needed back, DROP_FRAG_NEEDED)
+ *  10. leaving through an uplink that masquerades (FIB lookup) -> source
  *      translated and sent straight to the uplink (REASON_MASQUERADED)
- *  13. otherwise -> host stack (REASON_TO_STACK)
+ *  11. otherwise -> host stack (REASON_TO_STACK)
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
-#include "lib/metrics.h"
+#include "lib/verdict.h"
 #include "lib/eth.h"
+#include "lib/flow.h"
+#include "lib/ipv4.h"
 #include "lib/endpoint.h"
 #include "lib/arp.h"
-#include "lib/ipv4.h"
-#include "lib/l4.h"
+#include "lib/icmp.h"
 #include "lib/nat.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
+#include "lib/pipeline.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
 #include "lib/snat.h"
-#include "lib/icmp.h"
 #include "lib/lxc.h"
 
-/* A destination behind another node (the ipcache names its tunnel
- * endpoint) goes through the overlay; anything else to the host stack. */
-static __always_inline int to_remote_node(struct __sk_buff *skb, struct ipv4_flow *f,
-					  __u32 identity)
+/* Step 9: into the overlay towards the node `info` names. */
+static __always_inline int to_tunnel(struct __sk_buff *ctx, const struct tunnel_config *cfg,
+				     const struct remote_endpoint_info *info, struct verdict *v)
 {
-	struct tunnel_config *cfg = tunnel_cfg();
-	struct remote_endpoint_info *info;
-	struct iphdr *ip;
+	struct iphdr *ip = ipv4_hdr(ctx);
 	int ret;
 
-	if (!cfg)
-		return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_EGRESS);
-	info = ipcache_lookup(f->daddr);
-	if (!info || !info->tunnel_endpoint)
-		return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_EGRESS);
-	ip = ctx_data(skb) + ETH_HLEN;
-	if ((void *)(ip + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
-	if (ip->ttl <= 1)
-		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
+	if (!ip)
+		return DROP(DROP_TRUNCATED);
+	if (ip->ttl <= 1) {
+		v->reason = REASON_TTL_EXPIRED;
+		return TC_ACT_OK;
+	}
 	/* too big for the tunnel and not to be fragmented: tell the pod, as a
 	 * router would (GSO packets are segmented to the pod's MTU later) */
-	if (skb->gso_segs <= 1 && (ip->frag_off & bpf_htons(0x4000)) &&
+	if (ctx->gso_segs <= 1 && (ip->frag_off & bpf_htons(0x4000)) &&
 	    bpf_ntohs(ip->tot_len) + tunnel_overhead(cfg) > cfg->mtu) {
-		__u16 mtu = cfg->mtu - tunnel_overhead(cfg);
-
-		if (icmp_reply_unreach(skb, ip->daddr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu) < 0)
-			return drop(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
-		lb4_own_icmp_error(skb);
-		count_verdict(skb, DROP_FRAG_NEEDED, DIR_EGRESS);
-		return bpf_redirect(skb->ifindex, 0);
+		ret = icmp4_reply_error(ctx, ip->daddr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED,
+					cfg->mtu - tunnel_overhead(cfg), DROP_FRAG_NEEDED);
+		if (IS_ERR(ret))
+			return ret;
+		ct_own_icmp_error(ctx, v);
+		v->reason = DROP_FRAG_NEEDED;
+		return bpf_redirect(ctx->ifindex, 0);
 	}
-	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
-		return drop(skb, DROP_CSUM_FAILED, DIR_EGRESS);
+	ipv4_dec_ttl(ip);
 	if (cfg->mode == TUNNEL_VXLAN)
-		ret = tunnel_vxlan_redirect(skb, cfg, info->tunnel_endpoint, identity);
+		ret = tunnel_vxlan_redirect(ctx, cfg, info->tunnel_endpoint, v->src_identity);
 	else
-		ret = tunnel_ipip_redirect(skb, cfg, info->tunnel_endpoint);
-	if (ret != TC_ACT_REDIRECT)
-		return drop(skb, DROP_ENCAP_FAILED, DIR_EGRESS);
-	return verdict(skb, ret, REASON_TUNNELED, DIR_EGRESS);
+		ret = tunnel_ipip_redirect(ctx, cfg, info->tunnel_endpoint);
+	v->reason = REASON_TUNNELED;
+	return ret;
 }
 
-/* BPF host routing for masqueraded traffic: when the route to the
+/* Step 10, BPF host routing for masqueraded traffic: when the route to the
  * destination leaves through an uplink that masquerades, translate the
  * source here and hand the packet straight to that uplink, past the node's
- * IP forwarding path. Returns -1 to leave the packet to the host stack
- * (no route, neighbour not resolved yet, too big, not masqueraded). */
-static __always_inline int masquerade_and_route(struct __sk_buff *skb, struct ipv4_flow *f)
+ * IP forwarding path. CTX_GO_ON leaves the packet to the host stack (no
+ * route, neighbour not resolved yet, too big, not masqueraded). */
+static __always_inline int masquerade_and_route(struct __sk_buff *ctx, struct flow *f,
+						struct verdict *v)
 {
 	struct bpf_fib_lookup fib = {};
 	struct host_device *dev;
@@ -105,130 +97,141 @@ static __always_inline int masquerade_and_route(struct __sk_buff *skb, struct ip
 
 	/* only the pod's own traffic: a reply translated back to a frontend (a
 	 * NodePort's node address, a service VIP) already carries its source */
-	if (f->is_fragment || !snat_wanted(f->daddr) || !lookup_endpoint(f->saddr))
-		return -1;
+	if (f->is_fragment || !snat_wanted(f->daddr.v4) || !lookup_endpoint(f->saddr.v4))
+		return CTX_GO_ON;
 	fib.family = 2; /* AF_INET */
-	fib.ipv4_src = f->saddr;
-	fib.ipv4_dst = f->daddr;
-	fib.ifindex = skb->ifindex;
+	fib.ipv4_src = f->saddr.v4;
+	fib.ipv4_dst = f->daddr.v4;
+	fib.ifindex = ctx->ifindex;
 	/* tot_len 0: the kernel checks the MTU itself, aware of GSO */
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return -1;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return CTX_GO_ON;
 	out = fib.ifindex;
 	dev = host_devices.lookup(&out);
 	if (!dev || !(dev->flags & HOST_DEV_MASQUERADE))
-		return -1;
-	ip = ctx_data(skb) + ETH_HLEN;
-	if ((void *)(ip + 1) > ctx_data_end(skb) || ip->ttl <= 1)
-		return -1;
-	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
-		return DROP_CSUM_FAILED;
-	ret = snat_egress(skb, f, dev->node_ip);
+		return CTX_GO_ON;
+	ip = ipv4_hdr(ctx);
+	if (!ip || ip->ttl <= 1)
+		return CTX_GO_ON;
+	ipv4_dec_ttl(ip);
+	ret = snat_egress(ctx, f, dev->node_ip);
 	if (ret)
 		return ret;
-	eth = ctx_data(skb);
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return DROP_TRUNCATED;
+	eth = ctx_data(ctx);
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	count_verdict(skb, REASON_MASQUERADED, DIR_EGRESS);
-	return bpf_redirect(out, 0) == TC_ACT_REDIRECT ? 0 : DROP_REDIRECT_FAILED;
+	v->reason = REASON_MASQUERADED;
+	return bpf_redirect(out, 0);
 }
 
-static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *skb)
+static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *ctx, struct verdict *v)
 {
-	struct ethhdr *eth = ctx_data(skb);
+	struct ethhdr *eth = ctx_data(ctx);
+	struct remote_endpoint_info *info;
 	struct endpoint_info *src, *dst;
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0, ct_flags = 0;
-	__u16 rev_nat = 0;
-	int icmp_sent = 0, ret;
+	struct tunnel_config *cfg;
+	struct flow f;
+	int ret;
 
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_EGRESS);
-
-	src = lookup_endpoint(ip->saddr);
-	if (!src || src->ifindex != skb->ifindex)
-		return drop(skb, DROP_INVALID_SIP, DIR_EGRESS);
-	if (!mac_equal(src->mac, eth->h_source))
-		return drop(skb, DROP_INVALID_SMAC, DIR_EGRESS);
-
-	ret = ipv4_flow_parse(skb, ip, &flow);
+	ret = flow_parse4_l3(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_EGRESS);
-
-	ret = lb4_ct_fast(skb, &flow);
-	if (ret == CT_SLOW_PATH) {
-		ret = lb4_dnat(skb, &flow, CT_DIR_OUT, &rev_nat, &ct_flags, &icmp_sent);
-		if (icmp_sent) {
-			count_verdict(skb, DROP_NO_SERVICE_BACKEND, DIR_EGRESS);
-			return bpf_redirect(skb->ifindex, 0);
-		}
-		if (!ret)
-			ret = ct_process(skb, &flow, CT_DIR_OUT, rev_nat, ct_flags);
-	}
+		return ret;
+	src = lookup_endpoint(f.saddr.v4);
+	if (!src || src->ifindex != ctx->ifindex)
+		return DROP(DROP_INVALID_SIP);
+	if ((void *)(eth + 1) > ctx_data_end(ctx) || !mac_equal(src->mac, eth->h_source))
+		return DROP(DROP_INVALID_SMAC);
+	v->ep_id = src->ep_id;
+	v->src_identity = src->sec_identity;
+	ret = flow_parse4_l4(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_EGRESS);
+		return ret;
 
-	dst = lookup_endpoint(flow.daddr);
-	if (dst)
-		return redirect_to_endpoint(skb, dst);
-	if (!tunnel_cfg() || !ipcache_lookup(flow.daddr)) {
-		ret = masquerade_and_route(skb, &flow);
-		if (ret == 0)
-			return TC_ACT_REDIRECT;
-		if (ret > 0)
-			return drop(skb, ret, DIR_EGRESS);
+	ret = ct_lb_process(ctx, &f, CT_DIR_OUT, 1, 0, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+
+	dst = lookup_endpoint(f.daddr.v4);
+	if (dst) {
+		v->reason = REASON_FORWARDED;
+		return local_delivery(ctx, &f, dst, v, DELIVER_REDIRECT);
 	}
-
-	return to_remote_node(skb, &flow, src->sec_identity);
+	cfg = tunnel_cfg();
+	info = cfg ? ipcache_lookup(f.daddr.v4) : NULL;
+	if (info) {
+		v->dst_identity = info->sec_identity;
+		if (info->tunnel_endpoint)
+			return to_tunnel(ctx, cfg, info, v);
+	} else {
+		ret = masquerade_and_route(ctx, &f, v);
+		if (ret != CTX_GO_ON)
+			return ret;
+	}
+	v->reason = REASON_TO_STACK;
+	return TC_ACT_OK;
 }
 
-int from_container(struct __sk_buff *skb)
+static __always_inline int handle_from_container(struct __sk_buff *ctx, struct verdict *v)
 {
-	struct ethhdr *eth = ctx_data(skb);
+	struct ethhdr *eth = ctx_data(ctx);
 
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
-
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	switch (eth->h_proto) {
 	case const_htons(ETH_P_IP):
-		return handle_ipv4_from_endpoint(skb);
+		return handle_ipv4_from_endpoint(ctx, v);
 	case const_htons(ETH_P_ARP):
-		return handle_arp_from_endpoint(skb);
+		return handle_arp_from_endpoint(ctx, v);
 	case const_htons(ETH_P_IPV6):
-		return verdict(skb, TC_ACT_OK, REASON_IPV6_PASS, DIR_EGRESS);
+		v->reason = REASON_IPV6_PASS;
+		return TC_ACT_OK;
 	default:
-		return drop(skb, DROP_UNKNOWN_L3, DIR_EGRESS);
+		return DROP(DROP_UNKNOWN_L3);
 	}
+}
+
+int from_container(struct __sk_buff *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_EGRESS);
+	return verdict_exit(ctx, handle_from_container(ctx, &v), &v);
 }
 
 /* What the host stack sends to a pod: replies to the pod's own
  * connections (translated back if they belong to a service flow), ICMP
  * errors about them, and connections initiated towards the pod. */
-int to_container(struct __sk_buff *skb)
+static __always_inline int handle_to_container(struct __sk_buff *ctx, struct verdict *v)
 {
-	struct ethhdr *eth = ctx_data(skb);
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0;
+	struct ethhdr *eth = ctx_data(ctx);
+	struct endpoint_info *ep;
+	struct flow f;
 	int ret;
 
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_INGRESS);
+	v->reason = REASON_TO_STACK;
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
-		return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_INGRESS);
+		return TC_ACT_OK;
+	ret = flow_parse4(ctx, &f);
+	if (ret)
+		return ret;
+	v->src_identity = identity_of(f.saddr.v4);
+	ret = ct_process(ctx, &f, CT_DIR_IN, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	ep = lookup_endpoint(f.daddr.v4);
+	if (!ep)
+		return TC_ACT_OK;
+	return local_delivery(ctx, &f, ep, v, DELIVER_IN_PLACE);
+}
 
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_INGRESS);
-	ret = ipv4_flow_parse(skb, ip, &flow);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	return verdict(skb, TC_ACT_OK, REASON_TO_STACK, DIR_INGRESS);
+int to_container(struct __sk_buff *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_INGRESS);
+	return verdict_exit(ctx, handle_to_container(ctx, &v), &v);
 }

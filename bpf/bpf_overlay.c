@@ -2,63 +2,73 @@
  *
  *   from_overlay  tc ingress: decapsulated packets from other nodes
  *
- * Packet path, top to bottom:
+ * Packet path, top to bottom (ending in verdict_exit, lib/verdict.h):
  *   1. tunnel metadata present, else DROP_NO_TUNNEL_KEY
  *   2. the outer source is a node of the cluster (ipcache), else DROP_UNKNOWN_NODE
- *   3. the VNI is the sender's identity: the host identity is never accepted
- *      from the wire (DROP_INVALID_IDENTITY)
- *   4. inner Ethernet/IPv4 valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
+ *   3. the VNI is the sender's identity, carried on in the verdict: the
+ *      host identity is never accepted from the wire (DROP_INVALID_IDENTITY)
+ *   4. inner Ethernet/IPv4 valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD);
+ *      not IPv4 -> the stack (REASON_HOST_PASS)
  *   5. conntrack; a reply of a service flow this node balanced is translated
  *      back to the frontend
- *   6. destination is a local endpoint -> into the pod (REASON_FROM_TUNNEL);
- *      otherwise -> the stack
+ *   6. destination is a local endpoint -> local_delivery into the pod
+ *      (REASON_FROM_TUNNEL); otherwise -> the stack (REASON_HOST_PASS)
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
-#include "lib/metrics.h"
+#include "lib/verdict.h"
 #include "lib/eth.h"
-#include "lib/endpoint.h"
+#include "lib/flow.h"
 #include "lib/ipv4.h"
-#include "lib/l4.h"
-#include "lib/nat.h"
+#include "lib/endpoint.h"
 #include "lib/conntrack.h"
-#include "lib/lb.h"
+#include "lib/pipeline.h"
 #include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
 #include "lib/lxc.h"
 
-int from_overlay(struct __sk_buff *skb)
+static __always_inline int handle_from_overlay(struct __sk_buff *ctx, struct verdict *v)
 {
 	struct bpf_tunnel_key key = {};
 	struct remote_endpoint_info *node;
 	struct endpoint_info *ep;
-	struct ethhdr *eth = ctx_data(skb);
-	struct ipv4_flow flow;
-	struct iphdr *ip;
-	__u8 reason = 0;
+	struct ethhdr *eth;
+	struct flow f;
 	int ret;
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
-		return drop(skb, DROP_NO_TUNNEL_KEY, DIR_INGRESS);
+	if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) < 0)
+		return DROP(DROP_NO_TUNNEL_KEY);
 	node = ipcache_lookup(bpf_htonl(key.remote_ipv4));
 	if (!node || !(node->flags & IPCACHE_F_NODE))
-		return drop(skb, DROP_UNKNOWN_NODE, DIR_INGRESS);
+		return DROP(DROP_UNKNOWN_NODE);
 	if (key.tunnel_id == IDENTITY_HOST)
-		return drop(skb, DROP_INVALID_IDENTITY, DIR_INGRESS);
+		return DROP(DROP_INVALID_IDENTITY);
+	v->src_identity = key.tunnel_id;
 
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_INGRESS);
+	v->reason = REASON_HOST_PASS;
+	eth = ctx_data(ctx);
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	ip = ipv4_header(skb, &reason);
-	if (!ip)
-		return drop(skb, reason, DIR_INGRESS);
-	ret = ipv4_flow_parse(skb, ip, &flow);
+		return TC_ACT_OK;
+	ret = flow_parse4(ctx, &f);
 	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	ret = ct_process(skb, &flow, CT_DIR_IN, 0, 0);
-	if (ret)
-		return drop(skb, ret, DIR_INGRESS);
-	return deliver_to_pod(skb, flow.daddr, REASON_FROM_TUNNEL);
+		return ret;
+	ret = ct_process(ctx, &f, CT_DIR_IN, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	ep = lookup_endpoint(f.daddr.v4);
+	if (!ep)
+		return TC_ACT_OK;
+	v->reason = REASON_FROM_TUNNEL;
+	return local_delivery(ctx, &f, ep, v, DELIVER_REDIRECT);
+}
+
+int from_overlay(struct __sk_buff *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_INGRESS);
+	return verdict_exit(ctx, handle_from_overlay(ctx, &v), &v);
 }

@@ -29,6 +29,8 @@ RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SZ = 8
 MONITOR_CAPTURE = 128
 MONITOR_TYPE_NAMES = {1: "drop", 2: "trace"}
+# CT_* of bpf/lib/verdict.h: what conntrack said of the packet
+CT_STATUS_NAMES = {0: "", 1: "new", 2: "established", 3: "reply", 4: "related"}
 
 
 class MonitorEventC(ctypes.Structure):
@@ -36,17 +38,24 @@ class MonitorEventC(ctypes.Structure):
         ("ktime_ns", ctypes.c_uint64),
         ("ifindex", ctypes.c_uint32),
         ("len", ctypes.c_uint32),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint16),
         ("cap_len", ctypes.c_uint16),
         ("type", ctypes.c_uint8),
         ("reason", ctypes.c_uint8),
         ("dir", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 3),
+        ("ct_status", ctypes.c_uint8),
         ("data", ctypes.c_uint8 * MONITOR_CAPTURE),
     ]
 
     @property
     def type_name(self) -> str:
         return MONITOR_TYPE_NAMES.get(self.type, str(self.type))
+
+    @property
+    def ct_status_name(self) -> str:
+        return CT_STATUS_NAMES.get(self.ct_status, str(self.ct_status))
 
     @property
     def packet(self) -> bytes:

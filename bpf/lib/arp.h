@@ -7,7 +7,8 @@
 #include "common.h"
 #include "eth.h"
 #include "endpoint.h"
-#include "metrics.h"
+#include "reasons.h"
+#include "verdict.h"
 
 struct arp_eth_ipv4 {
 	__u8 sha[ETH_ALEN];
@@ -31,7 +32,7 @@ static __always_inline int arp_is_ipv4_over_eth(const struct arphdr *arp)
 /* Turn the request in place into the reply and send it back out of the
  * interface it came from. */
 static __always_inline int arp_respond(struct __sk_buff *skb, struct arp_packet *p,
-				       const __u8 *mac)
+				       const __u8 *mac, struct verdict *v)
 {
 	__be32 sip = p->body.sip;
 	__be32 tip = p->body.tip;
@@ -42,30 +43,32 @@ static __always_inline int arp_respond(struct __sk_buff *skb, struct arp_packet 
 	p->body.tip = sip;
 	mac_copy(p->body.sha, mac);
 	p->body.sip = tip;
-	count_verdict(skb, REASON_ARP_REPLY, DIR_EGRESS);
+	v->reason = REASON_ARP_REPLY;
 	return bpf_redirect(skb->ifindex, 0);
 }
 
 /* ARP from a pod: validate the sender, answer requests, pass the rest. */
-static __always_inline int handle_arp_from_endpoint(struct __sk_buff *skb)
+static __always_inline int handle_arp_from_endpoint(struct __sk_buff *skb, struct verdict *v)
 {
 	struct arp_packet *p = ctx_data(skb);
 	struct endpoint_info *ep;
 
 	if ((void *)(p + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
+		return DROP(DROP_TRUNCATED);
 	if (!arp_is_ipv4_over_eth(&p->arp))
-		return drop(skb, DROP_INVALID_ARP, DIR_EGRESS);
+		return DROP(DROP_INVALID_ARP);
 
 	ep = lookup_endpoint(p->body.sip);
 	if (!ep || ep->ifindex != skb->ifindex || !mac_equal(ep->mac, p->body.sha) ||
 	    !mac_equal(ep->mac, p->eth.h_source))
-		return drop(skb, DROP_ARP_SPOOFED, DIR_EGRESS);
+		return DROP(DROP_ARP_SPOOFED);
+	v->ep_id = ep->ep_id;
+	v->src_identity = ep->sec_identity;
 
 	if (p->arp.ar_op == bpf_htons(ARPOP_REQUEST) && p->body.tip != p->body.sip)
-		return arp_respond(skb, p, ep->node_mac);
-
-	return verdict(skb, TC_ACT_OK, REASON_ARP_PASS, DIR_EGRESS);
+		return arp_respond(skb, p, ep->node_mac, v);
+	v->reason = REASON_ARP_PASS;
+	return TC_ACT_OK;
 }
 
 #endif /* PORIN_ARP_H */

@@ -1,8 +1,16 @@
-/* Common includes, types and helpers for every Porin program.
+/* Common includes, types and conventions for every Porin program.
  *
  * bcc compiles each entry file with node settings passed as -D flags by the
- * agent (see daemon/datapath.py); the defaults below only exist so a header
- * can be read on its own.
+ * agent (daemon/datapath.py, sizes from daemon/map_specs.py). A size or
+ * setting the agent did not pass is a compile error, never a silent default.
+ *
+ * Return convention of every helper that can end a packet's path (Cilium's
+ * IS_ERR, Katran's FURTHER_PROCESSING):
+ *   >= 0        a final TC/XDP action, the verdict's reason set in struct verdict
+ *   CTX_GO_ON   nothing decided yet: the caller goes on
+ *   < CTX_GO_ON DROP(reason): the packet is dropped for that reason (reasons.h)
+ * A helper that only transforms a packet returns 0 or DROP(reason).
+ * Helpers describe; only the entry program's exit (lib/verdict.h) counts.
  */
 #ifndef PORIN_COMMON_H
 #define PORIN_COMMON_H
@@ -15,17 +23,20 @@
 #include <uapi/linux/pkt_cls.h>
 
 #ifndef PIN_ROOT
-#define PIN_ROOT "/sys/fs/bpf/porin"
+#error "PIN_ROOT must be defined (the agent passes its bpffs root)"
 #endif
 
-#ifndef ENDPOINTS_MAP_SIZE
-#define ENDPOINTS_MAP_SIZE 65536
-#endif
+#define CTX_GO_ON (-1)
+#define IS_ERR(ret) ((ret) < CTX_GO_ON)
+#define DROP(reason) (-(int)(reason))
 
 /* A pinned map under the agent's bpffs root. Pins are reused across agent
- * restarts, which is what keeps restarts hitless. */
+ * restarts, which is what keeps restarts hitless. Every map is declared
+ * through one of these two; daemon/map_specs.py passes its size. */
 #define PORIN_MAP(type, key, value, name, size) \
 	BPF_TABLE_PINNED(type, key, value, name, size, PIN_ROOT "/" #name)
+#define PORIN_MAP_F(type, key, value, name, size, flags) \
+	BPF_TABLE_PINNED(type, key, value, name, size, PIN_ROOT "/" #name, flags)
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
@@ -38,27 +49,6 @@
 #define const_htons(x) ((__u16)(x))
 #endif
 
-/* skb->data and skb->data_end, each read with one load from the context:
- * otherwise clang may keep &skb->data in a register and dereference it
- * later, which the verifier refuses ("dereference of modified ctx ptr"). */
-static __always_inline void *ctx_data(struct __sk_buff *skb)
-{
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)"
-		     : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
-	return ptr;
-}
-
-static __always_inline void *ctx_data_end(struct __sk_buff *skb)
-{
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)"
-		     : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
-	return ptr;
-}
+#include "ctx.h"
 
 #endif /* PORIN_COMMON_H */

@@ -5,7 +5,11 @@
  * looking up its swapped tuple. "tx" counts the initiator's packets, "rx"
  * the responder's.
  *
- * A service flow has two entries (lib/lb.h):
+ * This header owns the map: the lookup (a status plus the entry), the TCP
+ * state machine, and ct_create(), the only place an entry is made. The
+ * order in which programs use it is lib/pipeline.h's.
+ *
+ * A service flow has two entries:
  *   the flow entry   client -> frontend, as the client sent it: the chosen
  *                    backend (backend_id), the frontend (rev_nat), the state
  *                    and the counters of both directions. An established
@@ -23,8 +27,8 @@
 #define PORIN_CONNTRACK_H
 
 #include "common.h"
-#include "l4.h"
-#include "metrics.h"
+#include "flow.h"
+#include "verdict.h"
 #include "clock.h"
 
 #ifndef CT_MAP_SIZE
@@ -66,11 +70,6 @@
 #define CT_F_RX_FIN 4
 #define CT_F_RELATED 8          /* an ICMP error about this flow was seen */
 
-/* ct_lookup results */
-#define CT_NEW 0
-#define CT_ESTABLISHED 1        /* packet in the initiator's direction */
-#define CT_REPLY 2              /* packet in the responder's direction */
-
 struct ct4_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -99,12 +98,21 @@ struct ct4_entry {
 	__u32 peer_seen;        /* flow entry: when its reply entry was last renewed */
 };
 
+/* What a new entry records besides the packet (ct_create). */
+struct ct_new {
+	__u32 backend_id;       /* a flow entry: the backend chosen */
+	__u16 rev_nat;          /* replies translated back to this frontend */
+	__u8 dir;               /* CT_DIR_* */
+	__u8 flags;             /* CT_F_HAIRPIN */
+};
+
 PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
 
-static __always_inline void ct_key_from_flow(struct ct4_key *key, const struct ipv4_flow *f)
+/* The per-family key of a flow (IPv6 gets its own map and key). */
+static __always_inline void ct4_key_from_flow(struct ct4_key *key, const struct flow *f)
 {
-	key->saddr = f->saddr;
-	key->daddr = f->daddr;
+	key->saddr = f->saddr.v4;
+	key->daddr = f->daddr.v4;
 	key->sport = f->sport;
 	key->dport = f->dport;
 	key->proto = f->proto;
@@ -112,7 +120,7 @@ static __always_inline void ct_key_from_flow(struct ct4_key *key, const struct i
 	key->pad = 0;
 }
 
-static __always_inline void ct_key_swap(struct ct4_key *key)
+static __always_inline void ct4_key_swap(struct ct4_key *key)
 {
 	__be32 a = key->saddr;
 	__be16 p = key->sport;
@@ -121,6 +129,15 @@ static __always_inline void ct_key_swap(struct ct4_key *key)
 	key->daddr = a;
 	key->sport = key->dport;
 	key->dport = p;
+}
+
+/* The entry of `f` as its initiator sent it, or NULL. */
+static __always_inline struct ct4_entry *ct_entry_of(const struct flow *f)
+{
+	struct ct4_key key;
+
+	ct4_key_from_flow(&key, f);
+	return ct4_global.lookup(&key);
 }
 
 static __always_inline __u32 ct_lifetime(const struct ct4_entry *e, __u8 proto)
@@ -183,8 +200,8 @@ static __always_inline void ct_tcp_advance(struct ct4_entry *e, __u8 flags, int 
 
 /* Count a packet on its entry, advance the TCP state, renew the lifetime
  * from `now` (seconds, lib/clock.h). */
-static __always_inline void ct_account_at(struct ct4_entry *e, const struct ipv4_flow *f,
-					  __u32 len, int reply, __u32 now)
+static __always_inline void ct_account_at(struct ct4_entry *e, const struct flow *f, __u32 len,
+					  int reply, __u32 now)
 {
 	if (reply) {
 		e->rx_packets += 1;
@@ -202,56 +219,117 @@ static __always_inline void ct_account_at(struct ct4_entry *e, const struct ipv4
 	e->lifetime = now + ct_lifetime(e, f->proto);
 }
 
-static __always_inline void ct_account(struct ct4_entry *e, const struct ipv4_flow *f, __u32 len,
+static __always_inline void ct_account(struct ct4_entry *e, const struct flow *f, __u32 len,
 				       int reply)
 {
 	ct_account_at(e, f, len, reply, now_seconds());
 }
 
-/* Look a packet up: CT_ESTABLISHED / CT_REPLY with *entry set, or CT_NEW. */
-static __always_inline int ct_lookup(const struct ipv4_flow *f, struct ct4_entry **entry)
+/* Look a packet up: CT_ESTABLISHED (its own tuple: from the initiator) or
+ * CT_REPLY (the swapped tuple) with *entry set, or CT_NEW. */
+static __always_inline int ct_lookup(const struct flow *f, struct ct4_entry **entry)
 {
 	struct ct4_key key;
 
-	ct_key_from_flow(&key, f);
+	ct4_key_from_flow(&key, f);
 	*entry = ct4_global.lookup(&key);
 	if (*entry)
 		return CT_ESTABLISHED;
-	ct_key_swap(&key);
+	ct4_key_swap(&key);
 	*entry = ct4_global.lookup(&key);
 	if (*entry)
 		return CT_REPLY;
 	return CT_NEW;
 }
 
-static __always_inline __u8 ct_initial_state(const struct ipv4_flow *f)
+static __always_inline __u8 ct_initial_state(const struct flow *f)
 {
-	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_SYN) &&
-	    !(f->tcp_flags & TCP_FLAG_ACK))
-		return CT_STATE_SYN_SENT;
-	return CT_STATE_NEW;
+	return flow_is_syn(f) ? CT_STATE_SYN_SENT : CT_STATE_NEW;
 }
 
-/* Create the entry for a new flow; 0 or DROP_CT_CREATE_FAILED. */
-static __always_inline int ct_create(const struct ipv4_flow *f, __u32 len, __u8 dir, __u16 rev_nat,
-				     __u8 flags)
+/* Create the entry of a new flow, keyed by `f` as its initiator sent it.
+ * `len` > 0 counts the packet on it. An entry made to follow another
+ * (`follows`: a reply entry made again for its flow entry) takes that
+ * one's state and outlives it. The only place an entry is made.
+ * Returns 0 or DROP(DROP_CT_CREATE_FAILED). */
+static __always_inline int ct_create(const struct flow *f, __u32 len, const struct ct_new *n,
+				     const struct ct4_entry *follows)
 {
 	struct ct4_entry e = {};
 	struct ct4_key key;
 
-	ct_key_from_flow(&key, f);
+	ct4_key_from_flow(&key, f);
 	e.created = now_seconds();
-	e.dir = dir;
-	e.rev_nat = rev_nat;
-	e.flags = flags;
-	e.state = ct_initial_state(f);
-	e.tx_packets = 1;
-	e.tx_bytes = len;
-	e.tx_flags = f->tcp_flags;
-	e.lifetime = e.created + ct_lifetime(&e, f->proto);
+	if (n->backend_id)
+		e.peer_seen = e.created;
+	e.dir = n->dir;
+	e.rev_nat = n->rev_nat;
+	e.backend_id = n->backend_id;
+	e.flags = n->flags;
+	if (follows) {
+		e.state = follows->state;
+		e.lifetime = follows->lifetime + CT_PEER_REFRESH;
+	} else {
+		e.state = ct_initial_state(f);
+		if (len)
+			ct_account_at(&e, f, len, 0, e.created);
+		else
+			e.lifetime = e.created + ct_lifetime(&e, f->proto);
+	}
 	if (ct4_global.update(&key, &e) < 0)
-		return DROP_CT_CREATE_FAILED;
+		return DROP(DROP_CT_CREATE_FAILED);
 	return 0;
+}
+
+/* A service flow's flow entry `flow` (client -> frontend) after one of the
+ * client's packets, `to_backend` that packet after DNAT: its reply entry
+ * takes the flow's state and lifetime, at once when the state moved (the
+ * handshake's last ACK makes a long-lived flow of it), else every
+ * CT_PEER_REFRESH seconds; it is made again if a full table evicted it
+ * (without it replies would leave untranslated). */
+static __always_inline void ct_refresh_reply_entry(struct ct4_entry *flow,
+						   const struct flow *to_backend, __u8 old_state,
+						   __u8 hairpin, __u32 now)
+{
+	struct ct4_entry *reply;
+	struct ct_new n;
+
+	if (flow->state == old_state && now - flow->peer_seen < CT_PEER_REFRESH)
+		return;
+	reply = ct_entry_of(to_backend);
+	if (reply) {
+		reply->state = flow->state;
+		reply->lifetime = flow->lifetime + CT_PEER_REFRESH;
+		/* the same tuple last used through another frontend */
+		reply->rev_nat = flow->rev_nat;
+	} else {
+		n.backend_id = 0;
+		n.rev_nat = flow->rev_nat;
+		n.dir = flow->dir;
+		n.flags = hairpin;
+		ct_create(to_backend, 0, &n, flow);
+	}
+	flow->peer_seen = now;
+}
+
+/* A reply of a service flow, translated back (`to_client` reads frontend ->
+ * client): its flow entry counts it and advances the state, and the reply
+ * entry `reply` takes that state and outlives the flow entry, so it is
+ * there as long as the flow. */
+static __always_inline void ct_follow_flow_entry(struct ct4_entry *reply,
+						 const struct flow *to_client, __u32 len)
+{
+	struct ct4_key key;
+	struct ct4_entry *flow;
+
+	ct4_key_from_flow(&key, to_client);
+	ct4_key_swap(&key);
+	flow = ct4_global.lookup(&key);
+	if (flow) {
+		ct_account(flow, to_client, len, 1);
+		reply->state = flow->state;
+		reply->lifetime = flow->lifetime + CT_PEER_REFRESH;
+	}
 }
 
 #endif /* PORIN_CONNTRACK_H */

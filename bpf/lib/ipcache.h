@@ -28,8 +28,8 @@ struct remote_endpoint_info {
 	__u8 pad[3];
 };
 
-BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct remote_endpoint_info, ipcache,
-		 IPCACHE_MAP_SIZE, PIN_ROOT "/ipcache", BPF_F_NO_PREALLOC);
+PORIN_MAP_F("lpm_trie", struct ipcache_key, struct remote_endpoint_info, ipcache,
+	    IPCACHE_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 static __always_inline struct remote_endpoint_info *ipcache_lookup(__be32 ip)
 {

@@ -1,53 +1,69 @@
-/* Delivery to local endpoints. */
+/* Delivery to local endpoints: the one way into a pod.
+ *
+ * Every packet for a local pod passes local_delivery(), whichever path
+ * brought it: another pod (bpf_lxc.c from_container), an uplink (NodePort,
+ * replies to masqueraded flows: bpf_host.c), the tunnel (bpf_overlay.c,
+ * IPIP in bpf_host.c) or the node's stack (to_container). It is where the
+ * verdict learns its destination, and where ingress policy will decide
+ * with the source identity the path carried here. It has to be this
+ * function, not to_container: bpf_redirect_peer() enters the pod without
+ * running the host veth's egress program.
+ */
 #ifndef PORIN_LXC_H
 #define PORIN_LXC_H
 
 #include "common.h"
 #include "eth.h"
+#include "flow.h"
 #include "ipv4.h"
 #include "endpoint.h"
-#include "metrics.h"
+#include "verdict.h"
+
+#define DELIVER_REDIRECT 1  /* route the packet into the pod (redirect_peer) */
+#define DELIVER_IN_PLACE 0  /* the packet is on its way in already (to_container) */
 
 /* Route an IPv4 packet straight into a local endpoint: decrement TTL,
- * rewrite MACs as the gateway would, and hand the packet to the peer of the
+ * rewrite MACs as the gateway would, and hand it to the peer of the
  * destination's host veth without crossing the host stack. */
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst)
+static __always_inline int redirect_to_endpoint(struct __sk_buff *ctx,
+						const struct endpoint_info *dst,
+						struct verdict *v)
 {
-	struct ethhdr *eth = ctx_data(skb);
-	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
-	int ret;
+	struct ethhdr *eth = ctx_data(ctx);
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
 
-	if ((void *)(ip + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
-	if (ip->ttl <= 1)
-		return verdict(skb, TC_ACT_OK, REASON_TTL_EXPIRED, DIR_EGRESS);
-	if (ipv4_dec_ttl(skb, ip->ttl) < 0)
-		return drop(skb, DROP_CSUM_FAILED, DIR_EGRESS);
-
-	/* the helpers above invalidate packet pointers: reload */
-	eth = ctx_data(skb);
-	if ((void *)(eth + 1) > ctx_data_end(skb))
-		return drop(skb, DROP_TRUNCATED, DIR_EGRESS);
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	if (ip->ttl <= 1) {
+		v->reason = REASON_TTL_EXPIRED; /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	}
+	ipv4_dec_ttl(ip);
 	eth_rewrite(eth, dst->mac, dst->node_mac);
-
-	ret = bpf_redirect_peer(dst->ifindex, 0);
-	if (ret != TC_ACT_REDIRECT)
-		return drop(skb, DROP_REDIRECT_FAILED, DIR_EGRESS);
-	count_verdict(skb, REASON_FORWARDED, DIR_EGRESS);
-	update_metrics(skb->len, REASON_FORWARDED, DIR_INGRESS); /* the receiver's view */
-	return ret;
+	if (bpf_redirect_peer(dst->ifindex, 0) != TC_ACT_REDIRECT)
+		return DROP(DROP_REDIRECT_FAILED);
+	return TC_ACT_REDIRECT;
 }
 
-/* A packet from outside the node (uplink, tunnel) to the local pod it is
- * addressed to, counted under `reason`; not a local pod: the node's stack. */
-static __always_inline int deliver_to_pod(struct __sk_buff *skb, __be32 daddr, __u8 reason)
+/* A packet for the local endpoint `ep`, however it got here; `v->reason`
+ * says how (FORWARDED from a pod, NODEPORT, REV_SNAT, FROM_TUNNEL,
+ * TO_STACK through to_container). */
+static __always_inline int local_delivery(struct __sk_buff *ctx, const struct flow *f,
+					  const struct endpoint_info *ep, struct verdict *v,
+					  int how)
 {
-	struct endpoint_info *ep = lookup_endpoint(daddr);
+	int ret;
 
-	if (!ep)
-		return verdict(skb, TC_ACT_OK, REASON_HOST_PASS, DIR_INGRESS);
-	count_verdict(skb, reason, DIR_INGRESS);
-	return redirect_to_endpoint(skb, ep);
+	v->dst_identity = ep->sec_identity;
+	if (v->dir == DIR_INGRESS)
+		v->ep_id = ep->ep_id;
+	/* ingress policy goes here: v->src_identity -> ep */
+	if (how == DELIVER_IN_PLACE)
+		return TC_ACT_OK;
+	ret = redirect_to_endpoint(ctx, ep, v);
+	if (ret == TC_ACT_REDIRECT && v->dir == DIR_EGRESS)
+		v->flags |= VERDICT_F_LOCAL_PEER; /* a pod's packet into a pod */
+	return ret;
 }
 
 #endif /* PORIN_LXC_H */

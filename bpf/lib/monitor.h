@@ -3,9 +3,11 @@
  * While a monitor listens it sets monitor_config.flags; every drop then
  * becomes an event in the monitor_events ring buffer, and with
  * MONITOR_F_TRACE every other verdict too. An event carries the verdict's
- * reason and direction, the interface, the packet's length and its first
- * MONITOR_CAPTURE bytes, as the packet was at the verdict (a packet turned
- * into an ICMP error shows as that error).
+ * reason and direction, the interface, the source and destination
+ * identities, the local endpoint and the conntrack status as the path knew
+ * them (lib/verdict.h), the packet's length and its first MONITOR_CAPTURE
+ * bytes, as the packet was at the verdict (a packet turned into an ICMP
+ * error shows as that error).
  *
  * With nobody listening, the cost is one inlined array lookup per verdict.
  * A full ring buffer loses events, never packets; the monitor reports the
@@ -36,12 +38,15 @@ struct monitor_config {
 struct monitor_event {
 	__u64 ktime_ns;
 	__u32 ifindex;
-	__u32 len;      /* the packet's length */
-	__u16 cap_len;  /* bytes of it in data[] */
-	__u8 type;      /* MONITOR_TYPE_* */
+	__u32 len;          /* the packet's length */
+	__u32 src_identity; /* 0: not known on this path */
+	__u32 dst_identity;
+	__u16 ep_id;        /* local endpoint, 0: none */
+	__u16 cap_len;      /* bytes of the packet in data[] */
+	__u8 type;          /* MONITOR_TYPE_* */
 	__u8 reason;
 	__u8 dir;
-	__u8 pad[3];
+	__u8 ct_status;     /* CT_* of lib/verdict.h */
 	__u8 data[MONITOR_CAPTURE];
 };
 
@@ -61,7 +66,9 @@ struct monitor_events_table_t monitor_events = { .max_entries = MONITOR_RING_SIZ
 PORIN_MAP("array", __u32, struct monitor_config, monitor_config, 1);
 PORIN_MAP("percpu_array", __u32, __u64, monitor_lost, 1);
 
-static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, __u8 dir)
+static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, __u8 dir,
+					   __u32 src_identity, __u32 dst_identity, __u16 ep_id,
+					   __u8 ct_status)
 {
 	__u32 zero = 0, cap = skb->len;
 	struct monitor_config *cfg = monitor_config.lookup(&zero);
@@ -85,7 +92,10 @@ static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, _
 	ev->type = reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP;
 	ev->reason = reason;
 	ev->dir = dir;
-	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
+	ev->src_identity = src_identity;
+	ev->dst_identity = dst_identity;
+	ev->ep_id = ep_id;
+	ev->ct_status = ct_status;
 	ev->cap_len = 0;
 	if (cap >= MONITOR_CAPTURE) {
 		cap = MONITOR_CAPTURE;

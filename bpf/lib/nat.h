@@ -1,17 +1,15 @@
-/* Address and port rewrites with incremental checksum updates. */
+/* IPv4 address and port rewrites with incremental checksum updates (the
+ * family-specific half of NAT: IPv6 has no header checksum to fix). */
 #ifndef PORIN_NAT_H
 #define PORIN_NAT_H
 
 #include "common.h"
+#include "flow.h"
 #include "ipv4.h"
 #include "l4.h"
 
-#define IPV4_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IPV4_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
-#define IPV4_CHECK_OFF (ETH_HLEN + offsetof(struct iphdr, check))
-
 /* Offset of the L4 checksum, or -1 for protocols without ports. */
-static __always_inline int l4_csum_off(const struct ipv4_flow *f)
+static __always_inline int l4_csum_off(const struct flow *f)
 {
 	if (f->proto == IPPROTO_TCP)
 		return f->l4_off + TCP_CSUM_OFF;
@@ -20,20 +18,21 @@ static __always_inline int l4_csum_off(const struct ipv4_flow *f)
 	return -1;
 }
 
-static __always_inline __u64 l4_csum_flags(const struct ipv4_flow *f)
+static __always_inline __u64 l4_csum_flags(const struct flow *f)
 {
 	/* a UDP checksum of 0 means "none" and must stay 0 */
 	return f->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
 /* Rewrite the source (src=1) or destination address and, when `port` is
- * non-zero, the matching port (for ICMP echo: the echo id). Checksums: IPv4
- * header, and the L4 pseudo header and port for TCP/UDP, the ICMP checksum
- * for an echo id. */
-static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_flow *f, int src,
-				       __be32 addr, __be16 port)
+ * non-zero, the matching port (for ICMP echo: the echo id), and the flow
+ * record with them. Checksums: IPv4 header, and the L4 pseudo header and
+ * port for TCP/UDP, the ICMP checksum for an echo id.
+ * Returns 0 or DROP(DROP_NAT_FAILED). */
+static __always_inline int nat4_rewrite(struct __sk_buff *ctx, struct flow *f, int src,
+					__be32 addr, __be16 port)
 {
-	__be32 old_addr = src ? f->saddr : f->daddr;
+	__be32 old_addr = src ? f->saddr.v4 : f->daddr.v4;
 	__be16 old_port = src ? f->sport : f->dport;
 	int csum_off = l4_csum_off(f);
 	__u32 port_off = f->l4_off + (src ? 0 : 2);
@@ -49,17 +48,17 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_
 	/* the L4 checksum through the helper: it knows whether the skb carries a
 	 * full checksum or a pseudo-header one left for offload */
 	if (old_addr != addr && f->proto != IPPROTO_ICMP && csum_off >= 0 &&
-	    bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
+	    bpf_l4_csum_replace(ctx, csum_off, old_addr, addr,
 				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(f)) < 0)
-		return -1;
+		return DROP(DROP_NAT_FAILED);
 	if (new_port &&
-	    bpf_l4_csum_replace(skb, csum_off, old_port, port, sizeof(port) | l4_csum_flags(f)) < 0)
-		return -1;
+	    bpf_l4_csum_replace(ctx, csum_off, old_port, port, sizeof(port) | l4_csum_flags(f)) < 0)
+		return DROP(DROP_NAT_FAILED);
 
 	/* addresses, port and the IPv4 header checksum: direct writes */
-	ip = ctx_data(skb) + ETH_HLEN;
-	if ((void *)(ip + 1) > ctx_data_end(skb))
-		return -1;
+	ip = ipv4_hdr(ctx);
+	if (!ip)
+		return DROP(DROP_NAT_FAILED);
 	if (old_addr != addr) {
 		ipv4_csum_update32(ip, old_addr, addr);
 		if (src)
@@ -68,10 +67,21 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct ipv4_
 			ip->daddr = addr;
 	}
 	if (new_port) {
-		p = ctx_data(skb) + (port_off & 0xff);
-		if ((void *)(p + 1) > ctx_data_end(skb))
-			return -1;
+		/* the mask bounds the offset for the verifier; an L4 header
+		 * starts within the first 255 bytes of a frame we parsed */
+		p = ctx_data(ctx) + (port_off & 0xff);
+		if ((void *)(p + 1) > ctx_data_end(ctx))
+			return DROP(DROP_NAT_FAILED);
 		*p = port;
+	}
+	if (src) {
+		f->saddr.v4 = addr;
+		if (port)
+			f->sport = port;
+	} else {
+		f->daddr.v4 = addr;
+		if (port)
+			f->dport = port;
 	}
 	return 0;
 }

@@ -14,9 +14,12 @@
 #define PORIN_SNAT_H
 
 #include "common.h"
-#include "l4.h"
+#include "reasons.h"
+#include "clock.h"
+#include "flow.h"
 #include "nat.h"
-#include "conntrack.h"
+#include "icmp.h"
+#include <uapi/asm-generic/errno-base.h>
 
 #ifndef NAT_MAP_SIZE
 #define NAT_MAP_SIZE 131072
@@ -65,8 +68,7 @@ struct lpm_v4_key {
 
 PORIN_MAP("hash", struct nat4_key, struct nat4_entry, nat4, NAT_MAP_SIZE);
 PORIN_MAP("hash", __u32, struct host_device, host_devices, 256);
-BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, 256,
-		 PIN_ROOT "/nonmasq_cidrs", BPF_F_NO_PREALLOC);
+PORIN_MAP_F("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, 256, BPF_F_NO_PREALLOC);
 
 static __always_inline int snat_wanted(__be32 daddr)
 {
@@ -75,11 +77,10 @@ static __always_inline int snat_wanted(__be32 daddr)
 	return nonmasq_cidrs.lookup(&key) == NULL;
 }
 
-static __always_inline void nat_key_from_flow(struct nat4_key *k, const struct ipv4_flow *f,
-					      __u8 dir)
+static __always_inline void nat4_key_from_flow(struct nat4_key *k, const struct flow *f, __u8 dir)
 {
-	k->saddr = f->saddr;
-	k->daddr = f->daddr;
+	k->saddr = f->saddr.v4;
+	k->daddr = f->daddr.v4;
 	k->sport = f->sport;
 	k->dport = f->dport;
 	k->proto = f->proto;
@@ -89,17 +90,17 @@ static __always_inline void nat_key_from_flow(struct nat4_key *k, const struct i
 
 /* Reserve a NAT port for a new flow: the IN entry is inserted first with
  * BPF_NOEXIST, so two flows can never get the same translated tuple. */
-static __always_inline int snat_allocate(const struct ipv4_flow *f, __be32 node_ip,
+static __always_inline int snat_allocate(const struct flow *f, __be32 node_ip,
 					 struct nat4_entry *out)
 {
 	struct nat4_key rkey = {
-		.saddr = f->daddr,
+		.saddr = f->daddr.v4,
 		.daddr = node_ip,
 		.sport = f->dport,
 		.proto = f->proto,
 		.dir = NAT_DIR_IN,
 	};
-	struct nat4_entry rval = { .to_addr = f->saddr, .to_port = f->sport };
+	struct nat4_entry rval = { .to_addr = f->saddr.v4, .to_port = f->sport };
 	struct nat4_key okey;
 	__u16 port = bpf_ntohs(f->sport);
 	int i, ret = -1;
@@ -113,24 +114,24 @@ static __always_inline int snat_allocate(const struct ipv4_flow *f, __be32 node_
 		ret = nat4.insert(&rkey, &rval);
 		if (ret == 0)
 			break;
-		if (ret == -7) /* E2BIG: the map is full */
-			return DROP_NAT_MAP_FULL;
+		if (ret == -E2BIG) /* the map is full */
+			return DROP(DROP_NAT_MAP_FULL);
 	}
 	if (ret != 0)
-		return DROP_NAT_NO_PORT;
+		return DROP(DROP_NAT_NO_PORT);
 	out->to_addr = node_ip;
 	out->to_port = rkey.dport;
 	out->created = rval.created;
-	nat_key_from_flow(&okey, f, NAT_DIR_OUT);
+	nat4_key_from_flow(&okey, f, NAT_DIR_OUT);
 	if (nat4.update(&okey, out) < 0) {
 		nat4.delete(&rkey);
-		return DROP_NAT_MAP_FULL;
+		return DROP(DROP_NAT_MAP_FULL);
 	}
 	return 0;
 }
 
-/* Masquerade a packet leaving through an uplink; 0 or a drop reason. */
-static __always_inline int snat_egress(struct __sk_buff *skb, struct ipv4_flow *f, __be32 node_ip)
+/* Masquerade a packet leaving through an uplink; 0 or DROP(reason). */
+static __always_inline int snat_egress(struct __sk_buff *skb, struct flow *f, __be32 node_ip)
 {
 	struct nat4_entry fresh = {}, *e;
 	struct nat4_key key;
@@ -138,7 +139,7 @@ static __always_inline int snat_egress(struct __sk_buff *skb, struct ipv4_flow *
 	__be16 to_port;
 	int ret;
 
-	nat_key_from_flow(&key, f, NAT_DIR_OUT);
+	nat4_key_from_flow(&key, f, NAT_DIR_OUT);
 	e = nat4.lookup(&key);
 	if (e) {
 		to_addr = e->to_addr;
@@ -150,51 +151,41 @@ static __always_inline int snat_egress(struct __sk_buff *skb, struct ipv4_flow *
 		to_addr = fresh.to_addr;
 		to_port = fresh.to_port;
 	}
-	if (nat_rewrite(skb, f, 1, to_addr, to_port) < 0)
-		return DROP_NAT_FAILED;
-	f->saddr = to_addr;
-	f->sport = to_port;
-	return 0;
+	return nat4_rewrite(skb, f, 1, to_addr, to_port);
 }
 
 /* A reply to a masqueraded flow arriving on an uplink: destination back to
- * the pod. Returns 1 when translated, 0 when not a NAT flow, or -reason. */
-static __always_inline int snat_ingress(struct __sk_buff *skb, struct ipv4_flow *f)
+ * the pod. Returns 0 translated, CTX_GO_ON when no NAT flow's, or DROP(...). */
+static __always_inline int snat_ingress(struct __sk_buff *skb, struct flow *f)
 {
 	struct nat4_key key;
 	struct nat4_entry *e;
 
-	nat_key_from_flow(&key, f, NAT_DIR_IN);
+	nat4_key_from_flow(&key, f, NAT_DIR_IN);
 	e = nat4.lookup(&key);
 	if (!e)
-		return 0;
-	if (nat_rewrite(skb, f, 0, e->to_addr, e->to_port) < 0)
-		return -DROP_NAT_FAILED;
-	f->daddr = e->to_addr;
-	f->dport = e->to_port;
-	return 1;
+		return CTX_GO_ON;
+	return nat4_rewrite(skb, f, 0, e->to_addr, e->to_port);
 }
 
 /* An ICMP error about a masqueraded flow (port unreachable, fragmentation
  * needed, time exceeded): the outer destination and the quoted source
- * address and port go back to the pod's. The quoted header's checksum is
- * fixed too, so the ICMP checksum only changes by the port. Returns 1 when
- * translated, 0 when not a NAT flow, or -reason. */
-static __always_inline int snat_icmp_error_ingress(struct __sk_buff *skb, struct ipv4_flow *f)
+ * address and port go back to the pod's. Returns 0 translated, CTX_GO_ON
+ * when about no NAT flow, or DROP(...). */
+static __always_inline int snat_icmp_error_ingress(struct __sk_buff *skb, struct flow *f)
 {
-	struct ipv4_flow inner;
+	struct flow inner;
 	struct nat4_key key;
 	struct nat4_entry *e;
 	__be32 pod_ip;
-	__be16 pod_port, old_port;
-	int inner_ip = f->l4_off + sizeof(struct icmphdr);
-	int icmp_csum = f->l4_off + offsetof(struct icmphdr, checksum);
+	__be16 pod_port;
+	int ret;
 
 	if (icmp_inner_flow(skb, f, &inner))
-		return 0;
+		return CTX_GO_ON;
 	/* the quoted packet went node -> peer: its reply direction is the IN entry */
-	key.saddr = inner.daddr;
-	key.daddr = inner.saddr;
+	key.saddr = inner.daddr.v4;
+	key.daddr = inner.saddr.v4;
 	key.sport = inner.dport;
 	key.dport = inner.sport;
 	key.proto = inner.proto;
@@ -202,32 +193,13 @@ static __always_inline int snat_icmp_error_ingress(struct __sk_buff *skb, struct
 	key.pad = 0;
 	e = nat4.lookup(&key);
 	if (!e)
-		return 0;
+		return CTX_GO_ON;
 	pod_ip = e->to_addr;
 	pod_port = e->to_port;
-	old_port = inner.sport;
-
-	/* outer destination */
-	if (nat_rewrite(skb, f, 0, pod_ip, 0) < 0)
-		return -DROP_NAT_FAILED;
-	/* quoted source address, with the quoted header's own checksum */
-	if (bpf_l3_csum_replace(skb, inner_ip + offsetof(struct iphdr, check), inner.saddr, pod_ip,
-				sizeof(pod_ip)) < 0 ||
-	    bpf_skb_store_bytes(skb, inner_ip + offsetof(struct iphdr, saddr), &pod_ip,
-				sizeof(pod_ip), 0) < 0)
-		return -DROP_NAT_FAILED;
-	/* quoted source port (echo id for ICMP), and the ICMP checksum by the same delta */
-	if (pod_port != old_port) {
-		int port_off = inner.l4_off;
-
-		if (inner.proto == IPPROTO_ICMP)
-			port_off = inner.l4_off + offsetof(struct icmphdr, un.echo.id);
-		if (bpf_l4_csum_replace(skb, icmp_csum, old_port, pod_port, sizeof(pod_port)) < 0 ||
-		    bpf_skb_store_bytes(skb, port_off, &pod_port, sizeof(pod_port), 0) < 0)
-			return -DROP_NAT_FAILED;
-	}
-	f->daddr = pod_ip;
-	return 1;
+	ret = nat4_rewrite(skb, f, 0, pod_ip, 0);
+	if (ret)
+		return ret;
+	return icmp_quote_rewrite(skb, f, &inner, 1, pod_ip, pod_port);
 }
 
 #endif /* PORIN_SNAT_H */

@@ -9,9 +9,10 @@
 #define PORIN_TUNNEL_H
 
 #include "common.h"
+#include "reasons.h"
 #include "identity.h"
 #include "ipcache.h"
-#include "metrics.h"
+#include "csum.h"
 
 #define TUNNEL_NONE 0
 #define TUNNEL_VXLAN 1
@@ -52,7 +53,8 @@ static __always_inline __u32 tunnel_overhead(const struct tunnel_config *cfg)
 	return cfg->mode == TUNNEL_VXLAN ? 50 : 20;
 }
 
-/* Hand a packet to the VXLAN device with its tunnel metadata. */
+/* Hand a packet to the VXLAN device with its tunnel metadata.
+ * Returns TC_ACT_REDIRECT or DROP(DROP_ENCAP_FAILED). */
 static __always_inline int tunnel_vxlan_redirect(struct __sk_buff *skb,
 						 const struct tunnel_config *cfg,
 						 __be32 tunnel_endpoint, __u32 identity)
@@ -63,21 +65,13 @@ static __always_inline int tunnel_vxlan_redirect(struct __sk_buff *skb,
 	key.remote_ipv4 = bpf_ntohl(tunnel_endpoint);
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-		return -1;
+		return DROP(DROP_ENCAP_FAILED);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
-static __always_inline __u16 porin_ip_csum(struct iphdr *ip)
-{
-	__u32 csum = bpf_csum_diff(NULL, 0, (__be32 *)ip, sizeof(*ip), 0);
-
-	csum = (csum & 0xffff) + (csum >> 16);
-	csum = (csum & 0xffff) + (csum >> 16);
-	return (__u16)~csum;
-}
-
 /* Put an outer IPv4 header (protocol 4) in front of the packet and send it
- * out of the uplink; the kernel fills in the L2 header (bpf_redirect_neigh). */
+ * out of the uplink; the kernel fills in the L2 header (bpf_redirect_neigh).
+ * Returns TC_ACT_REDIRECT or DROP(DROP_ENCAP_FAILED). */
 static __always_inline int tunnel_ipip_redirect(struct __sk_buff *skb,
 						const struct tunnel_config *cfg,
 						__be32 tunnel_endpoint)
@@ -89,12 +83,12 @@ static __always_inline int tunnel_ipip_redirect(struct __sk_buff *skb,
 
 	inner = ctx_data(skb) + ETH_HLEN;
 	if ((void *)(inner + 1) > ctx_data_end(skb))
-		return -1;
+		return DROP(DROP_ENCAP_FAILED);
 	inner_len = bpf_ntohs(inner->tot_len);
 	frag = inner->frag_off & bpf_htons(0x4000); /* keep DF */
 	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC,
 				PORIN_ADJ_ROOM_ENCAP_L3_IPV4) < 0)
-		return -1;
+		return DROP(DROP_ENCAP_FAILED);
 	outer.version = 4;
 	outer.ihl = 5;
 	outer.ttl = 64;
@@ -103,17 +97,21 @@ static __always_inline int tunnel_ipip_redirect(struct __sk_buff *skb,
 	outer.tot_len = bpf_htons(inner_len + sizeof(outer));
 	outer.saddr = cfg->node_ip;
 	outer.daddr = tunnel_endpoint;
-	outer.check = porin_ip_csum(&outer);
+	outer.check = csum_finish(bpf_csum_diff(NULL, 0, (__be32 *)&outer, sizeof(outer), 0));
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) < 0)
-		return -1;
-	return porin_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+		return DROP(DROP_ENCAP_FAILED);
+	if (porin_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0) != TC_ACT_REDIRECT)
+		return DROP(DROP_ENCAP_FAILED);
+	return TC_ACT_REDIRECT;
 }
 
-/* Remove the outer IPv4 header of an IPIP packet. */
+/* Remove the outer IPv4 header of an IPIP packet; 0 or DROP(DROP_ENCAP_FAILED). */
 static __always_inline int tunnel_ipip_decap(struct __sk_buff *skb)
 {
-	return bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
-				   PORIN_ADJ_ROOM_DECAP_L3_IPV4);
+	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				PORIN_ADJ_ROOM_DECAP_L3_IPV4) < 0)
+		return DROP(DROP_ENCAP_FAILED);
+	return 0;
 }
 
 #endif /* PORIN_TUNNEL_H */

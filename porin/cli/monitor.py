@@ -90,6 +90,10 @@ def event_record(ev: MonitorEventC, names: dict[int, str]) -> dict[str, Any]:
         "direction": direction_name(ev.dir),
         "ifindex": ev.ifindex,
         "interface": _ifname(ev.ifindex, names),
+        "endpoint": ev.ep_id or None,
+        "srcIdentity": ev.src_identity or None,
+        "dstIdentity": ev.dst_identity or None,
+        "ctStatus": ev.ct_status_name or None,
         "length": ev.len,
         "summary": text,
         "packet": fields,
@@ -99,9 +103,16 @@ def event_record(ev: MonitorEventC, names: dict[int, str]) -> dict[str, Any]:
 
 def event_line(rec: dict[str, Any]) -> str:
     what = f"{rec['reason']} ({rec['description']})" if rec["type"] == "drop" else rec["reason"]
+    context = []
+    if rec["endpoint"]:
+        context.append(f"ep={rec['endpoint']}")
+    if rec["srcIdentity"] or rec["dstIdentity"]:
+        context.append(f"identity={rec['srcIdentity'] or '?'}->{rec['dstIdentity'] or '?'}")
+    if rec["ctStatus"]:
+        context.append(f"ct={rec['ctStatus']}")
     return (
         f"{rec['time'][11:]} {rec['type']:<5} {what} {rec['interface']} {rec['direction']}: "
-        f"{rec['summary']} len={rec['length']}"
+        f"{rec['summary']} len={rec['length']}" + "".join(f" {c}" for c in context)
     )
 
 

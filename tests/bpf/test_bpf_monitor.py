@@ -4,6 +4,7 @@ the pinned ring buffer the way the CLI reads them."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 
 import pytest
@@ -93,3 +94,21 @@ def test_a_full_ring_loses_events_not_packets(monitored):
         # drained: there is room again
         assert lxc.run("from_container", SPOOFED)[0] == TC_ACT_SHOT
         assert len(ring.events()) == 1
+
+
+def test_events_carry_endpoint_identities_and_conntrack_status(monitored):
+    lxc, ring, cfg = monitored
+    lxc.endpoints.upsert(dataclasses.replace(POD_A, identity=300))
+    lxc.endpoints.upsert(dataclasses.replace(POD_B, identity=301))
+    cfg.set_flags(MONITOR_F_DROPS | MONITOR_F_TRACE)
+    syn = Ether(src=POD_A.mac, dst=POD_A.node_mac) / IP(src=POD_A.ip, dst=POD_B.ip)
+    assert lxc.run("from_container", bytes(syn / TCP(sport=999, flags="S")))[0] == TC_ACT_REDIRECT
+    assert lxc.run("from_container", bytes(syn / TCP(sport=999, flags="A")))[0] == TC_ACT_REDIRECT
+    new, established = ring.events()
+    for ev in (new, established):
+        assert (ev.src_identity, ev.dst_identity, ev.ep_id) == (300, 301, POD_A.endpoint_id)
+    assert (new.ct_status_name, established.ct_status_name) == ("new", "established")
+    # a drop before the source is known carries no identity
+    assert lxc.run("from_container", SPOOFED)[0] == TC_ACT_SHOT
+    (drop,) = ring.events()
+    assert (drop.src_identity, drop.dst_identity, drop.ep_id, drop.ct_status) == (0, 0, 0, 0)

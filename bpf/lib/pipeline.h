@@ -1,0 +1,228 @@
+/* The conntrack-driven part of every program's path: conntrack, service
+ * translation, (policy next) and entry creation, in one visible order.
+ *
+ * conntrack.h owns the table and lb.h the services; neither calls the
+ * other. This header drives both, for one packet:
+ *
+ *   1. an ICMP error -> matched to the flow it quotes (CT_RELATED); about a
+ *      service flow's packet to its backend: made about the frontend
+ *   2. a non-first fragment -> no L4 header, not tracked; one to a service
+ *      frontend is dropped (DROP_FRAG_NOT_SUPPORTED)
+ *   3. one conntrack lookup on the tuple as it arrived
+ *   4. established (from the initiator): a service flow's packet is DNATed
+ *      to the backend its flow entry names, a plain flow's accounted -> done
+ *      reply: accounted, a service flow's translated back -> done
+ *   5. otherwise (new, the flow's backend gone, a SYN reusing the tuple),
+ *      when services are translated: a service frontend? -> the flow
+ *      entry's backend while usable, else one chosen (none: ICMP port
+ *      unreachable back to the sender, DROP_NO_SERVICE_BACKEND); DNAT
+ *   6. (network policy goes here: a new flow's verdict, before anything is
+ *      created, so a refused flow leaves no entry)
+ *   7. conntrack: a new flow's entries are created (a service flow's flow
+ *      entry, then its reply entry), an existing one is accounted
+ *
+ * Returns CTX_GO_ON, a final action (the ICMP reply), or DROP(reason).
+ */
+#ifndef PORIN_PIPELINE_H
+#define PORIN_PIPELINE_H
+
+#include "common.h"
+#include "reasons.h"
+#include "flow.h"
+#include "icmp.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "verdict.h"
+
+/* A reply of a tracked flow (`e` the entry it matched swapped): counted,
+ * and a service flow's translated back to its frontend. */
+static __always_inline int ct_reply(struct __sk_buff *ctx, struct flow *f, struct ct4_entry *e,
+				    __u32 len)
+{
+	struct lb4_reverse_nat *rn;
+	int ret;
+
+	ct_account(e, f, len, 1);
+	if (!e->rev_nat)
+		return CTX_GO_ON;
+	rn = lb4_frontend_of(e->rev_nat);
+	if (!rn)
+		return CTX_GO_ON;
+	ret = lb4_rev_nat(ctx, f, rn, e->flags & CT_F_HAIRPIN);
+	if (ret)
+		return ret;
+	ct_follow_flow_entry(e, f, len);
+	return CTX_GO_ON;
+}
+
+/* Step 1: an ICMP error, matched to the flow it quotes. */
+static __always_inline int ct_related(struct __sk_buff *ctx, struct flow *f, struct verdict *v)
+{
+	struct lb4_reverse_nat *rn;
+	struct ct4_entry *e;
+	struct flow inner;
+	int status;
+
+	if (icmp_inner_flow(ctx, f, &inner))
+		return CTX_GO_ON; /* quotes nothing we can match: passed untracked */
+	status = ct_lookup(&inner, &e);
+	if (status == CT_NEW)
+		return CTX_GO_ON;
+	v->ct_status = CT_RELATED;
+	e->flags |= CT_F_RELATED;
+	/* about a service flow's packet to its backend: its reply entry */
+	if (status != CT_ESTABLISHED || !e->rev_nat || e->backend_id)
+		return CTX_GO_ON;
+	rn = lb4_frontend_of(e->rev_nat);
+	if (!rn)
+		return CTX_GO_ON;
+	return lb4_icmp_error_rev_nat(ctx, f, &inner, rn, e->flags & CT_F_HAIRPIN) ?: CTX_GO_ON;
+}
+
+/* Steps 2-7 (step 1 included). `dir` says where a new flow's initiator is
+ * (CT_DIR_*); `lb` whether service frontends are translated here;
+ * `bounce_flags` how bpf_redirect sends a packet back to its sender. */
+static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, __u8 dir, int lb,
+					 __u64 bounce_flags, struct verdict *v)
+{
+	__u32 len = ctx->len, now;
+	struct ct4_entry *e, *flow_entry = NULL;
+	struct lb4_service *svc = NULL;
+	struct ct_new fresh = { .dir = dir };
+	struct lb4_backend *b = NULL;
+	struct flow orig;
+	__u8 state;
+	int status, ret;
+
+	if (flow_is_icmp_error(f))
+		return ct_related(ctx, f, v);
+	if (f->is_fragment) {
+		if (lb && lb4_lookup_service(f))
+			return DROP(DROP_FRAG_NOT_SUPPORTED);
+		return CTX_GO_ON;
+	}
+
+	status = ct_lookup(f, &e);
+	v->ct_status = status;
+	if (status == CT_REPLY)
+		return ct_reply(ctx, f, e, len);
+	if (status == CT_ESTABLISHED && !lb) {
+		/* untranslated here: whatever service the tuple served, it is a
+		 * plain flow now */
+		e->rev_nat = 0;
+		e->backend_id = 0;
+		e->flags &= ~CT_F_HAIRPIN;
+		ct_account(e, f, len, 0);
+		return CTX_GO_ON;
+	}
+	/* a SYN reusing the tuple may be a new connection through another
+	 * frontend: the slow path re-points the reply entry */
+	if (status == CT_ESTABLISHED && !flow_is_syn(f)) {
+		if (e->backend_id) {
+			b = lb4_backend_usable(e->backend_id, 0);
+			if (b) {
+				now = now_seconds();
+				state = e->state;
+				ct_account_at(e, f, len, 0, now);
+				ret = lb4_to_backend(ctx, f, b, &fresh.flags);
+				if (ret)
+					return ret;
+				ct_refresh_reply_entry(e, f, state, fresh.flags, now);
+				return CTX_GO_ON;
+			}
+		} else if (!e->rev_nat) {
+			ct_account(e, f, len, 0);
+			return CTX_GO_ON;
+		}
+	}
+
+	/* step 5 */
+	if (lb)
+		svc = lb4_lookup_service(f);
+	if (svc) {
+		if (status == CT_ESTABLISHED) {
+			flow_entry = e;
+			b = lb4_backend_usable(e->backend_id, 0);
+		}
+		if (b) {
+			ct_account(flow_entry, f, len, 0);
+		} else {
+			b = lb4_select_backend(f, svc);
+			if (!b) {
+				ret = icmp4_reply_error(ctx, f->daddr.v4, ICMP_DEST_UNREACH,
+							ICMP_PORT_UNREACH, 0, DROP_NO_SERVICE_BACKEND);
+				if (IS_ERR(ret))
+					return ret;
+				v->reason = DROP_NO_SERVICE_BACKEND;
+				return bpf_redirect(ctx->ifindex, bounce_flags);
+			}
+			if (flow_entry) {
+				/* its backend was removed (or the entry was no service
+				 * flow's): the flow is balanced afresh */
+				flow_entry->backend_id = b->id;
+				flow_entry->rev_nat = svc->rev_nat;
+				flow_entry->peer_seen = now_seconds();
+				ct_account(flow_entry, f, len, 0);
+			}
+		}
+		fresh.rev_nat = svc->rev_nat;
+		if (!flow_entry) {
+			fresh.backend_id = b->id;
+			orig = *f;
+		}
+		ret = lb4_to_backend(ctx, f, b, &fresh.flags);
+		if (ret)
+			return ret;
+		/* the tuple the backend sees: the flow's reply entry */
+		status = ct_lookup(f, &e);
+	}
+
+	/* step 6: policy goes here */
+
+	/* step 7 */
+	switch (status) {
+	case CT_NEW:
+		if (fresh.backend_id) {
+			struct ct_new fn = { .backend_id = fresh.backend_id,
+					     .rev_nat = fresh.rev_nat,
+					     .dir = dir };
+
+			ret = ct_create(&orig, len, &fn, NULL);
+			if (ret)
+				return ret;
+			fresh.backend_id = 0;
+		}
+		return ct_create(f, len, &fresh, NULL) ?: CTX_GO_ON;
+	case CT_ESTABLISHED:
+		/* The initiator's packets decide which frontend replies are
+		 * translated to: a reused source port may reach the same backend
+		 * through another service, or directly. */
+		e->rev_nat = fresh.rev_nat;
+		e->flags = (e->flags & ~CT_F_HAIRPIN) | fresh.flags;
+		if (!fresh.rev_nat)
+			e->backend_id = 0;
+		ct_account(e, f, len, 0);
+		return CTX_GO_ON;
+	default:
+		return ct_reply(ctx, f, e, len);
+	}
+}
+
+/* Conntrack alone, for paths that translate no service. */
+static __always_inline int ct_process(struct __sk_buff *ctx, struct flow *f, __u8 dir,
+				      struct verdict *v)
+{
+	return ct_lb_process(ctx, f, dir, 0, 0, v);
+}
+
+/* An ICMP error the datapath made itself out of a packet it had translated
+ * (fragmentation needed for the tunnel): about the frontend, like any other. */
+static __always_inline void ct_own_icmp_error(struct __sk_buff *ctx, struct verdict *v)
+{
+	struct flow f;
+
+	if (!flow_parse4(ctx, &f))
+		ct_related(ctx, &f, v);
+}
+
+#endif /* PORIN_PIPELINE_H */
