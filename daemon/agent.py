@@ -1,7 +1,8 @@
 """porin-agent: owns the node's datapath, endpoints and IPAM.
 
-Start-up order: config -> state dir -> node device -> compile and load the
-datapath (maps pinned and reused) -> restore endpoints (re-attach, finish
+Start-up order: config -> state dir -> the datapath's programs (built in a
+child process, or this build's pinned programs reused; maps pinned and
+reused) -> node device -> restore endpoints (re-attach, finish
 pending DELs, sweep leftovers) -> serve the API. On SIGTERM/SIGINT the API
 stops and the process exits; programs stay attached and keep forwarding.
 """
@@ -22,10 +23,12 @@ from porin import __version__
 from porin.daemon import links
 from porin.daemon.api import Api, ApiServer
 from porin.daemon.cluster import ClusterState, NodeInfo
+from porin.daemon.compiler import load_programs
 from porin.daemon.config import AgentConfig, ConfigError, load_config
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
+from porin.daemon.events import EndpointAdded, EndpointRemoved, EventBus
 from porin.daemon.host import HostDatapath
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import open_store
@@ -65,22 +68,25 @@ class Agent:
         refuse_if_running(cfg.api_socket)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
-        self.datapath = LxcDatapath(cfg)
+        self.programs = load_programs(cfg)
+        self.datapath = LxcDatapath(cfg, self.programs)
         ct = ConntrackMap(cfg.bpffs_root)
         self._adopt_legacy_ct(ct, drop_legacy=False)  # before new programs are attached
         self.endpoints_map = EndpointsMap(cfg.bpffs_root)
         self.metrics_map = MetricsMap(cfg.bpffs_root)
+        self.events = EventBus()
         self.manager = EndpointManager(
             cfg,
             self.datapath,
             Ipam(cfg.pod_cidr, cfg.gateway, cfg.state_dir),
             EndpointStore(cfg.state_dir),
             self.endpoints_map,
+            self.events,
         )
         links.ensure_host_device(self.manager.ipr, cfg.gateway, cfg.pod_cidr, cfg.mtu)
         self.host: HostDatapath | None = None
         if cfg.devices:
-            self.host = HostDatapath(cfg, self.manager.ipr)
+            self.host = HostDatapath(cfg, self.manager.ipr, self.programs)
             self.host.attach()
         self.manager.restore()
         self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
@@ -92,7 +98,10 @@ class Agent:
         )
         self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir, node)
         self.services.restore()
-        self.manager.on_change.append(self.services.refresh_local)
+        for kind in (EndpointAdded, EndpointRemoved):
+            self.events.subscribe(
+                kind, lambda e: self.services.local_endpoint_changed(e.endpoint.ip)
+            )
         if cfg.services_file:
             self.reload_services_file()
         self._start_cluster()
@@ -133,7 +142,9 @@ class Agent:
         cfg = self.cfg
         uplink = self.host.uplinks[0] if self.host and self.host.uplinks else None
         node_ip = uplink.node_ip if uplink else cfg.gateway
-        self.tunnel = Tunnel(cfg, self.manager.ipr, uplink.ifindex if uplink else 0, node_ip)
+        self.tunnel = Tunnel(
+            cfg, self.manager.ipr, uplink.ifindex if uplink else 0, node_ip, self.programs
+        )
         self.tunnel.setup()
         self.store = open_store(cfg.kvstore, cfg.state_dir)
         self.cluster = ClusterState(
@@ -147,9 +158,10 @@ class Agent:
             local_services=lambda: [s.to_json() for s in self.services.list() if s.source == "api"],
         )
         self.manager.identity_for = self.cluster.identities.allocate
-        self.manager.on_added.append(self.cluster.endpoint_added)
-        self.manager.on_removed.append(self.cluster.endpoint_removed)
+        self.events.subscribe(EndpointAdded, lambda e: self.cluster.endpoint_added(e.endpoint))
+        self.events.subscribe(EndpointRemoved, lambda e: self.cluster.endpoint_removed(e.endpoint))
         self.cluster.start()
+        self.events.start()
 
     def _apply_cluster_service(self, data: dict[str, Any]) -> None:
         svc = Service.from_json(data)
@@ -182,6 +194,8 @@ class Agent:
         return True
 
     def stop(self) -> None:
+        if getattr(self, "events", None) is not None:
+            self.events.stop()
         if getattr(self, "cluster", None) is not None:
             self.cluster.stop()
         if getattr(self, "ct_gc", None) is not None:

@@ -1,4 +1,4 @@
-"""Compile the C datapath once per agent start and attach it to devices.
+"""Build the C datapath (daemon/compiler.py) and attach it to devices.
 
 Node settings reach the C code as -D build flags; per-endpoint values live
 in maps. Maps are pinned under the bpffs root and reused when they exist,
@@ -9,6 +9,7 @@ device without a program.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -60,18 +61,30 @@ def build_flags(cfg: AgentConfig) -> list[str]:
 def compile_programs(
     entry: str, cfg: AgentConfig, names: list[str]
 ) -> tuple[object, dict[str, Program]]:
-    """Compile bpf/<entry> with bcc and load `names` as tc programs.
+    """Compile bpf/<entry> with bcc in this process and load `names` as tc
+    programs (the BPF tests and benchmarks; the agent compiles through
+    daemon/compiler.py, in a child process).
 
     Returns the bcc module (keep it alive: it owns the fds) and the programs.
     """
-    from bcc import BPF  # heavy import: only the agent and BPF tests pay for it
-
     os.makedirs(cfg.bpffs_root, exist_ok=True)
+    try:
+        reconcile_pins(cfg)  # bcc would reuse a pin of the wrong shape as it is
+    except OSError as e:
+        raise DatapathError(f"cannot check the pinned maps: {e}") from e
+    return compile_entry(entry, build_flags(cfg), names)
+
+
+def compile_entry(
+    entry: str, cflags: list[str], names: list[str]
+) -> tuple[object, dict[str, Program]]:
+    """Compile bpf/<entry> with `cflags` and load `names` as tc programs."""
+    from bcc import BPF  # heavy import: never in the agent's own process
+
     started = time.monotonic()
     text = flatten(SOURCE_DIR / entry)
     try:
-        reconcile_pins(cfg)  # bcc would reuse a pin of the wrong shape as it is
-        module = BPF(text=text.encode(), cflags=build_flags(cfg))
+        module = BPF(text=text.encode(), cflags=cflags)
         progs = {}
         for name in names:
             fn = module.load_func(name.encode(), BPF.SCHED_CLS)
@@ -88,12 +101,11 @@ class LxcDatapath:
     """bpf_lxc.c: from_container on a pod veth's tc ingress, to_container on egress."""
 
     ENTRY = "bpf_lxc.c"
+    PROGRAMS = ["from_container", "to_container"]
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, programs: dict[str, Program]) -> None:
         self.cfg = cfg
-        self._module, self.programs = compile_programs(
-            self.ENTRY, cfg, ["from_container", "to_container"]
-        )
+        self.programs = {name: programs[name] for name in self.PROGRAMS}
 
     def attach(self, ipr: IPRoute, ifindex: int) -> None:
         """Attach (or atomically replace) both programs on a host-side veth."""
@@ -116,7 +128,7 @@ def ensure_clsact(ipr: IPRoute, ifindex: int) -> None:
     try:
         ipr.tc("add", "clsact", index=ifindex)
     except NetlinkError as e:
-        if e.code != 17:  # EEXIST: already there
+        if e.code != errno.EEXIST:  # already there
             raise DatapathError(f"cannot add clsact qdisc on ifindex {ifindex}: {e}") from e
 
 

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from porin.daemon import links
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import LxcDatapath
+from porin.daemon.events import EndpointAdded, EndpointRemoved, EventBus
 from porin.daemon.ipam import Ipam
 from porin.daemon.netns import NetnsError
 from porin.daemon.store import EndpointStore
@@ -93,6 +94,7 @@ class EndpointManager:
         ipam: Ipam,
         store: EndpointStore,
         endpoints_map: EndpointsMap,
+        events: EventBus | None = None,
     ) -> None:
         self.cfg = cfg
         self.datapath = datapath
@@ -103,20 +105,10 @@ class EndpointManager:
         self.reaper = LinkReaper(store)
         self._lock = threading.RLock()
         self._eps: dict[int, Endpoint] = {}
-        self.on_change: list[Callable[[], object]] = []  # called after an endpoint comes or goes
-        self.on_added: list[Callable[[Endpoint], object]] = []
-        self.on_removed: list[Callable[[Endpoint], object]] = []
+        self.events = events or EventBus()
+        # the security identity of a set of labels, allocated cluster-wide
+        # (a kvstore transaction) while the endpoint is created
         self.identity_for: Callable[[dict[str, str]], int] = lambda labels: 0
-
-    def _changed(self, ep: Endpoint | None = None, added: bool = True) -> None:
-        hooks: list[Callable[..., object]] = list(self.on_change)
-        if ep is not None:
-            hooks += [lambda fn=fn: fn(ep) for fn in (self.on_added if added else self.on_removed)]
-        for fn in hooks:
-            try:
-                fn()
-            except Exception:
-                log.exception("endpoint change hook failed")
 
     # ---------- queries ----------
 
@@ -132,9 +124,8 @@ class EndpointManager:
         return ep
 
     def has_ip(self, ip: str) -> bool:
-        # lock-free on purpose: called by the service manager, which may hold its
-        # own lock while an endpoint change (holding ours) waits for it
-        return any(ep.ip == ip and ep.state == "ready" for ep in list(self._eps.values()))
+        with self._lock:
+            return any(ep.ip == ip and ep.state == "ready" for ep in self._eps.values())
 
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
@@ -224,7 +215,7 @@ class EndpointManager:
                 except Exception as e:  # keep undoing: leak nothing
                     log.error("rollback step failed for %s: %s", owner, e)
             raise
-        self._changed(ep, added=True)
+        self.events.publish(EndpointAdded(ep))
         log.info(
             "endpoint %d ready: container=%s ifname=%s ip=%s host=%s",
             ep.id,
@@ -292,7 +283,7 @@ class EndpointManager:
         self.store.mark_deleting(ep.id, ep.to_json())
         self._eps.pop(ep.id, None)
         self.reaper.delete(ep.host_ifname)
-        self._changed(ep, added=False)
+        self.events.publish(EndpointRemoved(ep))
         log.info(
             "endpoint %d removed: container=%s ifname=%s ip=%s",
             ep.id,

@@ -19,7 +19,7 @@ from porin.daemon.datapath import (
     TC_EGRESS,
     TC_INGRESS,
     DatapathError,
-    compile_programs,
+    Program,
     ensure_clsact,
     replace_filter,
 )
@@ -39,13 +39,13 @@ class Uplink:
 class HostDatapath:
     ENTRY = "bpf_host.c"
 
-    def __init__(self, cfg: AgentConfig, ipr: IPRoute) -> None:
+    PROGRAMS = ["from_netdev", "to_netdev", "from_host_lo"]
+
+    def __init__(self, cfg: AgentConfig, ipr: IPRoute, programs: dict[str, Program]) -> None:
         self.cfg = cfg
         self.ipr = ipr
         self.uplinks: list[Uplink] = []
-        self._module, self.programs = compile_programs(
-            self.ENTRY, cfg, ["from_netdev", "to_netdev", "from_host_lo"]
-        )
+        self.programs = {name: programs[name] for name in self.PROGRAMS}
 
     def attach(self) -> None:
         """Attach to every configured device and lo; program node IPs and CIDRs."""

@@ -214,10 +214,15 @@ class ServiceManager:
                 self.delete(sid)
             return len(kept), len(gone)
 
-    def refresh_local(self) -> None:
-        """Local endpoints changed: re-plan services whose frontends depend on them."""
+    def local_endpoint_changed(self, ip: str) -> None:
+        """A local endpoint at `ip` came or went: re-plan the node ports that
+        balance over it (they reach this node's own backends only)."""
         with self._lock:
-            affected = [p.service for p in self._svcs.values() if p.service.type == "nodeport"]
+            affected = [
+                p.service
+                for p in self._svcs.values()
+                if p.service.type == "nodeport" and any(b.ip == ip for b in p.service.backends)
+            ]
             if affected:
                 self.upsert_many(affected)
 

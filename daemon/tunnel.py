@@ -19,7 +19,7 @@ from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import (
     TC_INGRESS,
     DatapathError,
-    compile_programs,
+    Program,
     ensure_clsact,
     replace_filter,
 )
@@ -32,16 +32,21 @@ VXLAN_PORT = 8472
 
 
 class Tunnel:
-    def __init__(self, cfg: AgentConfig, ipr: IPRoute, uplink_ifindex: int, node_ip: str) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        ipr: IPRoute,
+        uplink_ifindex: int,
+        node_ip: str,
+        programs: dict[str, Program],
+    ) -> None:
         self.cfg = cfg
         self.ipr = ipr
         self.mode = cfg.tunnel_mode
         self.node_ip = node_ip
         self.uplink_ifindex = uplink_ifindex
         self.vxlan_ifindex = 0
-        self._module = None
-        if self.mode == "vxlan":
-            self._module, self.programs = compile_programs(self.ENTRY, cfg, ["from_overlay"])
+        self.programs = {"from_overlay": programs["from_overlay"]} if self.mode == "vxlan" else {}
 
     ENTRY = "bpf_overlay.c"
 

@@ -22,6 +22,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -133,6 +134,40 @@ def obj_get(path: str, read_only: bool = False) -> int:
     raw = ctypes.create_string_buffer(os.fsencode(path))
     attr = _ObjAttr(pathname=_addr(raw), file_flags=BPF_F_RDONLY if read_only else 0)
     return bpf(BPF_OBJ_GET, attr, f"open pinned object {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin the BPF object `fd` at `path` on a bpffs."""
+    raw = ctypes.create_string_buffer(os.fsencode(path))
+    bpf(BPF_OBJ_PIN, _ObjAttr(pathname=_addr(raw), bpf_fd=fd), f"pin {path}")
+
+
+class _ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info, up to the map ids."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+def prog_map_ids(fd: int) -> list[int]:
+    """The ids of the maps the loaded program `fd` uses."""
+    ids = (ctypes.c_uint32 * 64)()
+    info = _ProgInfo(nr_map_ids=len(ids), map_ids=_addr(ids))
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "get program info")
+    return list(ids[: min(info.nr_map_ids, len(ids))])
 
 
 def map_info(fd: int) -> MapInfo:
