@@ -14,7 +14,9 @@
     PUT    /v1/services                      create or update (id optional), body: Service
     PUT    /v1/services/{id}                 create or update service {id}
     POST   /v1/services/batch                create or update many, body: [Service]
+                                             or {"upsert": [Service], "delete": [id]}
     DELETE /v1/services/{id}                 delete
+    DELETE /v1/services                      delete every service
     GET    /v1/ct/gc                         conntrack GC statistics
     POST   /v1/ct/gc                         run a conntrack GC pass now
     POST   /v1/ct/flush                      delete every conntrack entry
@@ -107,6 +109,7 @@ class Api:
             ("PUT", re.compile(r"^/v1/services/(\d+)$"), self._svc_put),
             ("POST", re.compile(r"^/v1/services/batch$"), self._svc_batch),
             ("DELETE", re.compile(r"^/v1/services/(\d+)$"), self._svc_delete),
+            ("DELETE", re.compile(r"^/v1/services$"), self._svc_delete_all),
             ("GET", re.compile(r"^/v1/ct/gc$"), self._ct_gc_stats),
             ("POST", re.compile(r"^/v1/ct/gc$"), self._ct_gc_run),
             ("POST", re.compile(r"^/v1/ct/flush$"), self._ct_flush),
@@ -240,27 +243,51 @@ class Api:
         return 200, done
 
     def _svc_batch(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
-        if not isinstance(body, list):
-            raise ValidationError("body", "must be a JSON list of services")
+        # a list of services to program, or {"upsert": [...], "delete": [ids]}
+        if isinstance(body, dict):
+            unknown = set(body) - {"upsert", "delete"}
+            if unknown:
+                raise ValidationError(sorted(unknown)[0], "unknown field (upsert, delete)")
+            items, delete = body.get("upsert", []), body.get("delete", [])
+        else:
+            items, delete = body, []
+        if not isinstance(items, list):
+            raise ValidationError("upsert", "must be a JSON list of services")
+        if not isinstance(delete, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in delete
+        ):
+            raise ValidationError("delete", "must be a JSON list of service ids")
         svcs = []
-        for i, item in enumerate(body):
+        for i, item in enumerate(items):
             try:
                 svcs.append(
                     Service.from_json({**item, "source": "api"} if isinstance(item, dict) else item)
                 )
             except ValidationError as e:
                 raise ValidationError(f"[{i}].{e.field}", str(e).split(": ", 1)[-1]) from None
-        done = self.services.upsert_many(svcs)
+        for sid in delete:
+            self.services.get(sid)  # all known, or nothing changes
+        done = self.services.upsert_many(svcs) if svcs else []
+        gone = self.services.delete_many(delete) if delete else []
         if self.cluster is not None:
             for svc in done:
                 self.cluster.service_changed(svc.to_json())
-        return 200, {"programmed": len(done), "ids": [s.id for s in done]}
+            for svc in gone:
+                self.cluster.service_deleted(svc.id)
+        return 200, {"programmed": len(done), "ids": [s.id for s in done], "deleted": len(gone)}
 
     def _svc_delete(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         gone = self.services.delete(int(m.group(1)))
         if self.cluster is not None:
             self.cluster.service_deleted(gone.id)
         return 200, {"deleted": gone.to_json()}
+
+    def _svc_delete_all(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        gone = self.services.delete_many([s.id for s in self.services.list()])
+        if self.cluster is not None:
+            for svc in gone:
+                self.cluster.service_deleted(svc.id)
+        return 200, {"deleted": len(gone)}
 
     # ----- conntrack -----
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import reduce
+from typing import Any
 
 from porin.daemon import maglev
-from porin.daemon.store import read_json, write_json_atomic
+from porin.daemon.store import ServiceStore
 from porin.maps.lb_affinity import AffinityMap
 from porin.maps.lb_backends import BackendsMap, Lb4Backend
 from porin.maps.lb_maglev import MaglevMap
@@ -86,6 +86,7 @@ class Programmed:
     service: Service
     backend_ids: dict[str, int] = field(default_factory=dict)  # "ip:port" -> id
     frontends: list[Frontend] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)  # as saved (daemon/store.py)
 
 
 @dataclass
@@ -117,10 +118,13 @@ class ServiceManager:
     def __init__(self, maps: LbMaps, state_dir: str, node: NodeContext | None = None) -> None:
         self.maps = maps
         self.node = node or NodeContext()
-        self.path = os.path.join(state_dir, "services.json")
+        self.store = ServiceStore(state_dir)
         self._lock = threading.RLock()
         self._svcs: dict[int, Programmed] = {}
         self._next_backend_id = 1
+        # indexes kept in step with _svcs, so one change costs what it changes
+        self._frontend_owner: dict[tuple[str, int, str], int] = {}  # (ip, port, proto) -> id
+        self._used_slots: set[int] = set()  # lb4_backends slots of live backend ids
 
     # ---------- queries ----------
 
@@ -153,14 +157,30 @@ class ServiceManager:
             self._assign_ids(svcs)
             self._assign_node_ports(svcs)
             self._check_conflicts(svcs)
-            plan = Plan(used_backend_slots=self._backend_slots())
+            plan = Plan(used_backend_slots=set(self._used_slots))
             extra_ids = self._extra_rev_nat_pool(svcs)
             progs = [self._plan_one(svc, plan, extra_ids) for svc in svcs]
             self._apply(plan)
+            slot_of = self.maps.backends.slot_of
+            self._used_slots = plan.used_backend_slots - {slot_of(b) for b in plan.stale_backends}
             for p in progs:
+                self._forget_frontend(p.service.id)
                 self._svcs[p.service.id] = p
-            self._save()
+                self._frontend_owner[_frontend_key(p.service)] = p.service.id
+            self._save(progs)
             for svc in svcs:
+                log.debug(
+                    "service %d %s/%s %s programmed: %d active of %d backends, %s",
+                    svc.id,
+                    svc.frontend,
+                    svc.protocol,
+                    svc.type,
+                    len(svc.active_backends),
+                    len(svc.backends),
+                    svc.algorithm,
+                )
+            if len(svcs) == 1:
+                svc = svcs[0]
                 log.info(
                     "service %d %s/%s %s programmed: %d active of %d backends, %s",
                     svc.id,
@@ -171,24 +191,44 @@ class ServiceManager:
                     len(svc.backends),
                     svc.algorithm,
                 )
+            else:
+                log.info(
+                    "%d services programmed (%d backends)",
+                    len(svcs),
+                    sum(len(s.backends) for s in svcs),
+                )
             return svcs
 
     def delete(self, sid: int) -> Service:
+        return self.delete_many([sid])[0]
+
+    def delete_many(self, sids: list[int]) -> list[Service]:
+        """Delete services in one plan and one save; all of them or, when one
+        is unknown, none."""
         with self._lock:
-            p = self._svcs.get(sid)
-            if p is None:
-                raise ServiceNotFound(f"service {sid} not found")
+            missing = [sid for sid in sids if sid not in self._svcs]
+            if missing:
+                raise ServiceNotFound(f"service {missing[0]} not found")
+            gone = [self._svcs[sid] for sid in dict.fromkeys(sids)]
             plan = Plan()
-            for fe in p.frontends:
-                self._plan_frontend_removal(p.service, fe, plan)
-            plan.stale_backends += list(p.backend_ids.values())
+            for p in gone:
+                for fe in p.frontends:
+                    self._plan_frontend_removal(p.service, fe, plan)
+                plan.stale_backends += list(p.backend_ids.values())
             self._apply(plan)
-            for fe in p.frontends:
-                self.maps.affinity.forget_service(fe.rev_nat)
-            del self._svcs[sid]
-            self._save()
-            log.info("service %d %s/%s deleted", sid, p.service.frontend, p.service.protocol)
-            return p.service
+            self.maps.affinity.forget_services({fe.rev_nat for p in gone for fe in p.frontends})
+            slot_of = self.maps.backends.slot_of
+            self._used_slots -= {slot_of(b) for b in plan.stale_backends}
+            for p in gone:
+                self._forget_frontend(p.service.id)
+                del self._svcs[p.service.id]
+            self._save([], [p.service.id for p in gone])
+            if len(gone) == 1:
+                svc = gone[0].service
+                log.info("service %d %s/%s deleted", svc.id, svc.frontend, svc.protocol)
+            else:
+                log.info("%d services deleted", len(gone))
+            return [p.service for p in gone]
 
     def replace_source(self, source: str, svcs: list[Service]) -> tuple[int, int]:
         """Make the services of `source` exactly `svcs` (a reloaded file):
@@ -232,10 +272,7 @@ class ServiceManager:
         """Give services without an id the id of the service that owns their
         frontend, or the lowest free one (one pass, indexed: batches are large)."""
         used = set(self._svcs) | {s.id for s in svcs if s.id}
-        by_frontend = {
-            (p.service.ip, p.service.port, p.service.protocol): p.service.id
-            for p in self._svcs.values()
-        }
+        by_frontend = self._frontend_owner
         claimed = {s.id for s in svcs if s.id}
         nxt = 1
         for s in svcs:
@@ -256,6 +293,11 @@ class ServiceManager:
 
     def _assign_node_ports(self, svcs: list[Service]) -> None:
         lo, hi = self.node.node_port_range
+        for s in svcs:
+            if s.type != "nodeport":
+                s.node_port = 0
+        if not any(s.type == "nodeport" for s in svcs):
+            return
         ids = {s.id for s in svcs}
         taken = {
             (p.service.protocol, p.service.node_port)
@@ -283,29 +325,30 @@ class ServiceManager:
             taken.add((s.protocol, s.node_port))
 
     def _check_conflicts(self, svcs: list[Service]) -> None:
-        frontends: dict[tuple[str, int, str], int] = {}
-        for p in self._svcs.values():
-            s = p.service
-            frontends[(s.ip, s.port, s.protocol)] = s.id
         ids = {s.id for s in svcs}
-        for k in [k for k, v in frontends.items() if v in ids]:
-            del frontends[k]
+        seen: dict[tuple[str, int, str], int] = {}
         for s in svcs:
             key = (s.ip, s.port, s.protocol)
-            other = frontends.get(key)
+            other = seen.get(key)
+            if other is None:
+                owner = self._frontend_owner.get(key)
+                # a service of this batch may move away from the frontend
+                other = owner if owner not in ids else None
             if other is not None and other != s.id:
                 raise ServiceConflict(
                     f"frontend {s.frontend}/{s.protocol} already belongs to service {other}"
                 )
-            frontends[key] = s.id
+            seen[key] = s.id
 
     def _extra_rev_nat_pool(self, svcs: list[Service]) -> list[int]:
         """Free reverse-NAT ids for NodePort frontends, lowest first."""
+        need = sum(len(self.node.node_ips) for s in svcs if s.type == "nodeport")
+        if not need:
+            return []
         ids = {s.id for s in svcs}
         used = {
             fe.rev_nat for p in self._svcs.values() if p.service.id not in ids for fe in p.frontends
         }
-        need = sum(len(self.node.node_ips) for s in svcs if s.type == "nodeport")
         pool = []
         n = FIRST_EXTRA_REV_NAT
         while len(pool) < need and n <= 65535:
@@ -393,9 +436,15 @@ class ServiceManager:
             plan.stale_backends += [b for b in old.backend_ids.values() if b not in live]
         return prog
 
-    def _backend_slots(self) -> set[int]:
+    def _forget_frontend(self, sid: int) -> None:
+        old = self._svcs.get(sid)
+        if old is not None and self._frontend_owner.get(_frontend_key(old.service)) == sid:
+            del self._frontend_owner[_frontend_key(old.service)]
+
+    def _reindex(self) -> None:
         slot_of = self.maps.backends.slot_of
-        return {slot_of(b) for p in self._svcs.values() for b in p.backend_ids.values()}
+        self._frontend_owner = {_frontend_key(p.service): sid for sid, p in self._svcs.items()}
+        self._used_slots = {slot_of(b) for p in self._svcs.values() for b in p.backend_ids.values()}
 
     def _new_backend_id(self, plan: Plan) -> int:
         """The next id whose lb4_backends slot is free: ids grow and are not
@@ -457,28 +506,27 @@ class ServiceManager:
 
     # ---------- persistence ----------
 
-    def _save(self) -> None:
-        write_json_atomic(
-            self.path,
-            {
-                "nextBackendId": self._next_backend_id,
-                "services": [
-                    {
-                        **p.service.to_json(),
-                        "backendIds": p.backend_ids,
-                        "frontends": [asdict(f) for f in p.frontends],
-                    }
-                    for _, p in sorted(self._svcs.items())
-                ],
-            },
+    def _save(self, changed: list[Programmed], removed: list[int] | None = None) -> None:
+        for p in changed:
+            p.record = {
+                **p.service.to_json(),
+                "backendIds": p.backend_ids,
+                "frontends": [asdict(f) for f in p.frontends],
+            }
+        self.store.save(
+            [p.record for p in changed],
+            removed or [],
+            self._next_backend_id,
+            len(self._svcs),
+            lambda: [p.record for _, p in sorted(self._svcs.items())],
         )
 
     def restore(self) -> None:
         """Reload saved services and make the maps match them (no flush)."""
-        data = read_json(self.path, default={}) or {}
+        next_backend_id, saved = self.store.load()
         with self._lock:
-            self._next_backend_id = int(data.get("nextBackendId", 1))
-            for raw in data.get("services", []):
+            self._next_backend_id = next_backend_id
+            for raw in saved:
                 try:
                     svc = Service.from_json(
                         {k: v for k, v in raw.items() if k not in ("backendIds", "frontends")}
@@ -491,6 +539,7 @@ class ServiceManager:
                     service=svc, backend_ids=dict(raw.get("backendIds", {})), frontends=fes
                 )
             self._drop_backend_slot_collisions()
+            self._reindex()
             if self._svcs:
                 self.upsert_many([p.service for p in self._svcs.values()])
             self._sweep()
@@ -514,14 +563,18 @@ class ServiceManager:
                     taken.add(slot_of(bid))
 
     def _sweep(self) -> None:
-        """Drop map entries no saved service owns (left by a crash mid-change)."""
+        """Drop map entries no saved service owns (left by a crash mid-change):
+        frontends and slots, backends, reverse NAT, Maglev tables, affinity."""
         want_keys = set()
         want_backends = set()
         want_rev_nat = set()
+        want_maglev = set()
         for p in self._svcs.values():
             proto = PROTO[p.service.protocol]
             for fe in p.frontends:
                 want_rev_nat.add(fe.rev_nat)
+                if fe.maglev:
+                    want_maglev.add(fe.rev_nat)
                 for i in range(fe.slots + 1):
                     want_keys.add(bytes(Lb4Key.of(fe.ip, fe.port, proto, i)))
             want_backends |= set(p.backend_ids.values())
@@ -529,6 +582,14 @@ class ServiceManager:
         m.services.delete_many([k for k in m.services.keys() if bytes(k) not in want_keys])
         m.backends.remove_backends([b for b in m.backends.backends() if b not in want_backends])
         m.reverse_nat.delete_many([k for k in m.reverse_nat.keys() if k.id not in want_rev_nat])
+        for rid in m.maglev.ids():
+            if rid not in want_maglev:
+                m.maglev.delete(rid)
+        m.affinity.delete_many([k for k in m.affinity.keys() if k.rev_nat not in want_rev_nat])
+
+
+def _frontend_key(svc: Service) -> tuple[str, int, str]:
+    return (svc.ip, svc.port, svc.protocol)
 
 
 def _weighted_slots(active: list[Backend], ids: dict[str, int]) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -84,3 +85,101 @@ def _load_dir(path: str) -> list[dict[str, Any]]:
             if isinstance(data, dict):
                 out.append(data)
     return out
+
+
+class ServiceStore:
+    """The services' state: a snapshot, <stateDir>/services.json
+    ({"nextBackendId", "services": [...]}, the format older builds wrote),
+    and a journal after it, <stateDir>/services.journal, one JSON line per
+    change ({"nextBackendId", "upsert": [...], "delete": [ids]}).
+
+    A change appends its line with one fsync, so it costs what it changed.
+    The journal is folded into a new snapshot when it holds more records
+    than twice the live services (at least COMPACT_MIN), and a change that
+    rewrites half the services or more writes the snapshot directly. The
+    snapshot is replaced atomically before the journal goes. Snapshot and
+    lines carry a sequence number, so lines a snapshot already holds (a
+    crash between the two steps) are skipped on load. A torn last line (a
+    crash mid-append) is ignored: its change was never acknowledged.
+    """
+
+    COMPACT_MIN = 1024
+
+    def __init__(self, state_dir: str) -> None:
+        self.snapshot = os.path.join(state_dir, "services.json")
+        self.journal = os.path.join(state_dir, "services.journal")
+        self._journal_records = 0
+        self._seq = 0
+
+    def save(
+        self,
+        changed: list[dict[str, Any]],
+        removed: Iterable[int],
+        next_backend_id: int,
+        live: int,
+        everything: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        """Record a change: the services `changed` (their whole records) and
+        `removed`, of `live` services now; `everything` lists them all, for
+        a snapshot."""
+        removed = list(removed)
+        n = len(changed) + len(removed)
+        if n * 2 >= live or self._journal_records + n > max(self.COMPACT_MIN, 2 * live):
+            self._write_snapshot(everything(), next_backend_id)
+            return
+        self._seq += 1
+        line = json.dumps(
+            {
+                "seq": self._seq,
+                "nextBackendId": next_backend_id,
+                "upsert": changed,
+                "delete": removed,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        with open(self.journal, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._journal_records += n
+
+    def _write_snapshot(self, records: list[dict[str, Any]], next_backend_id: int) -> None:
+        self._seq += 1
+        write_json_atomic(
+            self.snapshot,
+            {"seq": self._seq, "nextBackendId": next_backend_id, "services": records},
+        )
+        try:
+            os.unlink(self.journal)
+        except FileNotFoundError:
+            pass
+        self._journal_records = 0
+
+    def load(self) -> tuple[int, list[dict[str, Any]]]:
+        """(next backend id, saved services): the snapshot, then the journal."""
+        data = read_json(self.snapshot, default={}) or {}
+        nxt = int(data.get("nextBackendId", 1))
+        records = {int(r["id"]): r for r in data.get("services", [])}
+        self._seq = int(data.get("seq", 0))
+        self._journal_records = 0
+        try:
+            with open(self.journal) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                change = json.loads(line)
+            except ValueError:
+                break  # torn by a crash mid-append: nothing after it was acknowledged
+            if int(change.get("seq", 0)) <= self._seq:
+                continue  # the snapshot holds it already
+            self._seq = int(change["seq"])
+            nxt = int(change.get("nextBackendId", nxt))
+            for r in change.get("upsert", []):
+                records[int(r["id"])] = r
+            for sid in change.get("delete", []):
+                records.pop(int(sid), None)
+            self._journal_records += len(change.get("upsert", [])) + len(change.get("delete", []))
+        return nxt, [records[k] for k in sorted(records)]

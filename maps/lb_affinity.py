@@ -26,4 +26,8 @@ class AffinityMap(PinnedMap[AffinityKey, AffinityValue]):
     VALUE = AffinityValue
 
     def forget_service(self, rev_nat: int) -> int:
-        return self.delete_many([k for k in self.keys() if k.rev_nat == rev_nat])
+        return self.forget_services({rev_nat})
+
+    def forget_services(self, rev_nats: set[int]) -> int:
+        """Drop the affinity of every client to these frontends."""
+        return self.delete_many([k for k in self.keys() if k.rev_nat in rev_nats])

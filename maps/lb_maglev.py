@@ -54,6 +54,18 @@ class MaglevMap:
             return None
         return array.array("I", val.raw).tolist()
 
+    def ids(self) -> list[int]:
+        """The reverse-NAT ids that have a table."""
+        out: list[int] = []
+        key = ctypes.create_string_buffer(2)
+        nxt = ctypes.create_string_buffer(2)
+        prev = None
+        while syscall.next_key(self.fd, prev, nxt):
+            out.append(RevNatId.from_buffer_copy(nxt.raw).id)
+            ctypes.memmove(key, nxt, 2)
+            prev = key
+        return out
+
     def delete(self, rev_nat: int) -> bool:
         key = ctypes.create_string_buffer(bytes(RevNatId(rev_nat)), 2)
         return syscall.delete(self.fd, key)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from porin.cli.context import Context
+from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json, print_table
 
 # ---------------- services ----------------
@@ -162,9 +162,20 @@ def service_update(
 
 
 @service.command("delete")
-@click.argument("service_id", type=int)
+@click.argument("service_ids", type=int, nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Delete every service of this node.")
 @click.pass_obj
-def service_delete(ctx: Context, service_id: int) -> None:
-    """Delete a service."""
-    s = ctx.api("DELETE", f"/v1/services/{service_id}")["deleted"]
-    click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']} deleted")
+def service_delete(ctx: Context, service_ids: tuple[int, ...], everything: bool) -> None:
+    """Delete services by id (all of them or, if one is unknown, none), or --all."""
+    if everything == bool(service_ids):
+        fail("give service ids or --all (not both)")
+    if everything:
+        n = ctx.api("DELETE", "/v1/services")["deleted"]
+        click.echo(f"{n} services deleted")
+        return
+    if len(service_ids) == 1:
+        s = ctx.api("DELETE", f"/v1/services/{service_ids[0]}")["deleted"]
+        click.echo(f"service {s['id']} {s['frontend']}/{s['protocol']} deleted")
+        return
+    n = ctx.api("POST", "/v1/services/batch", {"delete": list(service_ids)})["deleted"]
+    click.echo(f"{n} services deleted")

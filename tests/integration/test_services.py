@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import collections
 import errno
-import json
 import signal
 import subprocess
 import threading
-import time
-from pathlib import Path
 
 import pytest
 from porinlab import Node, wait_for
@@ -396,8 +393,21 @@ def test_gc_removes_expired_and_does_not_stall_api(tmp_path):
         node.close()
 
 
-def test_service_state_survives_restart_file(cluster):
-    node, _, _, _ = cluster
-    saved = json.loads(Path(node.cfg.state_dir, "services.json").read_text())
-    assert any(s["frontend"] == f"{VIP}:80" for s in saved["services"])
-    assert time.time() > 0
+def test_service_changes_survive_a_crash_and_bulk_delete_empties_the_maps(cluster):
+    node, _, backends, _ = cluster
+    for sid in (20, 21, 22):
+        update(node, sid, f"10.96.2.{sid}:80", [f"{backends[0].ip}:8080"])
+    node.porin("service", "delete", "20", "21")
+    update(node, 22, "10.96.2.22:81", [f"{backends[1].ip}:8080"])
+    node.stop_agent(signal.SIGKILL)  # the journal, not a clean shutdown, must carry it
+    node.start_agent()
+    by_id = {s["id"]: s for s in node.porin_json("service", "list")}
+    assert 20 not in by_id and 21 not in by_id
+    assert by_id[22]["frontend"] == "10.96.2.22:81"
+    assert by_id[22]["backends"][0]["address"] == f"{backends[1].ip}:8080"
+    r = node.porin("service", "delete", "22", "99", check=False)
+    assert r.returncode == 1 and "service 99 not found" in r.stderr
+    assert any(s["id"] == 22 for s in node.porin_json("service", "list"))  # none deleted
+    node.porin("service", "delete", "--all")
+    assert node.porin_json("service", "list") == []
+    assert node.porin_json("bpf", "lb", "list") == []
