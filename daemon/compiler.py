@@ -128,7 +128,7 @@ def _open_pinned(pin_dir: str, names: list[str], cfg: AgentConfig) -> dict[str, 
         for name in names:
             fd = syscall.obj_get(os.path.join(pin_dir, name))
             progs[name] = Program(name=name, fd=fd)
-            stray = set(syscall.prog_map_ids(fd)) - maps
+            stray = set(syscall.prog_info(fd)[1]) - maps
             if stray:
                 raise LookupError(f"{name} uses maps {sorted(stray)} that are no longer pinned")
     except (syscall.BpfError, LookupError) as e:

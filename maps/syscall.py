@@ -161,13 +161,13 @@ class _ProgInfo(ctypes.Structure):
     ]
 
 
-def prog_map_ids(fd: int) -> list[int]:
-    """The ids of the maps the loaded program `fd` uses."""
+def prog_info(fd: int) -> tuple[int, list[int]]:
+    """The loaded program `fd`: its id and the ids of the maps it uses."""
     ids = (ctypes.c_uint32 * 64)()
     info = _ProgInfo(nr_map_ids=len(ids), map_ids=_addr(ids))
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "get program info")
-    return list(ids[: min(info.nr_map_ids, len(ids))])
+    return info.id, list(ids[: min(info.nr_map_ids, len(ids))])
 
 
 def map_info(fd: int) -> MapInfo:
