@@ -20,7 +20,9 @@
  *      backend (none: ICMP port unreachable back to the pod,
  *      DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from the
  *      hairpin address; (egress policy); entries created
- *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED)
+ *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED):
+ *      straight into its namespace, or through its veth for a flow whose
+ *      bulk packets come from several CPUs (lib/conntrack.h)
  *   9. destination behind another node (ipcache) -> overlay: VXLAN with the
  *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED;
  *      too big: ICMP fragmentation needed back, DROP_FRAG_NEEDED)
@@ -202,7 +204,9 @@ int from_container(struct __sk_buff *ctx)
 
 /* What the host stack sends to a pod: replies to the pod's own
  * connections (translated back if they belong to a service flow), ICMP
- * errors about them, and connections initiated towards the pod. */
+ * errors about them, and connections initiated towards the pod. A packet
+ * local_delivery sent through the veth (MARK_DELIVERED) passes as it is,
+ * unrecorded: from_container recorded it. */
 static __always_inline int handle_to_container(struct __sk_buff *ctx, struct verdict *v)
 {
 	struct ethhdr *eth = ctx_data(ctx);
@@ -231,6 +235,12 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx, struct ver
 int to_container(struct __sk_buff *ctx)
 {
 	struct verdict v;
+
+	/* a pod's packet local_delivery already judged, recorded and routed */
+	if (ctx->mark == MARK_DELIVERED) {
+		ctx->mark = 0;
+		return TC_ACT_OK;
+	}
 
 	verdict_init(&v, DIR_INGRESS);
 	return verdict_exit(ctx, handle_to_container(ctx, &v), &v);

@@ -15,6 +15,10 @@ One run measures, on lab namespaces only (never the machine's own interfaces):
    of every test are pinned to one CPU; the variants are interleaved
    (ABBA order across rounds) and the result is the median of same-round
    ratios, plus the medians of the absolute numbers.
+3. Retransmissions of bulk TCP with neither end pinned (where the kernel
+   sends one flow's segments from both CPUs): the sender pod's own
+   counters (nstat TcpRetransSegs / TcpOutSegs) over an iperf3 run, per
+   1,000 segments sent, next to the baseline's in the same round.
 
 Everything created is removed at exit, also on error, Ctrl-C or SIGTERM.
 
@@ -60,6 +64,9 @@ from porinlab import CNI_PLUGIN_DIRS, ROOT, VENV_BIN, Netns, Node, Pod, run, wai
 
 RR_PORT = 7777
 STREAM_PORT = 5201
+FREE_STREAM_PORT = 5202  # an iperf3 server on no particular CPU
+RETRANS_RATIO_TARGET = 2.0  # retransmitted segments per segment, against the baseline
+RETRANS_FLOOR = 0.1  # per 1,000 segments: below this on both sides, nothing to compare
 POD_CIDR = "10.244.0.0/24"
 # baseline "router" addressing; lives only inside the namespaces it creates
 BASE_GW = "10.245.0.1"
@@ -280,11 +287,37 @@ def start_servers(lab: Lab, pair: Pair) -> None:
     if rr.stdout.readline().strip() != "ready":
         raise RuntimeError(f"{pair.name}: TCP_RR server did not start: {rr.stderr.read()}")
     lab.spawn(in_ns(pair.server, ["iperf3", "-s", "-B", pair.server_ip, "-p", str(STREAM_PORT)]))
-    wait_for(
-        lambda: pair.server.exec(["ss", "-Hltn", f"sport = :{STREAM_PORT}"]).stdout.strip(),
-        10,
-        f"{pair.name}: iperf3 server",
+    lab.spawn(
+        unpinned(pair.server, ["iperf3", "-s", "-B", pair.server_ip, "-p", str(FREE_STREAM_PORT)])
     )
+    for port in (STREAM_PORT, FREE_STREAM_PORT):
+        wait_for(
+            lambda port=port: pair.server.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip(),
+            10,
+            f"{pair.name}: iperf3 server on {port}",
+        )
+
+
+def unpinned(ns: Netns, cmd: list[str]) -> list[str]:
+    return ["nsenter", f"--net={ns.path}", *cmd]
+
+
+def tcp_counters(ns: Netns) -> tuple[int, int]:
+    """(segments sent, segments retransmitted) since the namespace was made."""
+    out = run(unpinned(ns, ["nstat", "-az", "-j", "TcpOutSegs", "TcpRetransSegs"])).stdout
+    kernel = json.loads(out)["kernel"]
+    return int(kernel.get("TcpOutSegs", 0)), int(kernel.get("TcpRetransSegs", 0))
+
+
+def retransmits_per_1000(pair: Pair, seconds: int) -> float:
+    """Retransmitted per 1,000 sent segments of an unpinned iperf3 run, sender's counters."""
+    sent0, retr0 = tcp_counters(pair.client)
+    cmd = ["iperf3", "-c", pair.server_ip, "-p", str(FREE_STREAM_PORT), "-t", str(seconds)]
+    proc = run(unpinned(pair.client, [*cmd, "-J"]), check=False, timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{pair.name}: iperf3 (unpinned) failed: {proc.stderr or proc.stdout}")
+    sent1, retr1 = tcp_counters(pair.client)
+    return 1000.0 * (retr1 - retr0) / max(1, sent1 - sent0)
 
 
 def tcp_rr(pair: Pair, seconds: float) -> float:
@@ -345,6 +378,23 @@ def measure_traffic(
     return rr, stream
 
 
+def measure_retransmits(
+    porin: Pair, base: Pair, rounds: int, stream_s: int, log: Callable[[str], None]
+) -> Rounds:
+    """Unpinned bulk TCP, interleaved ABBA: retransmitted per 1,000 segments sent."""
+    retrans = Rounds("TCP retransmits, unpinned STREAM", "per 1,000 segments")
+    for i in range(rounds):
+        order = (porin, base) if i % 2 == 0 else (base, porin)
+        got = {pair.name: retransmits_per_1000(pair, stream_s) for pair in order}
+        retrans.porin.append(got["porin"])
+        retrans.baseline.append(got["baseline"])
+        log(
+            f"  round {i + 1}/{rounds} ({order[0].name} first): retransmits per 1,000 "
+            f"segments porin {retrans.porin[-1]:.2f} base {retrans.baseline[-1]:.2f}"
+        )
+    return retrans
+
+
 def forwarded_packets(node: Node) -> int:
     """Packets Porin's BPF redirected between endpoints (REASON_FORWARDED)."""
     per_direction = [  # counted once leaving the source, once entering the destination
@@ -384,6 +434,19 @@ def traffic_row(r: Rounds) -> list[str]:
         f"{statistics.median(r.baseline):,.{digits}f}",
         f"{ratio:.3f}x (>= {RATIO_TARGET}x)",
         verdict(ratio >= RATIO_TARGET),
+    ]
+
+
+def retrans_row(r: Rounds) -> list[str]:
+    porin, base = statistics.median(r.porin), statistics.median(r.baseline)
+    ok = porin <= RETRANS_FLOOR or porin <= RETRANS_RATIO_TARGET * base
+    ratio = f"{porin / base:.2f}x" if base else "-"
+    return [
+        f"{r.metric} ({r.unit}, median of {len(r.porin)})",
+        f"{porin:.2f}",
+        f"{base:.2f}",
+        f"{ratio} (<= {RETRANS_RATIO_TARGET:g}x)",
+        verdict(ok),
     ]
 
 
@@ -482,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         rr, stream = measure_traffic(porin, base, rounds, seconds, stream_s, log)
         others = [c for c in ticks if c.startswith("cpu") and c not in ("cpu", f"cpu{CPU}")]
         idle_cpus_busy = busy_pct(ticks, others) if others else 0.0
+        log(f"retransmissions: {rounds} rounds x TCP_STREAM {stream_s}s, neither end pinned")
+        retrans = measure_retransmits(porin, base, rounds, stream_s, log)
         fwd = forwarded_packets(node) - fwd_before
         if fwd == 0:
             problems.append("Porin's BPF forwarded no packets: traffic bypassed the datapath")
@@ -501,14 +566,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     print_details(cni, rr, stream)
-    rows = cni_rows(cni) + [traffic_row(rr), traffic_row(stream)]
+    rows = cni_rows(cni) + [traffic_row(rr), traffic_row(stream), retrans_row(retrans)]
     print(f"\nSummary ({mode} run):")
     print(fmt_table(["metric", "porin", "baseline", "ratio/target", "pass/fail"], rows, {1, 2}))
     print(
         "  CNI: porin-cni exec->exit, wall clock, plugin spawned inside the node netns; add "
         f"~{statistics.median(cni.nsenter_ms):.1f} ms when invoked through nsenter.\n"
         f"  Traffic: both ends pinned to CPU {CPU}, variants interleaved ABBA, ratio = median of "
-        "same-round porin/baseline ratios.\n"
+        "same-round porin/baseline ratios;\n  retransmits: neither end pinned, the sender "
+        "pod's TcpRetransSegs per 1,000 TcpOutSegs.\n"
         f"  Porin BPF forwarded {fwd:,} packets during the traffic tests. "
         f"loadavg start {load_start}, end {loadavg()}; run took {time.monotonic() - started:.0f}s"
     )

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
+from porin.maps.lb_common import be_to_ip, be_to_port, ip_to_be, port_to_be, proto_name
 from porin.maps.pinned import PinnedMap
 
 STATES = {
@@ -31,6 +31,7 @@ CT_F_HAIRPIN = 1
 CT_F_TX_FIN = 2
 CT_F_RX_FIN = 4
 CT_F_RELATED = 8
+CT_F_MULTI_CPU = 16  # bulk packets from several CPUs: delivered through the veth
 
 LEGACY_KEY_SERVICE = 1  # key flag of service entries written by older builds
 
@@ -48,6 +49,17 @@ class CtKey(ctypes.Structure):
         ("pad", ctypes.c_uint16),
     ]
 
+    @classmethod
+    def of(cls, src: str, dst: str, sport: int, dport: int, proto: int) -> CtKey:
+        """The key of a flow as its initiator sent it."""
+        return cls(
+            saddr=ip_to_be(src),
+            daddr=ip_to_be(dst),
+            sport=port_to_be(sport),
+            dport=port_to_be(dport),
+            proto=proto,
+        )
+
 
 class CtEntry(ctypes.Structure):
     _fields_ = [
@@ -64,7 +76,7 @@ class CtEntry(ctypes.Structure):
         ("state", ctypes.c_uint8),
         ("dir", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("bulk_cpu", ctypes.c_uint8),
         ("peer_seen", ctypes.c_uint32),
     ]
 
@@ -108,6 +120,7 @@ class Connection:
     backend_id: int
     hairpin: bool
     related: bool
+    multi_cpu: bool  # bulk packets from several CPUs: delivered through the veth
     age: int
 
     def to_json(self) -> dict[str, Any]:
@@ -135,6 +148,7 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
         backend_id=e.backend_id,
         hairpin=bool(e.flags & CT_F_HAIRPIN),
         related=bool(e.flags & CT_F_RELATED),
+        multi_cpu=bool(e.flags & CT_F_MULTI_CPU),
         age=now - e.created,
     )
 

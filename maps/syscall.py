@@ -278,6 +278,15 @@ def prog_test_run(
     prog_fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1
 ) -> tuple[int, bytes, int]:
     """Run a loaded program on `data`: (return value, output packet, ns per run)."""
+    ret, out, duration, _ = prog_test_run_ctx(prog_fd, data, ctx, repeat)
+    return ret, out, duration
+
+
+def prog_test_run_ctx(
+    prog_fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1
+) -> tuple[int, bytes, int, bytes]:
+    """prog_test_run, also giving the context as the program left it
+    (for tc programs a struct __sk_buff: mark, priority, ...)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(len(data) + 512)
     attr = _TestRunAttr(
@@ -288,10 +297,14 @@ def prog_test_run(
         data_out=_addr(out),
         repeat=repeat,
     )
-    ctx_buf = None
+    ctx_buf = ctx_out = None
     if ctx is not None:
         ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        ctx_out = ctypes.create_string_buffer(len(ctx))
         attr.ctx_in = _addr(ctx_buf)
         attr.ctx_size_in = len(ctx)
+        attr.ctx_out = _addr(ctx_out)
+        attr.ctx_size_out = len(ctx)
     bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
-    return attr.retval, out.raw[: attr.data_size_out], attr.duration
+    ctx_after = ctx_out.raw[: attr.ctx_size_out] if ctx_out is not None else b""
+    return attr.retval, out.raw[: attr.data_size_out], attr.duration, ctx_after

@@ -69,6 +69,7 @@
 #define CT_F_TX_FIN 2
 #define CT_F_RX_FIN 4
 #define CT_F_RELATED 8          /* an ICMP error about this flow was seen */
+#define CT_F_MULTI_CPU 16       /* bulk packets of the flow came from more than one CPU */
 
 struct ct4_key {
 	__be32 saddr;
@@ -94,7 +95,7 @@ struct ct4_entry {
 	__u8 state;
 	__u8 dir;
 	__u8 flags;
-	__u8 pad;
+	__u8 bulk_cpu;          /* 1 + the CPU of the flow's last GSO packet, 0: none yet */
 	__u32 peer_seen;        /* flow entry: when its reply entry was last renewed */
 };
 
@@ -223,6 +224,27 @@ static __always_inline void ct_account(struct ct4_entry *e, const struct flow *f
 				       int reply)
 {
 	ct_account_at(e, f, len, reply, now_seconds());
+}
+
+/* Note which CPU a bulk (GSO) packet of the flow came from. TCP transmits
+ * a flow's data from more than one CPU when its sender is not pinned (the
+ * application, and ACK processing in softirq elsewhere); the kernel queues
+ * each CPU's packets in that CPU's backlog, so they can reach the receiver
+ * out of order. Delivered straight into the pod (bpf_redirect_peer), the
+ * path is so short that TCP's reordering window (a quarter of the minimum
+ * RTT) is smaller than that reordering, and the sender retransmits
+ * segments that were never lost. Such a flow is marked once, and is from
+ * then on delivered through the veth like routed traffic (lib/lxc.h). */
+static __always_inline void ct_note_bulk_cpu(struct ct4_entry *e, __u32 gso_segs)
+{
+	__u8 cpu;
+
+	if (gso_segs <= 1 || (e->flags & CT_F_MULTI_CPU))
+		return;
+	cpu = (__u8)(bpf_get_smp_processor_id() + 1);
+	if (e->bulk_cpu && e->bulk_cpu != cpu)
+		e->flags |= CT_F_MULTI_CPU;
+	e->bulk_cpu = cpu;
 }
 
 /* Look a packet up: CT_ESTABLISHED (its own tuple: from the initiator) or

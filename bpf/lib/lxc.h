@@ -22,9 +22,15 @@
 #define DELIVER_REDIRECT 1  /* route the packet into the pod (redirect_peer) */
 #define DELIVER_IN_PLACE 0  /* the packet is on its way in already (to_container) */
 
-/* Route an IPv4 packet straight into a local endpoint: decrement TTL,
- * rewrite MACs as the gateway would, and hand it to the peer of the
- * destination's host veth without crossing the host stack. */
+/* skb->mark of a packet local_delivery sent through the destination's veth:
+ * to_container lets it through as it is (it was judged and recorded once
+ * already). Crossing into the pod's namespace clears the mark. */
+#define MARK_DELIVERED 0x5a0f0000
+
+/* Route an IPv4 packet into a local endpoint: decrement TTL, rewrite MACs
+ * as the gateway would, and hand it to the peer of the destination's host
+ * veth without crossing the host stack; a flow whose bulk packets come
+ * from several CPUs goes out of the host veth instead. */
 static __always_inline int redirect_to_endpoint(struct __sk_buff *ctx,
 						const struct endpoint_info *dst,
 						struct verdict *v)
@@ -40,6 +46,12 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *ctx,
 	}
 	ipv4_dec_ttl(ip);
 	eth_rewrite(eth, dst->mac, dst->node_mac);
+	if (v->flags & VERDICT_F_VIA_VETH) {
+		/* out of the destination's host veth, through the kernel's
+		 * backlog like routed traffic (lib/conntrack.h: ct_note_bulk_cpu) */
+		ctx->mark = MARK_DELIVERED;
+		return bpf_redirect(dst->ifindex, 0);
+	}
 	if (bpf_redirect_peer(dst->ifindex, 0) != TC_ACT_REDIRECT)
 		return DROP(DROP_REDIRECT_FAILED);
 	return TC_ACT_REDIRECT;

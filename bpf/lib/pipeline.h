@@ -104,6 +104,11 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 
 	status = ct_lookup(f, &e);
 	v->ct_status = status;
+	if (status != CT_NEW) {
+		ct_note_bulk_cpu(e, ctx->gso_segs);
+		if (e->flags & CT_F_MULTI_CPU)
+			v->flags |= VERDICT_F_VIA_VETH;
+	}
 	if (status == CT_REPLY)
 		return ct_reply(ctx, f, e, len);
 	if (status == CT_ESTABLISHED && !lb) {

@@ -23,6 +23,7 @@
 #include "monitor.h"
 
 #define VERDICT_F_LOCAL_PEER 1 /* delivered into another local endpoint */
+#define VERDICT_F_VIA_VETH 2   /* deliver through the veth, not straight in (lib/lxc.h) */
 
 /* conntrack status, as recorded (lib/conntrack.h returns the same values) */
 #define CT_NONE 0        /* not looked up */

@@ -107,7 +107,11 @@ def bpf_ct() -> None:
 
 def _ct_line(c: Any) -> str:
     kind = "SVC" if c.service else c.direction
-    extra = (" Hairpin" if c.hairpin else "") + (" Related" if c.related else "")
+    extra = (
+        (" Hairpin" if c.hairpin else "")
+        + (" Related" if c.related else "")
+        + (" MultiCPU" if c.multi_cpu else "")
+    )
     return (
         f"{c.proto} {kind} {c.src}:{c.sport} -> {c.dst}:{c.dport} state={c.state} "
         f"expires={c.expires_in} RxPackets={c.rx_packets} RxBytes={c.rx_bytes} "

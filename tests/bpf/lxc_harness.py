@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -16,6 +17,11 @@ from porin.maps.metrics import MetricsMap, reason_by_name
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
 from porin.maps.tunnel_config import TunnelConfigMap
+
+# struct __sk_buff (uapi/linux/bpf.h): its size and the offsets test runs may set
+SK_BUFF_SIZE = 192
+SKB_MARK_OFF = 8
+SKB_GSO_SEGS_OFF = 164
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -40,6 +46,16 @@ class Lxc:
     def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
         ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)
         return ret, out
+
+    def run_skb(
+        self, prog: str, packet: bytes, mark: int = 0, gso_segs: int = 0
+    ) -> tuple[int, bytes, int]:
+        """Run with these skb fields set: (return value, packet, skb->mark after)."""
+        ctx = bytearray(SK_BUFF_SIZE)
+        struct.pack_into("<I", ctx, SKB_MARK_OFF, mark)
+        struct.pack_into("<I", ctx, SKB_GSO_SEGS_OFF, gso_segs)
+        ret, out, _, after = syscall.prog_test_run_ctx(self.progs[prog].fd, packet, bytes(ctx))
+        return ret, out, struct.unpack_from("<I", after, SKB_MARK_OFF)[0]
 
     def count(self, reason: str, direction: int = DIR_EGRESS) -> int:
         return self.metrics.count(reason_by_name(reason).code, direction).packets
