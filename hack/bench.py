@@ -62,6 +62,8 @@ from benchlib import (
 )
 from porinlab import CNI_PLUGIN_DIRS, ROOT, VENV_BIN, Netns, Node, Pod, run, wait_for
 
+from porin.client import AgentClient, ApiError
+
 RR_PORT = 7777
 STREAM_PORT = 5201
 FREE_STREAM_PORT = 5202  # an iperf3 server on no particular CPU
@@ -73,6 +75,8 @@ BASE_GW = "10.245.0.1"
 BASE_IPS = ("10.245.0.2", "10.245.0.3")
 
 ADD_TARGET_MS = 100.0
+NODEPORT_SERVICES = 1000  # programmed for the second ADD latency run
+NODEPORT_ADD_TARGET = 1.1  # ADD p50 with them / without
 DEL_TARGET_MS = 50.0
 RATIO_TARGET = 0.95
 NOISY_PCT = 10.0  # busy % of the CPUs the traffic tests leave idle that hints at other load
@@ -222,6 +226,29 @@ def measure_cni(lab: Lab, node: Node, n_pods: int) -> CniResult:
         run(["nsenter", f"--net={node.ns.path}", "true"])
         nsenter_ms.append((time.perf_counter() - t0) * 1000.0)
     return CniResult(n_pods, add_ms, del_ms, nsenter_ms, version_ms, problems)
+
+
+def measure_with_nodeports(lab: Lab, node: Node, n_pods: int) -> CniResult:
+    """CNI latency with NODEPORT_SERVICES NodePort services on the node (their
+    backend is no pod of the run: an ADD has nothing of theirs to change)."""
+    client = AgentClient(node.cfg.socket, timeout=300)
+    svcs = [
+        {
+            "frontend": f"10.97.{i // 250}.{i % 250 + 1}:80",
+            "backends": ["10.244.0.250:8080"],
+            "type": "nodeport",
+        }
+        for i in range(NODEPORT_SERVICES)
+    ]
+    ids = client.request("POST", "/v1/services/batch", svcs)["ids"]
+    try:
+        return measure_cni(lab, node, n_pods)
+    finally:
+        try:
+            client.request("DELETE", "/v1/services")
+        except ApiError:  # an agent without bulk delete (an A/B against an older build)
+            for sid in ids:
+                client.request("DELETE", f"/v1/services/{sid}")
 
 
 def check_endpoints(node: Node, want_ips: set[str]) -> list[str]:
@@ -425,6 +452,17 @@ def cni_rows(c: CniResult) -> list[list[str]]:
     ]  # fmt: skip
 
 
+def nodeport_row(plain: CniResult, with_np: CniResult) -> list[str]:
+    a, b = statistics.median(plain.add_ms), statistics.median(with_np.add_ms)
+    return [
+        f"CNI ADD p50, {NODEPORT_SERVICES} NodePort services ({with_np.pods} pods)",
+        f"{b:.1f} ms",
+        f"{a:.1f} ms",
+        f"{b / a:.3f}x (<= {NODEPORT_ADD_TARGET}x)",
+        verdict(b / a <= NODEPORT_ADD_TARGET),
+    ]
+
+
 def traffic_row(r: Rounds) -> list[str]:
     ratio = statistics.median(r.ratios)
     digits = 0 if r.unit == "trans/s" else 2
@@ -534,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         cni = measure_cni(lab, node, pods)
         cni_busy = busy_pct(ticks, ["cpu"])
         problems += cni.problems
+        n_np = min(pods, 50)
+        log(f"CNI ADD/DEL latency over {n_np} pods with {NODEPORT_SERVICES} NodePort services")
+        cni_np = measure_with_nodeports(lab, node, n_np)
+        problems += cni_np.problems
 
         log("pod pairs: porin (2 pods via CNI) and baseline (router netns, plain veth)")
         porin, base = porin_pair(node), baseline_pair(lab)
@@ -566,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     print_details(cni, rr, stream)
-    rows = cni_rows(cni) + [traffic_row(rr), traffic_row(stream), retrans_row(retrans)]
+    rows = cni_rows(cni) + [nodeport_row(cni, cni_np)]
+    rows += [traffic_row(rr), traffic_row(stream), retrans_row(retrans)]
     print(f"\nSummary ({mode} run):")
     print(fmt_table(["metric", "porin", "baseline", "ratio/target", "pass/fail"], rows, {1, 2}))
     print(

@@ -73,6 +73,7 @@ from benchlib import (
     loadavg,
     median,
     quietly,
+    record,
     steal_pct,
     stop_process,
     tune_client,
@@ -102,6 +103,8 @@ SLOW_RESTORE_S = 20.0  # a restore slower than this is not repeated for the re-s
 NEWCONN_VS_IPT_TARGET = 1.2
 SCALE_TARGET = 0.95
 PROGRAM_TARGET_S = 2.0
+UPDATE_TARGET_MS = 10.0  # one service changed among PROGRAM_TARGET_N
+UPDATES = 20
 PROGRAM_TARGET_N = 10000
 BPF_RATIO_TARGET = 3.0
 
@@ -238,6 +241,8 @@ class Level:
     paths: dict[str, Path] = field(default_factory=dict)
     program_s: dict[str, float] = field(default_factory=dict)  # variant -> seconds
     resync_s: dict[str, float] = field(default_factory=dict)
+    update_ms: list[float] = field(default_factory=list)  # one service changed, API round trip
+    delete_ms: list[float] = field(default_factory=list)  # one service deleted and put back
     drops: dict[str, int] = field(default_factory=dict)  # reason -> packets
     batch_bytes: int = 0
 
@@ -303,6 +308,20 @@ def program_porin(level: Level, problems: list[str]) -> None:
         (level.program_s if what == "program" else level.resync_s)["porin"] = took
         if res.get("programmed") != level.n:
             problems.append(f"N={level.label}: batch {what} answered {res!r:.200}")
+    # one change among N: the first service's backends, one and then both again (the
+    # traffic tests use the last service); then a delete and the same service back
+    sid = res["ids"][0]
+    first = body[0]
+    for i in range(UPDATES):
+        change = {**first, "backends": first["backends"][: 1 if i % 2 == 0 else None]}
+        t0 = time.perf_counter()
+        client.request("PUT", f"/v1/services/{sid}", change)
+        level.update_ms.append((time.perf_counter() - t0) * 1000)
+    for _ in range(UPDATES // 4):
+        t0 = time.perf_counter()
+        client.request("DELETE", f"/v1/services/{sid}")
+        level.delete_ms.append((time.perf_counter() - t0) * 1000)
+        client.request("PUT", f"/v1/services/{sid}", first)
     status = client.get("/v1/status")
     if status.get("services") != level.n:
         problems.append(f"N={level.label}: agent lists {status.get('services')} services")
@@ -1017,16 +1036,24 @@ def report(
     p(
         f"{'N':>{w}} {'porin batch API':>16} {'re-sync':>8}"
         + "".join(f" {IPT_BINARY[v] + '-restore':>24} {'re-sync':>8}" for v in ipts)
-        + f" {'batch body':>11}"
+        + f" {'batch body':>11} {'1 update ms':>12} {'1 delete ms':>12}"
     )
 
     def secs(d: dict[str, float], v: str) -> str:
         return f"{d[v]:.3f}" if v in d else "-"
 
     for lv in main_levels:
+        record(f"program N={lv.label} s", lv.program_s["porin"])
+        record(f"one update at N={lv.label} ms", statistics.median(lv.update_ms))
+        record(f"one delete at N={lv.label} ms", statistics.median(lv.delete_ms))
+        for test in TESTS:
+            rates = samples.rates((test, lv.label, "porin"))
+            if rates.values:
+                record(f"{test} rate N={lv.label}", rates.median)
         row = f"{lv.label:>{w}} {secs(lv.program_s, 'porin'):>16} {secs(lv.resync_s, 'porin'):>8}"
         row += "".join(f" {secs(lv.program_s, v):>24} {secs(lv.resync_s, v):>8}" for v in ipts)
         row += f" {lv.batch_bytes / 1024:>7.0f} KiB"
+        row += f" {statistics.median(lv.update_ms):>12.2f} {statistics.median(lv.delete_ms):>12.2f}"
         p(row)
     if any(v in lv.program_s and v not in lv.resync_s for lv in main_levels for v in ipts):
         p(f"{'':>{w}} (re-sync not repeated when the first restore took over {SLOW_RESTORE_S:g} s)")
@@ -1038,6 +1065,9 @@ def report(
             f"single runs per program, taking turns 250 runs at a time (each run gets a fresh "
             f"copy of the frame)"
         )
+        record("bpf service flow ns", bpf.lxc_ns)
+        record("bpf pod-to-pod flow ns", bpf.p2p_ns)
+        record("bpf minimal ns", bpf.minimal_ns)
         p(f"  from_container, service flow          {bpf.lxc_ns:8.0f} ns")
         p(f"  from_container, pod-to-pod flow       {bpf.p2p_ns:8.0f} ns   (no service)")
         p(f"  minimal tc (parse + 1 hash lookup)    {bpf.minimal_ns:8.0f} ns")
@@ -1098,6 +1128,14 @@ def report(
                 t < PROGRAM_TARGET_S,
                 f"programming {PROGRAM_TARGET_N} services (batch API): {t:.2f} s "
                 f"(target < {PROGRAM_TARGET_S:g} s)",
+            )
+        )
+        upd = statistics.median(big[0].update_ms)
+        results.append(
+            (
+                upd < UPDATE_TARGET_MS,
+                f"one service update among {PROGRAM_TARGET_N}: {upd:.2f} ms median of "
+                f"{len(big[0].update_ms)} (API round trip; target < {UPDATE_TARGET_MS:g} ms)",
             )
         )
     else:

@@ -53,6 +53,7 @@ from benchlib import (
     Signals,
     busy_pct,
     cpu_ticks,
+    fmt_table,
     in_ns,
     loadavg,
 )
@@ -360,21 +361,6 @@ def check_porin(
 
 
 # ---------------------------------------------------------------- report
-
-
-def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """A boxed text table; columns in `right` are right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        body = " | ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-        return f"| {body} |"
-
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    return "\n".join([line, fmt(header), line, *(fmt(r) for r in rows), line])
 
 
 def spread(values: list[float], digits: int) -> str:

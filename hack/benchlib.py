@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -152,8 +155,28 @@ def steal_pct(before: dict[str, tuple[int, int, int]], cpu: str = "cpu") -> floa
     return 100.0 * (after[2] - before[cpu][2]) / max(1, after[1] - before[cpu][1])
 
 
+RECORDED: dict[str, Any] = {"tables": [], "values": {}}
+
+
+def record(name: str, value: float) -> None:
+    """Keep a figure for PORIN_BENCH_JSON (hack/bench-ab compares two builds' files)."""
+    RECORDED["values"][name] = value
+
+
+def _dump_recorded() -> None:
+    path = os.environ.get("PORIN_BENCH_JSON")
+    if path:
+        with open(path, "w") as f:
+            json.dump(RECORDED, f)
+
+
+atexit.register(_dump_recorded)
+
+
 def fmt_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """A boxed text table; columns in `right` are right-aligned."""
+    """A boxed text table; columns in `right` are right-aligned. Every table
+    printed is also kept for PORIN_BENCH_JSON."""
+    RECORDED["tables"].append({"header": header, "rows": rows})
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
