@@ -1,25 +1,24 @@
-"""CNI error codes (SPEC.md "Error") and Porin's own (100 and up)."""
+"""The plugin's error to the runtime; the codes are porin/errors.py's."""
 
 from __future__ import annotations
 
-INCOMPATIBLE_VERSION = 1
-UNSUPPORTED_FIELD = 2
-CONTAINER_UNKNOWN = 3
-INVALID_ENV = 4
-IO_FAILURE = 5
-DECODE_FAILURE = 6
-INVALID_CONFIG = 7
-TRY_AGAIN = 11
-NOT_AVAILABLE = 50  # STATUS: cannot service ADD requests
-
-# Porin's own
-PORIN_INTERNAL = 100
-PORIN_AGENT_UNREACHABLE = 101
-PORIN_IPAM_EXHAUSTED = 102
-PORIN_IPAM_PLUGIN = 103
-PORIN_CONFLICT = 104
-PORIN_CHECK_FAILED = 105
-PORIN_INTERFACE = 106  # the pod interface cannot be created or configured
+from porin.errors import (  # noqa: F401  (the codes, re-exported for the plugin's modules)
+    CONTAINER_UNKNOWN,
+    DECODE_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INVALID_CONFIG,
+    INVALID_ENV,
+    IO_FAILURE,
+    NOT_AVAILABLE,
+    PORIN_CHECK_FAILED,
+    PORIN_CONFLICT,
+    PORIN_INTERFACE,
+    PORIN_INTERNAL,
+    PORIN_IPAM_EXHAUSTED,
+    PORIN_IPAM_PLUGIN,
+    TRY_AGAIN,
+    UNSUPPORTED_FIELD,
+)
 
 
 class CniError(Exception):

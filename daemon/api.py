@@ -39,11 +39,10 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from porin.daemon.endpoints import EndpointConflict, EndpointManager, EndpointNotFound
-from porin.daemon.ipam import IpamExhausted
-from porin.daemon.links import LinkError
-from porin.daemon.netns import NetnsError
-from porin.daemon.services import ServiceConflict, ServiceManager, ServiceNotFound
+from porin import errors
+from porin.daemon.endpoints import EndpointManager
+from porin.daemon.services import ServiceManager
+from porin.errors import PorinError
 from porin.models import (
     EndpointRequest,
     Service,
@@ -55,24 +54,6 @@ from porin.models import (
 log = logging.getLogger("porin.api")
 
 MAX_BODY = 32 << 20  # a batch of 100,000 services fits
-
-# CNI error codes the plugin passes on to the runtime
-CNI_CONTAINER_UNKNOWN = 3
-CNI_INVALID_CONFIG = 7
-CNI_TRY_AGAIN = 11
-CNI_PORIN_INTERNAL = 100
-CNI_PORIN_IPAM_EXHAUSTED = 102
-CNI_PORIN_CONFLICT = 104
-CNI_PORIN_CHECK_FAILED = 105
-CNI_PORIN_INTERFACE = 106
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, cni_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.cni_code = cni_code
-
 
 Handler = Callable[[dict[str, Any], Any, re.Match[str]], tuple[int, Any]]
 
@@ -136,27 +117,11 @@ class Api:
     ) -> tuple[int, Any]:
         try:
             return fn(query, body, m)
-        except HttpError as e:
-            return e.status, {"error": str(e), "cniCode": e.cni_code}
-        except ValidationError as e:
-            return 400, {"error": str(e), "cniCode": CNI_INVALID_CONFIG}
-        except EndpointNotFound as e:
-            return 404, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
-        except ServiceNotFound as e:
-            return 404, {"error": str(e)}
-        except ServiceConflict as e:
-            return 409, {"error": str(e)}
-        except EndpointConflict as e:
-            return 409, {"error": str(e), "cniCode": CNI_PORIN_CONFLICT}
-        except IpamExhausted as e:
-            return 507, {"error": str(e), "cniCode": CNI_PORIN_IPAM_EXHAUSTED}
-        except NetnsError as e:
-            return 400, {"error": str(e), "cniCode": CNI_CONTAINER_UNKNOWN}
-        except LinkError as e:
-            return 409, {"error": str(e), "cniCode": CNI_PORIN_INTERFACE}
+        except PorinError as e:  # each error carries its own status and CNI code
+            return e.http_status, {"error": str(e), "cniCode": e.cni_code}
         except Exception as e:
             log.exception("request failed")
-            return 500, {"error": f"internal error: {e}", "cniCode": CNI_PORIN_INTERNAL}
+            return 500, {"error": f"internal error: {e}", "cniCode": errors.PORIN_INTERNAL}
 
     # ----- handlers -----
 
@@ -327,7 +292,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             try:
                 body = json.loads(raw)
             except ValueError as e:
-                return self._reply(400, {"error": f"request body is not JSON: {e}", "cniCode": 6})
+                return self._reply(
+                    400,
+                    {"error": f"request body is not JSON: {e}", "cniCode": errors.DECODE_FAILURE},
+                )
         status, payload = self.server.api.handle(method, self.path, body)
         self._reply(status, payload)
 

@@ -25,6 +25,7 @@ from porin.daemon.events import EndpointAdded, EndpointRemoved, EventBus
 from porin.daemon.ipam import Ipam
 from porin.daemon.netns import NetnsError
 from porin.daemon.store import EndpointStore
+from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, PorinError
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.models import Endpoint, EndpointRequest
 
@@ -74,12 +75,14 @@ class LinkReaper:
                 self._cond.notify_all()
 
 
-class EndpointNotFound(LookupError):
-    pass
+class EndpointNotFound(PorinError, LookupError):
+    http_status = 404
+    cni_code = CONTAINER_UNKNOWN
 
 
-class EndpointConflict(RuntimeError):
-    pass
+class EndpointConflict(PorinError, RuntimeError):
+    http_status = 409
+    cni_code = PORIN_CONFLICT
 
 
 def owner_key(container_id: str, ifname: str) -> str:

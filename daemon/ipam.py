@@ -14,12 +14,16 @@ import os
 import threading
 
 from porin.daemon.store import read_json, write_json_atomic
+from porin.errors import PORIN_IPAM_EXHAUSTED, PorinError
 
 log = logging.getLogger("porin.ipam")
 
 
-class IpamExhausted(RuntimeError):
+class IpamExhausted(PorinError, RuntimeError):
     """No free address is left in the pod CIDR."""
+
+    http_status = 507
+    cni_code = PORIN_IPAM_EXHAUSTED
 
 
 class Ipam:

@@ -15,6 +15,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from porin.daemon.netns import NetnsError, iproute_in, open_netns
+from porin.errors import PORIN_INTERFACE, PorinError
 from porin.models import lxc_name  # noqa: F401  (re-exported for callers)
 
 log = logging.getLogger("porin.links")
@@ -24,8 +25,11 @@ HOST_DEVICE = "porin_host"
 HOST_PEER = "porin_net"
 
 
-class LinkError(RuntimeError):
+class LinkError(PorinError, RuntimeError):
     """A netlink operation on an endpoint or node device failed."""
+
+    http_status = 409
+    cni_code = PORIN_INTERFACE
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:

@@ -16,13 +16,18 @@ from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
+from porin.errors import CONTAINER_UNKNOWN, PorinError
+
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-class NetnsError(OSError):
+class NetnsError(OSError, PorinError):
     """The network namespace cannot be opened or entered."""
+
+    http_status = 400
+    cni_code = CONTAINER_UNKNOWN
 
 
 def _setns(fd: int) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from porin.daemon import maglev
 from porin.daemon.store import ServiceStore
+from porin.errors import PorinError
 from porin.maps.lb_affinity import AffinityMap
 from porin.maps.lb_backends import BackendsMap, Lb4Backend
 from porin.maps.lb_maglev import MaglevMap
@@ -40,12 +41,14 @@ FIRST_EXTRA_REV_NAT = MAX_SERVICE_ID + 1
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
-class ServiceNotFound(LookupError):
-    pass
+class ServiceNotFound(PorinError, LookupError):
+    http_status = 404
+    cni_code = None
 
 
-class ServiceConflict(RuntimeError):
-    pass
+class ServiceConflict(PorinError, RuntimeError):
+    http_status = 409
+    cni_code = None
 
 
 @dataclass

@@ -60,7 +60,7 @@ from benchlib import (
     in_ns,
     loadavg,
 )
-from porinlab import CNI_PLUGIN_DIRS, ROOT, VENV_BIN, Netns, Node, Pod, run, wait_for
+from porinlab import CNI_PLUGIN_DIRS, ROOT, SOURCE, VENV_BIN, Netns, Node, Pod, run, wait_for
 
 from porin.client import AgentClient, ApiError
 
@@ -168,7 +168,7 @@ def install_plugin_like_make_install(workdir: str) -> str:
             "--no-build-isolation",
             "--target",
             site,
-            str(ROOT),
+            str(SOURCE),
         ]
     )
     launcher = os.path.join(workdir, "porin")

@@ -23,6 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("PORIN_VENV_BIN", ROOT / ".venv" / "bin"))
+# the checkout VENV_BIN's Porin comes from (another build's, in hack/bench-ab)
+SOURCE = Path(os.environ.get("PORIN_SOURCE", ROOT))
 CNI_PLUGIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
 NETNS_DIR = "/var/run/netns"
 PREFIX = "pl"  # every namespace the lab creates starts with this

@@ -12,6 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from porin.errors import INVALID_CONFIG, PorinError
+
 IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
 CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
@@ -22,8 +24,11 @@ def lxc_name(container_id: str, ifname: str) -> str:
     return "lxc" + digest[:12]
 
 
-class ValidationError(ValueError):
+class ValidationError(PorinError, ValueError):
     """A request field is missing or invalid."""
+
+    http_status = 400
+    cni_code = INVALID_CONFIG
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
