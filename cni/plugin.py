@@ -100,11 +100,8 @@ def cmd_check(conf: NetConf, env: CniEnv, stdin: bytes) -> None:
         raise CniError(errors.INVALID_CONFIG, "CHECK needs prevResult")
     body = {"containerID": env.container_id, "ifname": env.ifname, "netns": env.netns}
     problems = list(_agent(conf, "POST", "/v1/endpoints/check", body)["problems"])
-    ep_list = _agent(conf, "GET", "/v1/endpoints")
-    ep = next(
-        (e for e in ep_list if e["container_id"] == env.container_id and e["ifname"] == env.ifname),
-        None,
-    )
+    query = f"/v1/endpoints?containerID={env.container_id}&ifname={env.ifname}"
+    ep = next(iter(_agent(conf, "GET", query)), None)
     if ep is not None:
         want = {ip.get("address", "").split("/")[0] for ip in conf.prev_result.get("ips") or []}
         if ep["ipv4"].split("/")[0] not in want:

@@ -18,7 +18,7 @@ def build_result(
         ip["version"] = "4"
     result: dict[str, object] = {
         "cniVersion": cni_version,
-        "interfaces": [{"name": ep["host_ifname"], "mac": ep["host_mac"]}, pod_if],
+        "interfaces": [{"name": ep["hostIfname"], "mac": ep["hostMac"]}, pod_if],
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": ep["gateway"]}],
     }

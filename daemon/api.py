@@ -2,6 +2,7 @@
 
     GET    /v1/healthz                       readiness (CNI STATUS)
     GET    /v1/status                        node, datapath and endpoint summary
+    GET    /v1/endpoints?containerID=&ifname=   the endpoint of one attachment (a list)
     GET    /v1/endpoints                     list endpoints
     GET    /v1/endpoints/{id}                one endpoint
     PUT    /v1/endpoints                     create (CNI ADD), body: EndpointRequest
@@ -132,7 +133,11 @@ class Api:
         return 200, self.status()
 
     def _list(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, [ep.to_json() for ep in self.manager.list()]
+        eps = self.manager.list()
+        if "containerID" in q:  # one attachment: ?containerID=&ifname=
+            ep = self.manager.find(validate_container_id(q["containerID"]), q.get("ifname", "eth0"))
+            eps = [ep] if ep is not None else []
+        return 200, [ep.to_json() for ep in eps]
 
     def _get(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         return 200, self.manager.get(int(m.group(1))).to_json()

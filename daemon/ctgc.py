@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
 from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap, counterpart
+from porin.models import camel_keys
 
 log = logging.getLogger("porin.ctgc")
 
@@ -33,8 +34,8 @@ class GcStats:
     max_entries: int = 0
 
     def to_json(self) -> dict[str, float | int]:
-        d = asdict(self)
-        d["fill_ratio"] = round(self.last_alive / self.max_entries, 4) if self.max_entries else 0.0
+        d = camel_keys(asdict(self))
+        d["fillRatio"] = round(self.last_alive / self.max_entries, 4) if self.max_entries else 0.0
         return d
 
 
@@ -204,7 +205,7 @@ class CtGarbageCollector:
             return {}
         return {
             "entries": self.nat_last_alive,
-            "max_entries": self.nat.max_entries,
-            "fill_ratio": round(self.nat_last_alive / self.nat.max_entries, 4),
-            "deleted_total": self.nat_deleted_total,
+            "maxEntries": self.nat.max_entries,
+            "fillRatio": round(self.nat_last_alive / self.nat.max_entries, 4),
+            "deletedTotal": self.nat_deleted_total,
         }

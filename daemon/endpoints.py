@@ -190,7 +190,7 @@ class EndpointManager:
             )
             self._eps[ep.id] = ep
             undo.append(lambda: self._eps.pop(ep.id, None))
-            self.store.save(ep.id, ep.to_json())
+            self.store.save(ep.id, ep.to_record())
             undo.append(lambda: self.store.delete(ep.id))
 
             # a veth still being reaped, or left by a crashed attempt, blocks the name
@@ -210,7 +210,7 @@ class EndpointManager:
             undo.append(lambda: self.map.remove(ep.ip))
 
             ep.state = "ready"
-            self.store.save(ep.id, ep.to_json())
+            self.store.save(ep.id, ep.to_record())
         except Exception:
             for step in reversed(undo):
                 try:
@@ -283,7 +283,7 @@ class EndpointManager:
             self.map.remove(ep.ip)
         if ep.ipam == "agent":
             self.ipam.release(owner_key(ep.container_id, ep.ifname))
-        self.store.mark_deleting(ep.id, ep.to_json())
+        self.store.mark_deleting(ep.id, ep.to_record())
         self._eps.pop(ep.id, None)
         self.reaper.delete(ep.host_ifname)
         self.events.publish(EndpointRemoved(ep))

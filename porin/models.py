@@ -78,6 +78,23 @@ def _labels(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+# field names whose API spelling is not plain camelCase (the CNI spec's, the request's)
+_CAMEL_SPECIAL = {"container_id": "containerID"}
+
+
+def camel(name: str) -> str:
+    """A field name as the API spells it: created_at -> createdAt."""
+    if name in _CAMEL_SPECIAL:
+        return _CAMEL_SPECIAL[name]
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def camel_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A dataclass's asdict() with camelCase keys (one level: values are kept)."""
+    return {camel(k): v for k, v in d.items()}
+
+
 @dataclass
 class EndpointRequest:
     """CNI ADD as the plugin forwards it to the agent."""
@@ -167,12 +184,24 @@ class Endpoint:
         return self.ipv4.split("/")[0]
 
     def to_json(self) -> dict[str, Any]:
+        """The API's form: camelCase, as every API object."""
+        return camel_keys(asdict(self))
+
+    def to_record(self) -> dict[str, Any]:
+        """The state dir's form (field names), as older builds wrote it too."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Endpoint:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From either form."""
+        known = set(cls.__dataclass_fields__)
+        by_camel = {camel(f): f for f in known}
+        fields = {}
+        for k, v in d.items():
+            name = k if k in known else by_camel.get(k)
+            if name is not None:
+                fields[name] = v
+        return cls(**fields)
 
 
 # ---------------------------------------------------------------- services

@@ -23,11 +23,11 @@ ENDPOINT_HEADERS = ("ID", "CONTAINER ID", "IFNAME", "IPV4", "MAC", "HOST IFACE",
 def _endpoint_row(ep: dict[str, Any]) -> tuple[Any, ...]:
     return (
         ep["id"],
-        ep["container_id"][:12],
+        ep["containerID"][:12],
         ep["ifname"],
         ep["ipv4"],
         ep["mac"],
-        ep["host_ifname"],
+        ep["hostIfname"],
         ep["state"],
     )
 
@@ -54,7 +54,7 @@ def endpoint_get(ctx: Context, endpoint_id: int, output: str) -> None:
         return print_json(ep)
     for key in (
         "id",
-        "container_id",
+        "containerID",
         "ifname",
         "netns",
         "network",
@@ -62,9 +62,9 @@ def endpoint_get(ctx: Context, endpoint_id: int, output: str) -> None:
         "gateway",
         "mac",
         "mtu",
-        "host_ifname",
-        "host_ifindex",
-        "host_mac",
+        "hostIfname",
+        "hostIfindex",
+        "hostMac",
         "ipam",
         "state",
         "labels",

@@ -77,14 +77,14 @@ def status(ctx: Context, output: str) -> None:
         ),
         (
             "NAT table",
-            f"{st['host']['nat'].get('entries', 0)}/{st['host']['nat'].get('max_entries', 0)}"
+            f"{st['host']['nat'].get('entries', 0)}/{st['host']['nat'].get('maxEntries', 0)}"
             " after last GC"
             if st["host"]["nat"]
             else "-",
         ),
         (
             "Conntrack",
-            f"{st['conntrack']['last_alive']}/{st['conntrack']['max_entries']} after last GC",
+            f"{st['conntrack']['lastAlive']}/{st['conntrack']['maxEntries']} after last GC",
         ),
         (
             "KVStore",

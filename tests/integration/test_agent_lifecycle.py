@@ -79,7 +79,7 @@ def test_tcp_connection_survives_agent_kill_and_restart(fresh_node):
     c = node.add_pod()
     assert c.ip not in (a.ip, b.ip)
     assert c.ping(a.ip) and b.ping(c.ip)
-    eps = {e["container_id"] for e in node.porin_json("endpoint", "list")}
+    eps = {e["containerID"] for e in node.porin_json("endpoint", "list")}
     assert {a.container_id, b.container_id, c.container_id} <= eps
 
 
@@ -107,7 +107,7 @@ def test_del_while_agent_down_is_finished_on_restart(fresh_node, snapshot, settl
     node.start_agent()
     wait_for(
         lambda: (
-            a.container_id not in {e["container_id"] for e in node.porin_json("endpoint", "list")}
+            a.container_id not in {e["containerID"] for e in node.porin_json("endpoint", "list")}
         ),
         10,
         "agent to finish the pending DEL",

@@ -205,7 +205,7 @@ def test_nat_entries_go_with_their_conntrack_entries(site):
 
     wait_for(gone, 15, "the NAT entries to be collected with their conntrack entry")
     assert monotonic_seconds() - start >= 2  # not before the conntrack entry expired
-    assert node.porin_json("status")["host"]["nat"]["deleted_total"] >= 2
+    assert node.porin_json("status")["host"]["nat"]["deletedTotal"] >= 2
     pod.exec(["python3", "-c", send, EXT_IP])
     assert len(mine()) == 2
 

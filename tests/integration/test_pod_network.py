@@ -203,7 +203,7 @@ def test_twenty_parallel_adds_get_distinct_addresses(node, snapshot, settled):
 
 def test_cli_lists_endpoints_and_maps(node, three_pods):
     eps = node.porin_json("endpoint", "list")
-    by_cid = {e["container_id"]: e for e in eps}
+    by_cid = {e["containerID"]: e for e in eps}
     for p in three_pods:
         ep = by_cid[p.container_id]
         assert ep["ipv4"] == f"{p.ip}/32" and ep["state"] == "ready"
@@ -249,7 +249,7 @@ def test_gc_removes_attachments_not_listed(node, snapshot, settled):
     ]
     conf = node.netconf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": valid})
     assert node.cni("GC", conf=conf) == (0, None)
-    assert drop.container_id not in {e["container_id"] for e in node.porin_json("endpoint", "list")}
+    assert drop.container_id not in {e["containerID"] for e in node.porin_json("endpoint", "list")}
     assert keep.ping("10.244.0.1")
     node.del_pod(keep)
     drop.ns.close()
@@ -373,7 +373,7 @@ def test_labels_from_cni_args(node):
         )
         assert rc == 0
         ep = next(
-            e for e in node.porin_json("endpoint", "list") if e["container_id"] == f"lbl-{ns.name}"
+            e for e in node.porin_json("endpoint", "list") if e["containerID"] == f"lbl-{ns.name}"
         )
         assert ep["labels"]["k8s:io.kubernetes.pod.namespace"] == "shop"
         assert ep["labels"]["k8s:io.kubernetes.pod.name"] == "cart-1"

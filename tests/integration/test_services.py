@@ -352,7 +352,7 @@ def test_ct_flush_and_gc(cluster):
     assert node.porin_json("bpf", "ct", "list", "global", "--src", client.ip) == []
     assert len(hits(client, 5)) >= 1  # new connections work after a flush
     gc = AgentClient(node.cfg.socket).request("POST", "/v1/ct/gc")
-    assert gc["runs"] >= 1 and "fill_ratio" in gc
+    assert gc["runs"] >= 1 and "fillRatio" in gc
     agent_metrics = node.porin_json("metrics", "agent")["conntrackGC"]
     assert agent_metrics["runs"] >= 1
 

@@ -28,17 +28,17 @@ NETNS = "/var/run/netns/pod1"
 
 ENDPOINT = {
     "id": 7,
-    "container_id": CID,
+    "containerID": CID,
     "ifname": "eth0",
     "netns": NETNS,
     "network": "porin",
     "ipv4": "10.244.0.5/32",
     "gateway": "10.244.0.1",
     "mtu": 1500,
-    "host_ifname": lxc_name(CID, "eth0"),
+    "hostIfname": lxc_name(CID, "eth0"),
     "state": "ready",
     "mac": "02:00:00:00:00:05",
-    "host_mac": "02:00:00:00:00:01",
+    "hostMac": "02:00:00:00:00:01",
 }
 
 

@@ -16,8 +16,8 @@ EP: dict[str, Any] = {
     "mtu": 1450,
     "ipv4": "10.244.0.5/32",
     "gateway": "10.244.0.1",
-    "host_ifname": "lxc0123456789ab",
-    "host_mac": "02:00:00:00:00:01",
+    "hostIfname": "lxc0123456789ab",
+    "hostMac": "02:00:00:00:00:01",
 }
 
 

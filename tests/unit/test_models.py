@@ -253,7 +253,11 @@ def test_endpoint_round_trip_and_ip() -> None:
         labels={"a": "b"},
     )
     assert ep.ip == "10.244.0.5"
-    data = ep.to_json()
-    assert data["container_id"] == "c0ffee42"
+    data = ep.to_json()  # the API's camelCase
+    assert data["containerID"] == "c0ffee42" and data["hostIfname"] == ep.host_ifname
+    assert "container_id" not in data and "host_ifname" not in data
     assert data["state"] == "creating"
-    assert Endpoint.from_json(dict(data, unknown_future_field=1)) == ep
+    assert Endpoint.from_json(dict(data, unknownFutureField=1)) == ep
+    record = ep.to_record()  # the state dir's field names, as older builds wrote them
+    assert record["container_id"] == "c0ffee42" and record["created_at"] == ep.created_at
+    assert Endpoint.from_json(record) == ep
