@@ -16,15 +16,19 @@ from pathlib import Path
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
-def flatten(entry: Path) -> str:
-    """The entry file with every quoted include inlined once, in order."""
+def flatten(entry: Path, include_dir: Path | None = None) -> str:
+    """The entry file with every quoted include inlined once, in order. An
+    include is found next to the file that names it, else in `include_dir`
+    (a program outside bpf/, such as a test's, including "lib/...")."""
     seen: set[Path] = set()
     out: list[str] = []
-    _inline(entry.resolve(), entry.resolve().parent, seen, out)
+    _inline(entry.resolve(), entry.resolve().parent, seen, out, include_dir)
     return "".join(out)
 
 
-def _inline(path: Path, root: Path, seen: set[Path], out: list[str]) -> None:
+def _inline(
+    path: Path, root: Path, seen: set[Path], out: list[str], include_dir: Path | None = None
+) -> None:
     if path in seen:
         return
     seen.add(path)
@@ -36,9 +40,11 @@ def _inline(path: Path, root: Path, seen: set[Path], out: list[str]) -> None:
             out.append(line)
             continue
         target = (path.parent / m.group(1)).resolve()
+        if not target.exists() and include_dir is not None:
+            target = (include_dir / m.group(1)).resolve()
         if not target.exists():
             raise FileNotFoundError(f"{rel}:{lineno}: included file {m.group(1)} not found")
-        _inline(target, root, seen, out)
+        _inline(target, root, seen, out, include_dir)
         if out and not out[-1].endswith("\n"):
             out.append("\n")
         out.append(f'#line {lineno + 1} "{rel}"\n')

@@ -2,9 +2,10 @@
 pin whose shape is not that.
 
 This table is the single source of map sizes: `size_flags` hands them to
-the C code as -D flags, and the key and value sizes come from the ctypes
-layouts in maps/, which tests/bpf/test_bpf_map_specs.py checks against the
-maps bcc really creates.
+the C code as -D flags. Keys and values are the ctypes layouts of maps/;
+tests/bpf/test_bpf_map_specs.py checks the table against the maps bcc really
+creates, and every layout field by field (name, offset, size) against the
+one clang derived from the C struct, as Cilium's alignchecker does.
 
 bcc reuses a pinned map of the same name whatever its shape, which is what
 keeps restarts hitless, but a pin left by an older build or by another
@@ -20,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from porin.daemon.config import AgentConfig
 from porin.maps import syscall
@@ -76,6 +77,9 @@ class MapSpec:
     value_size: int
     max_entries: int
     flags: int = 0
+    # the ctypes layouts (None: raw bytes, e.g. the Maglev table and the ring buffer)
+    key_type: type | None = field(default=None, compare=False)
+    value_type: type | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         kind = TYPE_NAMES.get(self.map_type, str(self.map_type))
@@ -86,7 +90,9 @@ class MapSpec:
 
 
 def _spec(name: str, map_type: int, key: type, value: type, size: int, flags: int = 0) -> MapSpec:
-    return MapSpec(name, map_type, ctypes.sizeof(key), ctypes.sizeof(value), size, flags)
+    return MapSpec(
+        name, map_type, ctypes.sizeof(key), ctypes.sizeof(value), size, flags, key, value
+    )
 
 
 def map_specs(cfg: AgentConfig) -> list[MapSpec]:
@@ -130,6 +136,9 @@ def size_flags(cfg: AgentConfig) -> list[str]:
         "IPCACHE_MAP_SIZE": IPCACHE_MAP_SIZE,
         "NAT_MAP_SIZE": cfg.nat_map_size,
         "MONITOR_RING_SIZE": MONITOR_RING_SIZE,
+        "METRICS_SLOTS": METRICS_SLOTS,
+        "HOST_DEVICES_MAP_SIZE": HOST_DEVICES_MAP_SIZE,
+        "NONMASQ_MAP_SIZE": NONMASQ_MAP_SIZE,
     }
     return [f"-D{k}={v}" for k, v in sizes.items()]
 

@@ -32,19 +32,19 @@
 #include "clock.h"
 
 #ifndef CT_MAP_SIZE
-#define CT_MAP_SIZE 262144
+#error "CT_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef CT_LIFETIME_TCP_SYN
-#define CT_LIFETIME_TCP_SYN 60
+#error "CT_LIFETIME_TCP_SYN must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef CT_LIFETIME_TCP
-#define CT_LIFETIME_TCP 21600
+#error "CT_LIFETIME_TCP must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef CT_LIFETIME_TCP_CLOSE
-#define CT_LIFETIME_TCP_CLOSE 10
+#error "CT_LIFETIME_TCP_CLOSE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef CT_LIFETIME_NONTCP
-#define CT_LIFETIME_NONTCP 60
+#error "CT_LIFETIME_NONTCP must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 
 /* a flow entry renews its reply entry's lifetime this often (seconds) */

@@ -27,8 +27,11 @@
 
 #include "common.h"
 
+#ifndef ENDPOINTS_MAP_SIZE
+#error "ENDPOINTS_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 #ifndef ENDPOINT_SLOT_BITS
-#define ENDPOINT_SLOT_BITS 16
+#error "ENDPOINT_SLOT_BITS must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #define ENDPOINT_SLOTS (1 << ENDPOINT_SLOT_BITS)
 

@@ -11,7 +11,7 @@
 #include "identity.h"
 
 #ifndef IPCACHE_MAP_SIZE
-#define IPCACHE_MAP_SIZE 65536
+#error "IPCACHE_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 
 #define IPCACHE_F_NODE 1         /* the prefix is a node's own address */

@@ -28,22 +28,22 @@
 #include "icmp.h"
 
 #ifndef LB_SERVICES_MAP_SIZE
-#define LB_SERVICES_MAP_SIZE 131072
+#error "LB_SERVICES_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef LB_BACKENDS_MAP_SIZE
-#define LB_BACKENDS_MAP_SIZE 131072
+#error "LB_BACKENDS_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #if LB_BACKENDS_MAP_SIZE & (LB_BACKENDS_MAP_SIZE - 1)
 #error "LB_BACKENDS_MAP_SIZE must be a power of two"
 #endif
 #ifndef LB_MAGLEV_MAP_SIZE
-#define LB_MAGLEV_MAP_SIZE 1024
+#error "LB_MAGLEV_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef LB_MAGLEV_TABLE_SIZE
-#define LB_MAGLEV_TABLE_SIZE 16381
+#error "LB_MAGLEV_TABLE_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef LB_AFFINITY_MAP_SIZE
-#define LB_AFFINITY_MAP_SIZE 65536
+#error "LB_AFFINITY_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 /* a pod reaching itself through a service is sourced from this address */
 #ifndef LB_HAIRPIN_IPV4

@@ -14,7 +14,9 @@ struct metrics_value {
 /* A per-CPU array indexed by reason * 4 + direction: counting costs an
  * array lookup, no hashing and no insertion, on every packet. */
 #define METRICS_INDEX(reason, dir) (((__u32)(reason) << 2) | ((dir) & 3))
-#define METRICS_SLOTS (256 * 4)
+#ifndef METRICS_SLOTS
+#error "METRICS_SLOTS must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 
 PORIN_MAP("percpu_array", __u32, struct metrics_value, metrics, METRICS_SLOTS);
 

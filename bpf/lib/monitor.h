@@ -24,7 +24,7 @@
 
 #define MONITOR_CAPTURE 128
 #ifndef MONITOR_RING_SIZE
-#define MONITOR_RING_SIZE (1 << 20)
+#error "MONITOR_RING_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 
 #define MONITOR_TYPE_DROP 1

@@ -22,13 +22,13 @@
 #include <uapi/asm-generic/errno-base.h>
 
 #ifndef NAT_MAP_SIZE
-#define NAT_MAP_SIZE 131072
+#error "NAT_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef SNAT_PORT_MIN
-#define SNAT_PORT_MIN 32768
+#error "SNAT_PORT_MIN must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef SNAT_PORT_MAX
-#define SNAT_PORT_MAX 60999
+#error "SNAT_PORT_MAX must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #define SNAT_TRIES 32
 
@@ -67,8 +67,16 @@ struct lpm_v4_key {
 };
 
 PORIN_MAP("hash", struct nat4_key, struct nat4_entry, nat4, NAT_MAP_SIZE);
-PORIN_MAP("hash", __u32, struct host_device, host_devices, 256);
-PORIN_MAP_F("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, 256, BPF_F_NO_PREALLOC);
+#ifndef HOST_DEVICES_MAP_SIZE
+#error "HOST_DEVICES_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
+#ifndef NONMASQ_MAP_SIZE
+#error "NONMASQ_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
+
+PORIN_MAP("hash", __u32, struct host_device, host_devices, HOST_DEVICES_MAP_SIZE);
+PORIN_MAP_F("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, NONMASQ_MAP_SIZE,
+	    BPF_F_NO_PREALLOC);
 
 static __always_inline int snat_wanted(__be32 daddr)
 {

@@ -3,6 +3,7 @@ and what the agent does with a pin of the wrong shape."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import uuid
@@ -57,3 +58,54 @@ def test_reconcile_unpins_only_maps_of_another_shape(pin_root):
         ]
     finally:
         module.cleanup()
+
+
+def layout(ctype: type, base: int = 0, prefix: str = "") -> list[tuple[str, int, int]]:
+    """(name, offset, size) of every scalar or array field, nested structs flattened."""
+    out = []
+    for name, ftype, *_ in ctype._fields_:
+        desc = getattr(ctype, name)
+        if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure | ctypes.Union):
+            out += layout(ftype, base + desc.offset, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", base + desc.offset, desc.size))
+    return out
+
+
+def table_of(modules, name: str):
+    for module in modules:
+        try:
+            return module.get_table(name.encode())
+        except KeyError:
+            continue
+    raise AssertionError(f"no program declares map {name}")
+
+
+def shape(ctype: type) -> list[tuple[int, int]]:
+    return [(off, size) for _, off, size in layout(ctype)]
+
+
+def test_every_map_layout_matches_the_c_struct_field_by_field(lxc_datapath):
+    """Porin's alignchecker: the ctypes layout of every map's key and value in
+    maps/ against what clang made of the C struct (bcc's Key/Leaf types).
+    Offsets, sizes and names; a scalar key or value (a u32 index) by size."""
+    dp, modules = lxc_datapath
+    root = os.path.dirname(dp.endpoints.path)
+    checked = []
+    for spec in map_specs(AgentConfig(bpffs_root=root)):
+        if spec.key_type is None:
+            continue
+        table = table_of(modules, spec.name)
+        for side, ours, theirs in (
+            ("key", spec.key_type, table.Key),
+            ("value", spec.value_type, table.Leaf),
+        ):
+            assert ctypes.sizeof(ours) == ctypes.sizeof(theirs), (spec.name, side)
+            if not issubclass(theirs, ctypes.Structure):
+                continue  # a scalar (u32 index, u8 flag): its size is all there is
+            c_fields = layout(theirs)
+            assert shape(ours) == [(off, size) for _, off, size in c_fields], (spec.name, side)
+            names = [n for n, _, _ in layout(ours)]
+            assert names == [n for n, _, _ in c_fields], (spec.name, side)
+        checked.append(spec.name)
+    assert len(checked) >= 15, checked
