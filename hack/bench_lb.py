@@ -50,6 +50,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -691,54 +692,8 @@ def measure(
 
 # ---------------------------------------------------------------- BPF_PROG_TEST_RUN
 
-MINIMAL_TC = r"""
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/tcp.h>
-#include <uapi/linux/pkt_cls.h>
-
-struct flow_key {
-    __be32 saddr;
-    __be32 daddr;
-    __be16 sport;
-    __be16 dport;
-    __u8 proto;
-    __u8 pad[3];
-};
-
-BPF_HASH(flows, struct flow_key, __u64, 1024);
-
-int minimal(struct __sk_buff *skb)
-{
-    void *data = (void *)(long)skb->data;
-    void *end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    struct iphdr *ip = data + sizeof(*eth);
-    struct tcphdr *tcp;
-    struct flow_key key = {};
-
-    if ((void *)(ip + 1) > end)
-        return TC_ACT_SHOT;
-    if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_TCP)
-        return TC_ACT_SHOT;
-    tcp = (void *)(ip + 1);
-    if ((void *)(tcp + 1) > end)
-        return TC_ACT_SHOT;
-    key.saddr = ip->saddr;
-    key.daddr = ip->daddr;
-    key.sport = tcp->source;
-    key.dport = tcp->dest;
-    key.proto = ip->protocol;
-    return flows.lookup(&key) ? TC_ACT_OK : TC_ACT_SHOT;
-}
-
-int empty(struct __sk_buff *skb)
-{
-    return TC_ACT_OK;
-}
-"""
+# the yardstick programs: parse + one hash lookup, and nothing
+MINIMAL_TC = pathlib.Path(__file__).resolve().parent / "progs" / "minimal_tc.c"
 
 TC_ACT_OK = 0
 TC_ACT_REDIRECT = 7
@@ -824,7 +779,7 @@ def bpf_microbench(samples: int, repeat: int, log: Callable[[str], None]) -> Bpf
             "bpf_lxc.c", AgentConfig(bpffs_root=root), ["from_container"]
         )
         modules.append(module)
-        mini = BPF(text=MINIMAL_TC.encode())
+        mini = BPF(text=MINIMAL_TC.read_bytes())
         modules.append(mini)
         fd_lxc = progs["from_container"].fd
         fd_min = mini.load_func(b"minimal", BPF.SCHED_CLS).fd
