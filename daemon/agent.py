@@ -48,7 +48,7 @@ from porin.maps.endpoints import EndpointsMap
 from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
-from porin.models import Service
+from porin.models import EndpointState, Service, ServiceSource
 
 log = logging.getLogger("porin.agent")
 
@@ -152,10 +152,14 @@ class Agent:
             IpcacheMap(cfg.bpffs_root),
             NodeInfo(cfg.node_name, node_ip, cfg.pod_cidr, cfg.tunnel_mode),
             cfg.node_lease_ttl,
-            local_endpoints=lambda: [e for e in self.manager.list() if e.state == "ready"],
+            local_endpoints=lambda: [
+                e for e in self.manager.list() if e.state == EndpointState.READY
+            ],
             apply_service=self._apply_cluster_service,
             drop_service=self._drop_cluster_service,
-            local_services=lambda: [s.to_json() for s in self.services.list() if s.source == "api"],
+            local_services=lambda: [
+                s.to_json() for s in self.services.list() if s.source == ServiceSource.API
+            ],
         )
         self.manager.identity_for = self.cluster.identities.allocate
         self.events.subscribe(EndpointAdded, lambda e: self.cluster.endpoint_added(e.endpoint))
@@ -234,7 +238,7 @@ class Agent:
             },
             "endpoints": {
                 "total": len(eps),
-                "ready": sum(1 for e in eps if e.state == "ready"),
+                "ready": sum(1 for e in eps if e.state == EndpointState.READY),
             },
             "services": len(self.services.list()),
             "conntrack": self.ct_gc.stats.to_json(),

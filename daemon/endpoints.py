@@ -27,7 +27,7 @@ from porin.daemon.netns import NetnsError
 from porin.daemon.store import EndpointStore
 from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, PorinError
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
-from porin.models import Endpoint, EndpointRequest
+from porin.models import Endpoint, EndpointRequest, EndpointState, IpamKind
 
 log = logging.getLogger("porin.endpoints")
 
@@ -128,7 +128,7 @@ class EndpointManager:
 
     def has_ip(self, ip: str) -> bool:
         with self._lock:
-            return any(ep.ip == ip and ep.state == "ready" for ep in self._eps.values())
+            return any(ep.ip == ip and ep.state == EndpointState.READY for ep in self._eps.values())
 
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
@@ -142,7 +142,7 @@ class EndpointManager:
     def add(self, req: EndpointRequest) -> Endpoint:
         with self._lock:
             existing = self.find(req.container_id, req.ifname)
-            if existing is not None and existing.state == "ready":
+            if existing is not None and existing.state == EndpointState.READY:
                 if existing.netns != req.netns:
                     raise EndpointConflict(
                         f"container {req.container_id} interface {req.ifname} is already "
@@ -166,14 +166,14 @@ class EndpointManager:
             if req.ipv4 is not None:
                 ipv4 = ipaddress.IPv4Interface(f"{req.ipv4.split('/')[0]}/32")
                 gateway = req.gateway or self.cfg.gateway
-                ipam_kind = "plugin"
+                ipam_kind = IpamKind.PLUGIN
                 self._check_address_free(str(ipv4.ip))
             else:
                 ip = self.ipam.allocate(owner)
                 undo.append(lambda: self.ipam.release(owner))
                 ipv4 = ipaddress.IPv4Interface(f"{ip}/32")
                 gateway = self.cfg.gateway
-                ipam_kind = "agent"
+                ipam_kind = IpamKind.AGENT
             ep = Endpoint(
                 id=self._next_id(),
                 container_id=req.container_id,
@@ -209,7 +209,7 @@ class EndpointManager:
             self.map.upsert(self._map_entry(ep))
             undo.append(lambda: self.map.remove(ep.ip))
 
-            ep.state = "ready"
+            ep.state = EndpointState.READY
             self.store.save(ep.id, ep.to_record())
         except Exception:
             for step in reversed(undo):
@@ -281,7 +281,7 @@ class EndpointManager:
         entry = self.map.lookup(ep.ip)
         if entry is not None and entry.endpoint_id == ep.id:
             self.map.remove(ep.ip)
-        if ep.ipam == "agent":
+        if ep.ipam == IpamKind.AGENT:
             self.ipam.release(owner_key(ep.container_id, ep.ifname))
         self.store.mark_deleting(ep.id, ep.to_record())
         self._eps.pop(ep.id, None)
@@ -301,7 +301,7 @@ class EndpointManager:
         """What is wrong with the attachment; empty when it is healthy."""
         with self._lock:
             ep = self.find(container_id, ifname)
-            if ep is None or ep.state != "ready":
+            if ep is None or ep.state != EndpointState.READY:
                 raise EndpointNotFound(
                     f"no endpoint for container {container_id} interface {ifname}"
                 )
@@ -400,7 +400,7 @@ class EndpointManager:
                 log.info("endpoint_slots: %d slots rewritten from the endpoints map", fixed)
 
     def _restore_one(self, ep: Endpoint) -> None:
-        if ep.state != "ready":
+        if ep.state != EndpointState.READY:
             log.warning("endpoint %d was half-created when the agent stopped; removing it", ep.id)
             self._teardown(ep)
             return

@@ -32,7 +32,14 @@ from porin.maps.lb_backends import BackendsMap, Lb4Backend
 from porin.maps.lb_maglev import MaglevMap
 from porin.maps.lb_reverse_nat import Lb4ReverseNat, ReverseNatMap, RevNatId
 from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, Lb4Key, Lb4Service, ServicesMap
-from porin.models import MAX_SERVICE_ID, Backend, Service, ValidationError
+from porin.models import (
+    MAX_SERVICE_ID,
+    Algorithm,
+    Backend,
+    Service,
+    ServiceType,
+    ValidationError,
+)
 
 log = logging.getLogger("porin.services")
 
@@ -264,7 +271,8 @@ class ServiceManager:
             affected = [
                 p.service
                 for p in self._svcs.values()
-                if p.service.type == "nodeport" and any(b.ip == ip for b in p.service.backends)
+                if p.service.type == ServiceType.NODE_PORT
+                and any(b.ip == ip for b in p.service.backends)
             ]
             if affected:
                 self.upsert_many(affected)
@@ -297,18 +305,18 @@ class ServiceManager:
     def _assign_node_ports(self, svcs: list[Service]) -> None:
         lo, hi = self.node.node_port_range
         for s in svcs:
-            if s.type != "nodeport":
+            if s.type != ServiceType.NODE_PORT:
                 s.node_port = 0
-        if not any(s.type == "nodeport" for s in svcs):
+        if not any(s.type == ServiceType.NODE_PORT for s in svcs):
             return
         ids = {s.id for s in svcs}
         taken = {
             (p.service.protocol, p.service.node_port)
             for p in self._svcs.values()
-            if p.service.type == "nodeport" and p.service.id not in ids
+            if p.service.type == ServiceType.NODE_PORT and p.service.id not in ids
         }
         for s in svcs:
-            if s.type != "nodeport":
+            if s.type != ServiceType.NODE_PORT:
                 s.node_port = 0
                 continue
             if not s.node_port:
@@ -345,7 +353,7 @@ class ServiceManager:
 
     def _extra_rev_nat_pool(self, svcs: list[Service]) -> list[int]:
         """Free reverse-NAT ids for NodePort frontends, lowest first."""
-        need = sum(len(self.node.node_ips) for s in svcs if s.type == "nodeport")
+        need = sum(len(self.node.node_ips) for s in svcs if s.type == ServiceType.NODE_PORT)
         if not need:
             return []
         ids = {s.id for s in svcs}
@@ -367,7 +375,7 @@ class ServiceManager:
     ) -> list[Frontend]:
         all_backends = [b.address for b in svc.active_backends]
         fes = [Frontend(svc.ip, svc.port, svc.id, backends=all_backends)]
-        if svc.type == "nodeport":
+        if svc.type == ServiceType.NODE_PORT:
             # A node port reaches this node's own backends only, whatever the policy:
             # without source NAT (not there yet) a backend on another node would
             # answer the client directly and the connection would hang. A node
@@ -404,7 +412,7 @@ class ServiceManager:
                 prev = None
             active = [by_addr[a] for a in fe.backends]
             flags = SVC_F_AFFINITY if svc.affinity_timeout else 0
-            if svc.algorithm == "maglev":
+            if svc.algorithm == Algorithm.MAGLEV:
                 flags |= SVC_F_MAGLEV
                 fe.maglev = True
                 plan.maglev.append((fe.rev_nat, self._maglev_ids(fe, prog, old, prev, active)))

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from porin.errors import INVALID_CONFIG, PorinError
@@ -156,6 +157,17 @@ class EndpointRequest:
 ENDPOINT_STATES = ("creating", "ready", "disconnected")
 
 
+class EndpointState(StrEnum):
+    CREATING = "creating"  # a crash before READY is undone on the next start
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class IpamKind(StrEnum):
+    AGENT = "agent"  # the agent's IPAM allocated the address
+    PLUGIN = "plugin"  # a delegated IPAM plugin owns it
+
+
 @dataclass
 class Endpoint:
     """An endpoint as the agent owns it: persisted, listed, returned on ADD."""
@@ -170,7 +182,7 @@ class Endpoint:
     mtu: int
     host_ifname: str
     ipam: str = "agent"  # "agent" or "plugin" (a delegated IPAM plugin owns the address)
-    state: str = "creating"
+    state: str = EndpointState.CREATING
     mac: str = ""
     host_ifindex: int = 0
     host_mac: str = ""
@@ -206,12 +218,45 @@ class Endpoint:
 
 # ---------------------------------------------------------------- services
 
-SERVICE_PROTOCOLS = ("tcp", "udp")
-SERVICE_TYPES = ("clusterip", "nodeport")
-TRAFFIC_POLICIES = ("cluster", "local")
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "clusterip"
+    NODE_PORT = "nodeport"
+
+
+class TrafficPolicy(StrEnum):
+    CLUSTER = "cluster"
+    LOCAL = "local"  # only this node's backends, the client address kept
+
+
+class Algorithm(StrEnum):
+    RANDOM = "random"
+    MAGLEV = "maglev"
+
+
+class BackendState(StrEnum):
+    ACTIVE = "active"
+    TERMINATING = "terminating"  # keeps its connections, gets no new ones
+    MAINTENANCE = "maintenance"
+
+
+class ServiceSource(StrEnum):
+    API = "api"
+    FILE = "file"  # the servicesFile
+
+
+SERVICE_PROTOCOLS = tuple(Protocol)
+SERVICE_TYPES = tuple(ServiceType)
+TRAFFIC_POLICIES = tuple(TrafficPolicy)
 MAX_SERVICE_ID = 32767  # reverse-NAT ids above it name NodePort frontends
-ALGORITHMS = ("random", "maglev")
-BACKEND_STATES = ("active", "terminating", "maintenance")
+ALGORITHMS = tuple(Algorithm)
+BACKEND_STATES = tuple(BackendState)
+SERVICE_SOURCES = tuple(ServiceSource)
 MAX_WEIGHT = 100
 
 
@@ -258,7 +303,7 @@ class Backend:
             raise ValidationError(
                 f"{field_name}.state", f"must be one of {', '.join(BACKEND_STATES)}"
             )
-        return cls(ip=ip, port=port, weight=weight, state=state)
+        return cls(ip=ip, port=port, weight=weight, state=BackendState(state))
 
     def to_json(self) -> dict[str, Any]:
         return {"address": self.address, "weight": self.weight, "state": self.state}
@@ -286,7 +331,7 @@ class Service:
 
     @property
     def active_backends(self) -> list[Backend]:
-        return [b for b in self.backends if b.state == "active" and b.weight > 0]
+        return [b for b in self.backends if b.state == BackendState.ACTIVE and b.weight > 0]
 
     @classmethod
     def from_json(cls, d: Any, default_id: int = 0) -> Service:
@@ -339,7 +384,7 @@ class Service:
             or not (0 <= node_port <= 65535)
         ):
             raise ValidationError("nodePort", "must be a port number")
-        if node_port and stype != "nodeport":
+        if node_port and stype != ServiceType.NODE_PORT:
             raise ValidationError("nodePort", "is only valid with type nodeport")
         policy = str(d.get("externalTrafficPolicy", "cluster")).lower()
         if policy not in TRAFFIC_POLICIES:
@@ -350,14 +395,14 @@ class Service:
             id=sid,
             ip=ip,
             port=port,
-            protocol=proto,
-            type=stype,
+            protocol=Protocol(proto),
+            type=ServiceType(stype),
             backends=backends,
-            algorithm=algo,
+            algorithm=Algorithm(algo),
             affinity_timeout=aff,
-            source=source if source in ("api", "file") else "api",
+            source=ServiceSource(source) if source in SERVICE_SOURCES else ServiceSource.API,
             node_port=node_port,
-            external_traffic_policy=policy,
+            external_traffic_policy=TrafficPolicy(policy),
         )
 
     def to_json(self) -> dict[str, Any]:
