@@ -22,16 +22,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import reduce
+from ipaddress import ip_address
 from typing import Any
 
 from porin.daemon import maglev
+from porin.daemon.service_maps import (
+    BackendRecord,
+    FrontendSlot,
+    LbMaps,
+    Plan,
+    ReverseNatRecord,
+    ServiceRecord,
+)
 from porin.daemon.store import ServiceStore
 from porin.errors import PorinError
-from porin.maps.lb_affinity import AffinityMap
-from porin.maps.lb_backends import BackendsMap, Lb4Backend
-from porin.maps.lb_maglev import MaglevMap
-from porin.maps.lb_reverse_nat import Lb4ReverseNat, ReverseNatMap, RevNatId
-from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, Lb4Key, Lb4Service, ServicesMap
+from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV
 from porin.models import (
     MAX_SERVICE_ID,
     Algorithm,
@@ -59,25 +64,6 @@ class ServiceConflict(PorinError, RuntimeError):
 
 
 @dataclass
-class LbMaps:
-    services: ServicesMap
-    backends: BackendsMap
-    reverse_nat: ReverseNatMap
-    maglev: MaglevMap
-    affinity: AffinityMap
-
-    @classmethod
-    def open(cls, bpffs_root: str) -> LbMaps:
-        return cls(
-            ServicesMap(bpffs_root),
-            BackendsMap(bpffs_root),
-            ReverseNatMap(bpffs_root),
-            MaglevMap(bpffs_root),
-            AffinityMap(bpffs_root),
-        )
-
-
-@dataclass
 class Frontend:
     """One address a service answers on, as programmed."""
 
@@ -97,22 +83,6 @@ class Programmed:
     backend_ids: dict[str, int] = field(default_factory=dict)  # "ip:port" -> id
     frontends: list[Frontend] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)  # as saved (daemon/store.py)
-
-
-@dataclass
-class Plan:
-    """Map writes for a batch of services, in publication order."""
-
-    backends: list[tuple[int, Lb4Backend]] = field(default_factory=list)  # by backend id
-    maglev: list[tuple[int, list[int]]] = field(default_factory=list)
-    slots: list[tuple[Lb4Key, Lb4Service]] = field(default_factory=list)
-    reverse_nat: list[tuple[RevNatId, Lb4ReverseNat]] = field(default_factory=list)
-    masters: list[tuple[Lb4Key, Lb4Service]] = field(default_factory=list)
-    stale_slots: list[Lb4Key] = field(default_factory=list)
-    stale_backends: list[int] = field(default_factory=list)
-    stale_maglev: list[int] = field(default_factory=list)
-    stale_rev_nat: list[int] = field(default_factory=list)
-    used_backend_slots: set[int] = field(default_factory=set)  # lb4_backends slots taken
 
 
 @dataclass
@@ -400,7 +370,7 @@ class ServiceManager:
             if bid is None:
                 bid = self._new_backend_id(plan)
             prog.backend_ids[b.address] = bid
-            plan.backends.append((bid, Lb4Backend.of(b.ip, b.port, proto, b.state)))
+            plan.backends.append(BackendRecord(bid, ip_address(b.ip), b.port, proto, b.state))
 
         by_addr = {b.address: b for b in svc.backends}
         old_fes = {(f.ip, f.port): f for f in old.frontends} if old else {}
@@ -421,22 +391,17 @@ class ServiceManager:
             slot_ids = _weighted_slots(active, prog.backend_ids)
             fe.slots = len(slot_ids)
             for i, bid in enumerate(slot_ids, start=1):
-                plan.slots.append((Lb4Key.of(fe.ip, fe.port, proto, i), Lb4Service(backend_id=bid)))
-            plan.reverse_nat.append((RevNatId(fe.rev_nat), Lb4ReverseNat.of(fe.ip, fe.port)))
+                plan.slots.append((_slot(fe, proto, i), bid))
+            plan.reverse_nat.append(ReverseNatRecord(fe.rev_nat, ip_address(fe.ip), fe.port))
             plan.masters.append(
                 (
-                    Lb4Key.of(fe.ip, fe.port, proto, 0),
-                    Lb4Service(
-                        count=len(slot_ids),
-                        rev_nat=fe.rev_nat,
-                        flags=flags,
-                        affinity_timeout=svc.affinity_timeout,
-                    ),
+                    _slot(fe, proto, 0),
+                    ServiceRecord(len(slot_ids), fe.rev_nat, flags, svc.affinity_timeout),
                 )
             )
             if prev is not None:
                 for i in range(fe.slots + 1, prev.slots + 1):
-                    plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, i))
+                    plan.stale_slots.append(_slot(fe, proto, i))
                 if prev.rev_nat != fe.rev_nat:
                     plan.stale_rev_nat.append(prev.rev_nat)
             prog.frontends.append(fe)
@@ -490,30 +455,14 @@ class ServiceManager:
 
     def _plan_frontend_removal(self, svc: Service, fe: Frontend, plan: Plan) -> None:
         proto = PROTO[svc.protocol]
-        plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, 0))
-        for i in range(1, fe.slots + 1):
-            plan.stale_slots.append(Lb4Key.of(fe.ip, fe.port, proto, i))
+        for i in range(fe.slots + 1):
+            plan.stale_slots.append(_slot(fe, proto, i))
         if fe.maglev:
             plan.stale_maglev.append(fe.rev_nat)
         plan.stale_rev_nat.append(fe.rev_nat)
 
     def _apply(self, plan: Plan) -> None:
-        m = self.maps
-        m.backends.put_backends(plan.backends)
-        for rid, table in plan.maglev:
-            m.maglev.put(rid, table)
-        m.services.put_many(plan.slots)
-        m.reverse_nat.put_many(plan.reverse_nat)
-        m.services.put_many(plan.masters)  # publish: slot 0 last
-        # a removed frontend goes with its slot 0 first, so no packet picks a missing slot
-        m.services.delete_many([k for k in plan.stale_slots if k.slot == 0])
-        m.services.delete_many([k for k in plan.stale_slots if k.slot != 0])
-        m.backends.remove_backends(plan.stale_backends)
-        written = {k.id for k, _ in plan.reverse_nat}
-        m.reverse_nat.delete_many([RevNatId(r) for r in plan.stale_rev_nat if r not in written])
-        for rid in plan.stale_maglev:
-            if rid not in {r for r, _ in plan.maglev}:
-                m.maglev.delete(rid)
+        self.maps.publish(plan)
 
     # ---------- persistence ----------
 
@@ -576,27 +525,23 @@ class ServiceManager:
     def _sweep(self) -> None:
         """Drop map entries no saved service owns (left by a crash mid-change):
         frontends and slots, backends, reverse NAT, Maglev tables, affinity."""
-        want_keys = set()
-        want_backends = set()
-        want_rev_nat = set()
-        want_maglev = set()
+        slots: set[FrontendSlot] = set()
+        backends: set[int] = set()
+        rev_nats: set[int] = set()
+        maglevs: set[int] = set()
         for p in self._svcs.values():
             proto = PROTO[p.service.protocol]
             for fe in p.frontends:
-                want_rev_nat.add(fe.rev_nat)
+                rev_nats.add(fe.rev_nat)
                 if fe.maglev:
-                    want_maglev.add(fe.rev_nat)
-                for i in range(fe.slots + 1):
-                    want_keys.add(bytes(Lb4Key.of(fe.ip, fe.port, proto, i)))
-            want_backends |= set(p.backend_ids.values())
-        m = self.maps
-        m.services.delete_many([k for k in m.services.keys() if bytes(k) not in want_keys])
-        m.backends.remove_backends([b for b in m.backends.backends() if b not in want_backends])
-        m.reverse_nat.delete_many([k for k in m.reverse_nat.keys() if k.id not in want_rev_nat])
-        for rid in m.maglev.ids():
-            if rid not in want_maglev:
-                m.maglev.delete(rid)
-        m.affinity.delete_many([k for k in m.affinity.keys() if k.rev_nat not in want_rev_nat])
+                    maglevs.add(fe.rev_nat)
+                slots |= {_slot(fe, proto, i) for i in range(fe.slots + 1)}
+            backends |= set(p.backend_ids.values())
+        self.maps.sweep(slots, backends, rev_nats, maglevs)
+
+
+def _slot(fe: Frontend, proto: int, slot: int) -> FrontendSlot:
+    return FrontendSlot(ip_address(fe.ip), fe.port, proto, slot)
 
 
 def _frontend_key(svc: Service) -> tuple[str, int, str]:

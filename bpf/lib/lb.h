@@ -217,17 +217,17 @@ static __always_inline struct lb4_backend *lb4_select_backend(const struct flow 
 }
 
 /* DNAT to backend `b`; a client reaching itself through the service is
- * sourced from the hairpin address, and *ct_flags says CT_F_HAIRPIN.
+ * sourced from the hairpin address, and *hairpin says so.
  * Returns 0 or DROP(DROP_NAT_FAILED). */
 static __always_inline int lb4_to_backend(struct __sk_buff *ctx, struct flow *f,
-					  const struct lb4_backend *b, __u8 *ct_flags)
+					  const struct lb4_backend *b, int *hairpin)
 {
 	int ret = nat4_rewrite(ctx, f, 0, b->address, b->port);
 
-	*ct_flags = 0;
+	*hairpin = 0;
 	if (ret || f->daddr.v4 != f->saddr.v4)
 		return ret;
-	*ct_flags = CT_F_HAIRPIN;
+	*hairpin = 1;
 	return nat4_rewrite(ctx, f, 1, bpf_htonl(LB_HAIRPIN_IPV4), 0);
 }
 

@@ -92,7 +92,7 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 	struct lb4_backend *b = NULL;
 	struct flow orig;
 	__u8 state;
-	int status, ret;
+	int status, ret, hairpin;
 
 	if (flow_is_icmp_error(f))
 		return ct_related(ctx, f, v);
@@ -129,10 +129,10 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 				now = now_seconds();
 				state = e->state;
 				ct_account_at(e, f, len, 0, now);
-				ret = lb4_to_backend(ctx, f, b, &fresh.flags);
+				ret = lb4_to_backend(ctx, f, b, &hairpin);
 				if (ret)
 					return ret;
-				ct_refresh_reply_entry(e, f, state, fresh.flags, now);
+				ct_refresh_reply_entry(e, f, state, hairpin ? CT_F_HAIRPIN : 0, now);
 				return CTX_GO_ON;
 			}
 		} else if (!e->rev_nat) {
@@ -175,9 +175,10 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 			fresh.backend_id = b->id;
 			orig = *f;
 		}
-		ret = lb4_to_backend(ctx, f, b, &fresh.flags);
+		ret = lb4_to_backend(ctx, f, b, &hairpin);
 		if (ret)
 			return ret;
+		fresh.flags = hairpin ? CT_F_HAIRPIN : 0;
 		/* the tuple the backend sees: the flow's reply entry */
 		status = ct_lookup(f, &e);
 	}
