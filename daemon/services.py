@@ -148,30 +148,12 @@ class ServiceManager:
                 self._svcs[p.service.id] = p
                 self._frontend_owner[_frontend_key(p.service)] = p.service.id
             self._save(progs)
-            for svc in svcs:
-                log.debug(
-                    "service %d %s/%s %s programmed: %d active of %d backends, %s",
-                    svc.id,
-                    svc.frontend,
-                    svc.protocol,
-                    svc.type,
-                    len(svc.active_backends),
-                    len(svc.backends),
-                    svc.algorithm,
-                )
             if len(svcs) == 1:
-                svc = svcs[0]
-                log.info(
-                    "service %d %s/%s %s programmed: %d active of %d backends, %s",
-                    svc.id,
-                    svc.frontend,
-                    svc.protocol,
-                    svc.type,
-                    len(svc.active_backends),
-                    len(svc.backends),
-                    svc.algorithm,
-                )
+                log.info("%s", _programmed(svcs[0]))
             else:
+                if log.isEnabledFor(logging.DEBUG):
+                    for svc in svcs:
+                        log.debug("%s", _programmed(svc))
                 log.info(
                     "%d services programmed (%d backends)",
                     len(svcs),
@@ -538,6 +520,13 @@ class ServiceManager:
                 slots |= {_slot(fe, proto, i) for i in range(fe.slots + 1)}
             backends |= set(p.backend_ids.values())
         self.maps.sweep(slots, backends, rev_nats, maglevs)
+
+
+def _programmed(svc: Service) -> str:
+    return (
+        f"service {svc.id} {svc.frontend}/{svc.protocol} {svc.type} programmed: "
+        f"{len(svc.active_backends)} active of {len(svc.backends)} backends, {svc.algorithm}"
+    )
 
 
 def _slot(fe: Frontend, proto: int, slot: int) -> FrontendSlot:
