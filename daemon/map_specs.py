@@ -1,8 +1,10 @@
 """Every pinned map of the datapath: its kernel shape, and what happens to a
 pin whose shape is not that.
 
-This table is the single source of map sizes: `size_flags` hands them to
-the C code as -D flags. Keys and values are the ctypes layouts of maps/;
+Each map module declares its map once (type, flags, size, the -D flag that
+sizes it in C, key and value: maps/pinned.py); this module collects them
+into the table of shapes and the -D flags (`size_flags`). Keys and values
+are the ctypes layouts of maps/;
 tests/bpf/test_bpf_map_specs.py checks the table against the maps bcc really
 creates, and every layout field by field (name, offset, size) against the
 one clang derived from the C struct, as Cilium's alignchecker does.
@@ -24,49 +26,48 @@ import os
 from dataclasses import dataclass, field
 
 from porin.daemon.config import AgentConfig
-from porin.maps import syscall
-from porin.maps.conntrack import CtEntry, CtKey
-from porin.maps.endpoint_slots import SlotIndex
-from porin.maps.endpoints import EndpointInfo, EndpointKey
-from porin.maps.host_devices import HostDevice, Ifindex
-from porin.maps.ipcache import IpcacheKey, RemoteEndpointInfo
-from porin.maps.lb_affinity import AffinityKey, AffinityValue
-from porin.maps.lb_backends import BackendSlot, Lb4Backend
-from porin.maps.lb_reverse_nat import Lb4ReverseNat, RevNatId
-from porin.maps.lb_services import Lb4Key, Lb4Service
-from porin.maps.metrics import MetricsKey, MetricsValue
-from porin.maps.monitor_config import Index as MonitorIndex
-from porin.maps.monitor_config import MonitorConfig
-from porin.maps.monitor_lost import Counter
-from porin.maps.nat import NatEntry, NatKey
-from porin.maps.nonmasq import LpmKey, Present
-from porin.maps.tunnel_config import Index, TunnelConfig
+from porin.maps import map_types, syscall
+from porin.maps.conntrack import ConntrackMap
+from porin.maps.endpoint_slots import ENDPOINT_SLOT_BITS, EndpointSlotsMap
+from porin.maps.endpoints import EndpointsMap
+from porin.maps.host_devices import HostDevicesMap
+from porin.maps.ipcache import IpcacheMap
+from porin.maps.lb_affinity import AffinityMap
+from porin.maps.lb_backends import BackendsMap
+from porin.maps.lb_maglev import MaglevMap
+from porin.maps.lb_reverse_nat import ReverseNatMap
+from porin.maps.lb_services import ServicesMap
+from porin.maps.metrics import MetricsMap
+from porin.maps.monitor_config import MonitorConfigMap
+from porin.maps.monitor_events import RingBuffer
+from porin.maps.monitor_lost import MonitorLostMap
+from porin.maps.nat import NatMap
+from porin.maps.nonmasq import NonMasqMap
+from porin.maps.pinned import PinnedMap
+from porin.maps.tunnel_config import TunnelConfigMap
 
 log = logging.getLogger("porin.maps")
 
-# enum bpf_map_type
-HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, LPM_TRIE, RINGBUF = 1, 2, 6, 9, 11, 27
-TYPE_NAMES = {
-    HASH: "hash",
-    ARRAY: "array",
-    PERCPU_ARRAY: "percpu_array",
-    LRU_HASH: "lru_hash",
-    LPM_TRIE: "lpm_trie",
-    RINGBUF: "ringbuf",
-}
-BPF_F_NO_PREALLOC = 1
+TYPE_NAMES = map_types.NAMES
 
-# sizes that are not in the agent's config
-ENDPOINT_SLOT_BITS = 16
-LB_SERVICES_MAP_SIZE = 131072
-LB_BACKENDS_MAP_SIZE = 131072
-LB_MAGLEV_MAP_SIZE = 1024
-LB_AFFINITY_MAP_SIZE = 65536
-IPCACHE_MAP_SIZE = 65536
-METRICS_SLOTS = 256 * 4
-HOST_DEVICES_MAP_SIZE = 256
-NONMASQ_MAP_SIZE = 256
-MONITOR_RING_SIZE = 1 << 20  # bytes: about 6,000 events
+# every map the datapath pins, each declared once in its module
+PINNED_MAPS: list[type[PinnedMap]] = [
+    EndpointsMap,
+    EndpointSlotsMap,
+    ConntrackMap,
+    ServicesMap,
+    BackendsMap,
+    ReverseNatMap,
+    AffinityMap,
+    MetricsMap,
+    NatMap,
+    HostDevicesMap,
+    NonMasqMap,
+    IpcacheMap,
+    TunnelConfigMap,
+    MonitorConfigMap,
+    MonitorLostMap,
+]
 
 
 @dataclass(frozen=True)
@@ -89,56 +90,43 @@ class MapSpec:
         )
 
 
-def _spec(name: str, map_type: int, key: type, value: type, size: int, flags: int = 0) -> MapSpec:
-    return MapSpec(
-        name, map_type, ctypes.sizeof(key), ctypes.sizeof(value), size, flags, key, value
-    )
-
-
 def map_specs(cfg: AgentConfig) -> list[MapSpec]:
     """The shape of every map the datapath pins, under `cfg`."""
-    return [
-        _spec("endpoints", HASH, EndpointKey, EndpointInfo, cfg.endpoints_map_size),
-        _spec("endpoint_slots", ARRAY, SlotIndex, EndpointInfo, 1 << ENDPOINT_SLOT_BITS),
-        _spec("ct4_global", LRU_HASH, CtKey, CtEntry, cfg.ct_map_size),
-        _spec("lb4_services", HASH, Lb4Key, Lb4Service, LB_SERVICES_MAP_SIZE),
-        _spec("lb4_backends", ARRAY, BackendSlot, Lb4Backend, LB_BACKENDS_MAP_SIZE),
-        _spec("lb4_reverse_nat", HASH, RevNatId, Lb4ReverseNat, LB_SERVICES_MAP_SIZE),
+    specs = [
         MapSpec(
-            "lb4_maglev", HASH, 2, 4 * cfg.maglev_table_size, LB_MAGLEV_MAP_SIZE, BPF_F_NO_PREALLOC
-        ),
-        _spec("lb4_affinity", LRU_HASH, AffinityKey, AffinityValue, LB_AFFINITY_MAP_SIZE),
-        _spec("metrics", PERCPU_ARRAY, MetricsKey, MetricsValue, METRICS_SLOTS),
-        _spec("nat4", HASH, NatKey, NatEntry, cfg.nat_map_size),
-        _spec("host_devices", HASH, Ifindex, HostDevice, HOST_DEVICES_MAP_SIZE),
-        _spec("nonmasq_cidrs", LPM_TRIE, LpmKey, Present, NONMASQ_MAP_SIZE, BPF_F_NO_PREALLOC),
-        _spec(
-            "ipcache", LPM_TRIE, IpcacheKey, RemoteEndpointInfo, IPCACHE_MAP_SIZE, BPF_F_NO_PREALLOC
-        ),
-        _spec("tunnel_config", ARRAY, Index, TunnelConfig, 1),
-        _spec("monitor_config", ARRAY, MonitorIndex, MonitorConfig, 1),
-        _spec("monitor_lost", PERCPU_ARRAY, MonitorIndex, Counter, 1),
-        MapSpec("monitor_events", RINGBUF, 0, 0, MONITOR_RING_SIZE),
+            m.NAME,
+            m.TYPE,
+            ctypes.sizeof(m.KEY),
+            ctypes.sizeof(m.VALUE),
+            m.max_entries_for(cfg),
+            m.FLAGS,
+            m.KEY,
+            m.VALUE,
+        )
+        for m in PINNED_MAPS
     ]
+    specs.append(  # a raw table of backend ids: its size is a build flag too
+        MapSpec(
+            MaglevMap.NAME,
+            MaglevMap.TYPE,
+            2,
+            4 * cfg.maglev_table_size,
+            MaglevMap.SIZE,
+            MaglevMap.FLAGS,
+        )
+    )
+    specs.append(MapSpec(RingBuffer.NAME, RingBuffer.TYPE, 0, 0, RingBuffer.SIZE))
+    return specs
 
 
 def size_flags(cfg: AgentConfig) -> list[str]:
     """The -D flags that size the maps in the C code."""
-    sizes = {
-        "ENDPOINTS_MAP_SIZE": cfg.endpoints_map_size,
+    sizes = {m.SIZE_FLAG: m.max_entries_for(cfg) for m in PINNED_MAPS if m.SIZE_FLAG}
+    sizes |= {
         "ENDPOINT_SLOT_BITS": ENDPOINT_SLOT_BITS,
-        "CT_MAP_SIZE": cfg.ct_map_size,
-        "LB_SERVICES_MAP_SIZE": LB_SERVICES_MAP_SIZE,
-        "LB_BACKENDS_MAP_SIZE": LB_BACKENDS_MAP_SIZE,
-        "LB_MAGLEV_MAP_SIZE": LB_MAGLEV_MAP_SIZE,
+        MaglevMap.SIZE_FLAG: MaglevMap.SIZE,
         "LB_MAGLEV_TABLE_SIZE": cfg.maglev_table_size,
-        "LB_AFFINITY_MAP_SIZE": LB_AFFINITY_MAP_SIZE,
-        "IPCACHE_MAP_SIZE": IPCACHE_MAP_SIZE,
-        "NAT_MAP_SIZE": cfg.nat_map_size,
-        "MONITOR_RING_SIZE": MONITOR_RING_SIZE,
-        "METRICS_SLOTS": METRICS_SLOTS,
-        "HOST_DEVICES_MAP_SIZE": HOST_DEVICES_MAP_SIZE,
-        "NONMASQ_MAP_SIZE": NONMASQ_MAP_SIZE,
+        RingBuffer.SIZE_FLAG: RingBuffer.SIZE,
     }
     return [f"-D{k}={v}" for k, v in sizes.items()]
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, be_to_port, ip_to_be, port_to_be, proto_name
 from porin.maps.pinned import PinnedMap
 
@@ -155,6 +156,9 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
 
 class ConntrackMap(PinnedMap[CtKey, CtEntry]):
     NAME = "ct4_global"
+    TYPE = map_types.LRU_HASH
+    SIZE = "ct_map_size"
+    SIZE_FLAG = "CT_MAP_SIZE"
     KEY = CtKey
     VALUE = CtEntry
     BATCH = 8192

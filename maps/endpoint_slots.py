@@ -16,14 +16,18 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 
+from porin.maps import map_types
 from porin.maps.endpoints import ENDPOINT_F_SLOT_SHARED, EndpointInfo
 from porin.maps.pinned import PinnedMap, U32Key
 
 SlotIndex = U32Key  # the array index
+ENDPOINT_SLOT_BITS = 16  # the slot of an address: its low 16 bits (ENDPOINT_SLOT_BITS in C)
 
 
 class EndpointSlotsMap(PinnedMap[SlotIndex, EndpointInfo]):
     NAME = "endpoint_slots"
+    TYPE = map_types.ARRAY
+    SIZE = 1 << ENDPOINT_SLOT_BITS
     KEY = SlotIndex
     VALUE = EndpointInfo
 

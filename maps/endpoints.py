@@ -14,6 +14,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from porin.maps import map_types
 from porin.maps.pinned import DEFAULT_BPFFS_ROOT, PinnedMap
 
 ENDPOINT_F_SLOT_SHARED = 0x8000  # endpoint_slots only: other endpoints share the index
@@ -96,6 +97,9 @@ class EndpointsMap(PinnedMap[EndpointKey, EndpointInfo]):
     endpoint of that index lives in the hash alone."""
 
     NAME = "endpoints"
+    TYPE = map_types.HASH
+    SIZE = "endpoints_map_size"
+    SIZE_FLAG = "ENDPOINTS_MAP_SIZE"
     KEY = EndpointKey
     VALUE = EndpointInfo
 

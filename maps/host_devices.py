@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, ip_to_be
 from porin.maps.pinned import PinnedMap
 
@@ -28,5 +29,8 @@ class HostDevice(ctypes.Structure):
 
 class HostDevicesMap(PinnedMap[Ifindex, HostDevice]):
     NAME = "host_devices"
+    TYPE = map_types.HASH
+    SIZE = 256
+    SIZE_FLAG = "HOST_DEVICES_MAP_SIZE"
     KEY = Ifindex
     VALUE = HostDevice

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, ip_to_be
 from porin.maps.pinned import PinnedMap
 
@@ -69,6 +70,10 @@ class IpcacheEntry:
 
 class IpcacheMap(PinnedMap[IpcacheKey, RemoteEndpointInfo]):
     NAME = "ipcache"
+    TYPE = map_types.LPM_TRIE
+    FLAGS = map_types.BPF_F_NO_PREALLOC
+    SIZE = 65536
+    SIZE_FLAG = "IPCACHE_MAP_SIZE"
     KEY = IpcacheKey
     VALUE = RemoteEndpointInfo
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip
 from porin.maps.pinned import PinnedMap
 
@@ -22,6 +23,9 @@ class AffinityValue(ctypes.Structure):
 
 class AffinityMap(PinnedMap[AffinityKey, AffinityValue]):
     NAME = "lb4_affinity"
+    TYPE = map_types.LRU_HASH
+    SIZE = 65536
+    SIZE_FLAG = "LB_AFFINITY_MAP_SIZE"
     KEY = AffinityKey
     VALUE = AffinityValue
 

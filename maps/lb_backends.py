@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, be_to_port, ip_to_be, port_to_be
 from porin.maps.pinned import PinnedMap
 
@@ -52,6 +53,9 @@ class Lb4Backend(ctypes.Structure):
 
 class BackendsMap(PinnedMap[BackendSlot, Lb4Backend]):
     NAME = "lb4_backends"
+    TYPE = map_types.ARRAY
+    SIZE = 131072
+    SIZE_FLAG = "LB_BACKENDS_MAP_SIZE"
     KEY = BackendSlot
     VALUE = Lb4Backend
 

@@ -10,13 +10,17 @@ import array
 import ctypes
 import os
 
-from porin.maps import syscall
+from porin.maps import map_types, syscall
 from porin.maps.lb_reverse_nat import RevNatId
 from porin.maps.pinned import DEFAULT_BPFFS_ROOT, open_pinned
 
 
 class MaglevMap:
     NAME = "lb4_maglev"
+    TYPE = map_types.HASH
+    FLAGS = map_types.BPF_F_NO_PREALLOC
+    SIZE = 1024  # Maglev tables, one per frontend that uses Maglev
+    SIZE_FLAG = "LB_MAGLEV_MAP_SIZE"
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT, read_only: bool = False) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)

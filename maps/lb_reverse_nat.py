@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, be_to_port, ip_to_be, port_to_be
+from porin.maps.lb_services import LB_SERVICES_MAP_SIZE
 from porin.maps.pinned import PinnedMap
 
 
@@ -30,5 +32,7 @@ class Lb4ReverseNat(ctypes.Structure):
 
 class ReverseNatMap(PinnedMap[RevNatId, Lb4ReverseNat]):
     NAME = "lb4_reverse_nat"
+    TYPE = map_types.HASH
+    SIZE = LB_SERVICES_MAP_SIZE
     KEY = RevNatId
     VALUE = Lb4ReverseNat

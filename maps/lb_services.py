@@ -10,8 +10,11 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, be_to_port, ip_to_be, port_to_be
 from porin.maps.pinned import PinnedMap
+
+LB_SERVICES_MAP_SIZE = 131072  # lb4_services and lb4_reverse_nat
 
 SVC_F_MAGLEV = 1
 SVC_F_AFFINITY = 2
@@ -67,6 +70,9 @@ class ServiceSlot:
 
 class ServicesMap(PinnedMap[Lb4Key, Lb4Service]):
     NAME = "lb4_services"
+    TYPE = map_types.HASH
+    SIZE = LB_SERVICES_MAP_SIZE
+    SIZE_FLAG = "LB_SERVICES_MAP_SIZE"
     KEY = Lb4Key
     VALUE = Lb4Service
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from porin.bpf import SOURCE_DIR
+from porin.maps import map_types
 from porin.maps.pinned import PinnedMap
 
 _DEFINE = re.compile(r"^#define\s+(REASON|DROP|DIR)_(\w+)\s+(\d+)\s*//\s*(.*)$")
@@ -109,6 +110,9 @@ class Metric:
 
 class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
     NAME = "metrics"
+    TYPE = map_types.PERCPU_ARRAY
+    SIZE = 256 * 4
+    SIZE_FLAG = "METRICS_SLOTS"
     KEY = MetricsKey
     VALUE = MetricsValue
 

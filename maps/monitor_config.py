@@ -7,6 +7,7 @@ import ctypes
 import hashlib
 import os
 
+from porin.maps import map_types
 from porin.maps.pinned import PinnedMap, U32Key
 
 MONITOR_F_DROPS = 1
@@ -30,6 +31,8 @@ class MonitorConfig(ctypes.Structure):
 
 class MonitorConfigMap(PinnedMap[Index, MonitorConfig]):
     NAME = "monitor_config"
+    TYPE = map_types.ARRAY
+    SIZE = 1
     KEY = Index
     VALUE = MonitorConfig
 

@@ -20,10 +20,9 @@ import select
 import struct
 import time
 
-from porin.maps import syscall
+from porin.maps import map_types, syscall
 from porin.maps.pinned import DEFAULT_BPFFS_ROOT, open_pinned
 
-BPF_MAP_TYPE_RINGBUF = 27
 RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SZ = 8
@@ -66,13 +65,16 @@ class RingBuffer:
     """Reader of the pinned `monitor_events` ring buffer."""
 
     NAME = "monitor_events"
+    TYPE = map_types.RINGBUF
+    SIZE = 1 << 20  # bytes: about 6,000 events
+    SIZE_FLAG = "MONITOR_RING_SIZE"
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)
         self.fd = open_pinned(self.path, bpffs_root)
         try:
             info = syscall.map_info(self.fd)
-            if info.type != BPF_MAP_TYPE_RINGBUF:
+            if info.type != map_types.RINGBUF:
                 raise ValueError(f"{self.path} is no ring buffer (map type {info.type})")
             self.size = info.max_entries
             self._page = mmap.PAGESIZE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
+from porin.maps import map_types
 from porin.maps.pinned import PinnedMap, U32Key
 
 Index = U32Key  # the array index
@@ -16,6 +17,8 @@ class Counter(ctypes.Structure):
 
 class MonitorLostMap(PinnedMap[Index, Counter]):
     NAME = "monitor_lost"
+    TYPE = map_types.PERCPU_ARRAY
+    SIZE = 1
     KEY = Index
     VALUE = Counter
 

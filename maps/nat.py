@@ -11,6 +11,7 @@ import ctypes
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from porin.maps import map_types
 from porin.maps.conntrack import monotonic_seconds
 from porin.maps.lb_common import be_to_ip, be_to_port, proto_name
 from porin.maps.pinned import PinnedMap
@@ -95,6 +96,9 @@ def decode(k: NatKey, v: NatEntry, now: int) -> Translation:
 
 class NatMap(PinnedMap[NatKey, NatEntry]):
     NAME = "nat4"
+    TYPE = map_types.HASH
+    SIZE = "nat_map_size"
+    SIZE_FLAG = "NAT_MAP_SIZE"
     KEY = NatKey
     VALUE = NatEntry
     BATCH = 8192

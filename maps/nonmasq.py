@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, ip_to_be
 from porin.maps.pinned import PinnedMap
 
@@ -28,6 +29,10 @@ class Present(ctypes.Structure):
 
 class NonMasqMap(PinnedMap[LpmKey, Present]):
     NAME = "nonmasq_cidrs"
+    TYPE = map_types.LPM_TRIE
+    FLAGS = map_types.BPF_F_NO_PREALLOC
+    SIZE = 256
+    SIZE_FLAG = "NONMASQ_MAP_SIZE"
     KEY = LpmKey
     VALUE = Present
 

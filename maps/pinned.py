@@ -45,10 +45,23 @@ def open_pinned(path: str, bpffs_root: str, read_only: bool = False) -> int:
 class PinnedMap(Generic[K, V]):
     """A pinned map under a bpffs root, opened by name."""
 
+    # Each map module declares its map once, here: the C side gets the size
+    # from SIZE_FLAG (daemon/map_specs.py builds the -D flags and the table of
+    # shapes from these), and tests/bpf/test_bpf_map_specs.py compares KEY and
+    # VALUE with the C structs field by field.
     NAME: ClassVar[str]
+    TYPE: ClassVar[int]  # maps/map_types.py
+    FLAGS: ClassVar[int] = 0
+    SIZE: ClassVar[int | str]  # max entries, or the agent config attribute that sets them
+    SIZE_FLAG: ClassVar[str | None] = None  # the -D flag the C code sizes the map by
     BATCH: ClassVar[int] = 4096
     KEY: ClassVar[type[ctypes.Structure]]
     VALUE: ClassVar[type[ctypes.Structure]]
+
+    @classmethod
+    def max_entries_for(cls, cfg: object) -> int:
+        """The map's size under an agent config."""
+        return int(getattr(cfg, cls.SIZE)) if isinstance(cls.SIZE, str) else cls.SIZE
 
     def __init__(self, bpffs_root: str = DEFAULT_BPFFS_ROOT, read_only: bool = False) -> None:
         self.path = os.path.join(bpffs_root, self.NAME)

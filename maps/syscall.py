@@ -13,6 +13,8 @@ import errno
 import functools
 import os
 
+from porin.maps import map_types
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -36,8 +38,7 @@ BPF_EXIST = 2
 
 BPF_F_RDONLY = 1 << 3
 
-# map types whose values are per CPU
-PERCPU_MAP_TYPES = {5, 6, 10}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+PERCPU_MAP_TYPES = map_types.PERCPU  # map types whose values are per CPU
 
 
 class BpfError(OSError):

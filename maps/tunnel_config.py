@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
+from porin.maps import map_types
 from porin.maps.lb_common import be_to_ip, ip_to_be
 from porin.maps.pinned import PinnedMap, U32Key
 
@@ -47,6 +48,8 @@ class TunnelConfig(ctypes.Structure):
 
 class TunnelConfigMap(PinnedMap[Index, TunnelConfig]):
     NAME = "tunnel_config"
+    TYPE = map_types.ARRAY
+    SIZE = 1
     KEY = Index
     VALUE = TunnelConfig
 
