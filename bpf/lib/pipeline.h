@@ -185,19 +185,20 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 
 	/* step 6: policy goes here */
 
-	/* step 7 */
+	/* step 7: a new service flow's flow entry, whatever became of the tuple
+	 * the backend sees (a reply entry may outlive its flow entry) */
+	if (fresh.backend_id) {
+		struct ct_new fn = { .backend_id = fresh.backend_id,
+				     .rev_nat = fresh.rev_nat,
+				     .dir = dir };
+
+		ret = ct_create(&orig, len, &fn, NULL);
+		if (ret)
+			return ret;
+		fresh.backend_id = 0;
+	}
 	switch (status) {
 	case CT_NEW:
-		if (fresh.backend_id) {
-			struct ct_new fn = { .backend_id = fresh.backend_id,
-					     .rev_nat = fresh.rev_nat,
-					     .dir = dir };
-
-			ret = ct_create(&orig, len, &fn, NULL);
-			if (ret)
-				return ret;
-			fresh.backend_id = 0;
-		}
 		return ct_create(f, len, &fresh, NULL) ?: CTX_GO_ON;
 	case CT_ESTABLISHED:
 		/* The initiator's packets decide which frontend replies are

@@ -288,6 +288,25 @@ def test_a_lost_reply_entry_is_made_again(pods, services):
     assert (got[IP].src, got[TCP].sport) == (VIP, 80) and checksums_valid(got)
 
 
+def test_a_new_flow_whose_reply_entry_outlived_its_flow_entry_gets_a_flow_entry(pods, services):
+    """A reply entry outlives its flow entry (by CT_PEER_REFRESH): a new
+    connection from the same port must still record its backend, or its
+    next packets would be balanced afresh, maybe to another backend."""
+    svc(services, [(POD_B.ip, 8080), (POD_C.ip, 8080)])
+    sending(pods, POD_A)
+    syn = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40097, dport=80, flags="S")
+    first = Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst
+    fk, _ = raw_entry(pods, POD_A.ip, 40097, VIP, 80)
+    pods.ct.delete(fk)  # the flow entry expired; the reply entry is still there
+    assert ct_entry(pods, POD_A.ip, 40097, first, 8080) is not None
+    again = Ether(pods.run("from_container", frame(POD_A, syn))[1])[IP].dst
+    flow = ct_entry(pods, POD_A.ip, 40097, VIP, 80, service=True)
+    assert flow is not None and flow.backend_id == services.backend_ids(1)[f"{again}:8080"]
+    for _ in range(20):  # every later packet goes where the SYN went
+        ack = IP(src=POD_A.ip, dst=VIP) / TCP(sport=40097, dport=80, flags="A")
+        assert Ether(pods.run("from_container", frame(POD_A, ack))[1])[IP].dst == again
+
+
 def test_flow_of_a_deleted_service_is_no_longer_translated(pods, services):
     svc(services, [(POD_B.ip, 8080)])
     handshake(pods, 40080)
