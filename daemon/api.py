@@ -335,6 +335,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # the listen backlog: runtimes start many pods at once (socketserver's default is 5)
+    request_queue_size = 256
 
     def __init__(self, path: str, api: Api) -> None:
         self.api = api

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 DEFAULT_SOCKET = "/var/run/porin/porin.sock"
 
@@ -42,7 +43,7 @@ class AgentClient:
         sock.settimeout(self.timeout)
         try:
             try:
-                sock.connect(self.socket_path)
+                self._connect(sock)
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 raise AgentUnavailable(
                     f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
@@ -68,6 +69,22 @@ class AgentClient:
         finally:
             sock.close()
         return _parse_response(b"".join(chunks))
+
+    def _connect(self, sock: socket.socket) -> None:
+        """Connect, waiting while the agent's listen backlog is full: a unix
+        socket with a timeout answers that with EAGAIN at once instead of
+        blocking (many runtimes may call the plugin at the same moment)."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.002
+        while True:
+            try:
+                sock.connect(self.socket_path)
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise TimeoutError("the agent's listen backlog stayed full") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     def get(self, path: str) -> object:
         return self.request("GET", path)

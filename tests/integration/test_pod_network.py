@@ -184,7 +184,7 @@ def test_twenty_parallel_adds_get_distinct_addresses(node, snapshot, settled):
             results = list(
                 pool.map(lambda ns: node.cni("ADD", f"par-{ns.name}", ns.path, "eth0"), nss)
             )
-        assert all(rc == 0 for rc, _ in results), results
+        assert all(rc == 0 for rc, _ in results), [r for r in results if r[0] != 0]
         ips = [r["ips"][0]["address"] for _, r in results]
         assert len(set(ips)) == 20
         for ns, (_, r) in zip(nss, results, strict=True):
