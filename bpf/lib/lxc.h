@@ -46,9 +46,11 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *ctx,
 	}
 	ipv4_dec_ttl(ip);
 	eth_rewrite(eth, dst->mac, dst->node_mac);
-	if (v->flags & VERDICT_F_VIA_VETH) {
-		/* out of the destination's host veth, through the kernel's
-		 * backlog like routed traffic (lib/conntrack.h: ct_note_bulk_cpu) */
+	if ((v->flags & VERDICT_F_VIA_VETH) && v->dir == DIR_EGRESS) {
+		/* a pod's flow: out of the destination's host veth, through the
+		 * kernel's backlog like routed traffic (lib/conntrack.h:
+		 * ct_note_bulk_cpu); what comes from an uplink or the tunnel goes
+		 * straight in, its sender's reordering is not this node's to undo */
 		ctx->mark = MARK_DELIVERED;
 		return bpf_redirect(dst->ifindex, 0);
 	}

@@ -4,11 +4,22 @@ through its veth for a flow whose bulk packets come from several CPUs."""
 from __future__ import annotations
 
 import pytest
-from lxc_harness import DIR_EGRESS, DIR_INGRESS, POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT
+from lxc_harness import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    POD_A,
+    POD_B,
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    on_ifindex,
+)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from porin.maps.conntrack import CT_F_MULTI_CPU, CtKey
+from porin.maps.host_devices import HostDevice, Ifindex
+from porin.maps.ipcache import IDENTITY_REMOTE_NODE, IpcacheEntry
+from porin.maps.tunnel_config import TunnelConfig
 
 MARK_DELIVERED = 0x5A0F0000
 
@@ -80,3 +91,26 @@ def test_to_container_lets_a_handed_over_packet_through_unrecorded(pods):
     assert (ret, out, mark) == (TC_ACT_OK, handed, 0)
     assert {(m.reason, m.direction): m.packets for m in pods.metrics.metrics()} == before
     assert entry(pods) is None  # no conntrack either: from_container did it
+
+
+def test_traffic_from_the_tunnel_goes_straight_in_whatever_its_cpus(lxc):
+    """The veth detour is for a pod's own flows; a flow arriving from another
+    node (here IPIP) keeps the direct path even when marked multi-CPU."""
+    node_ip, peer_node, remote = "198.18.0.11", "198.18.0.12", "10.244.2.5"
+    lxc.tunnel.set(TunnelConfig.of("ipip", 0, 1, node_ip, 1500))
+    lxc.host_devices.put(Ifindex(1), HostDevice.of(node_ip, masquerade=True))
+    lxc.endpoints.upsert(on_ifindex(POD_A, 76))
+    lxc.ipcache.upsert(IpcacheEntry(f"{remote}/32", 400, peer_node))
+    lxc.ipcache.upsert(IpcacheEntry(f"{peer_node}/32", IDENTITY_REMOTE_NODE, "", node=True))
+
+    def from_peer(flags: str) -> bytes:
+        inner = IP(src=remote, dst=POD_A.ip) / TCP(sport=7000, dport=80, flags=flags)
+        return bytes(Ether() / IP(src=peer_node, dst=node_ip, proto=4) / inner / (b"x" * 1000))
+
+    assert lxc.run_skb("from_netdev", from_peer("S"))[0] == TC_ACT_REDIRECT
+    key = CtKey.of(remote, POD_A.ip, 7000, 80, 6)
+    e = lxc.ct.get(key)
+    e.flags |= CT_F_MULTI_CPU
+    lxc.ct.put(key, e)
+    ret, _, mark = lxc.run_skb("from_netdev", from_peer("A"), gso_segs=8)
+    assert (ret, mark) == (TC_ACT_REDIRECT, 0)
