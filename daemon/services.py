@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import reduce
-from ipaddress import ip_address
 from typing import Any
 
 from porin.daemon import maglev
@@ -33,6 +32,7 @@ from porin.daemon.service_maps import (
     Plan,
     ReverseNatRecord,
     ServiceRecord,
+    address_of,
 )
 from porin.daemon.store import ServiceStore
 from porin.errors import PorinError
@@ -352,7 +352,7 @@ class ServiceManager:
             if bid is None:
                 bid = self._new_backend_id(plan)
             prog.backend_ids[b.address] = bid
-            plan.backends.append(BackendRecord(bid, ip_address(b.ip), b.port, proto, b.state))
+            plan.backends.append(BackendRecord(bid, address_of(b.ip), b.port, proto, b.state))
 
         by_addr = {b.address: b for b in svc.backends}
         old_fes = {(f.ip, f.port): f for f in old.frontends} if old else {}
@@ -374,7 +374,7 @@ class ServiceManager:
             fe.slots = len(slot_ids)
             for i, bid in enumerate(slot_ids, start=1):
                 plan.slots.append((_slot(fe, proto, i), bid))
-            plan.reverse_nat.append(ReverseNatRecord(fe.rev_nat, ip_address(fe.ip), fe.port))
+            plan.reverse_nat.append(ReverseNatRecord(fe.rev_nat, address_of(fe.ip), fe.port))
             plan.masters.append(
                 (
                     _slot(fe, proto, 0),
@@ -530,7 +530,7 @@ def _programmed(svc: Service) -> str:
 
 
 def _slot(fe: Frontend, proto: int, slot: int) -> FrontendSlot:
-    return FrontendSlot(ip_address(fe.ip), fe.port, proto, slot)
+    return FrontendSlot(address_of(fe.ip), fe.port, proto, slot)
 
 
 def _frontend_key(svc: Service) -> tuple[str, int, str]:
