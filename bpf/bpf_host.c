@@ -72,6 +72,21 @@ static __always_inline int deliver_to_pod(struct __sk_buff *ctx, const struct fl
 	return local_delivery(ctx, f, ep, v, DELIVER_REDIRECT);
 }
 
+/* A packet to a NodePort frontend, from `identity`: conntrack and services
+ * (lib/pipeline.h; no backend: the ICMP refusal goes back with
+ * `bounce_flags`), then into the backend pod. */
+static __always_inline int nodeport_to_pod(struct __sk_buff *ctx, struct flow *f,
+					   __u32 identity, __u64 bounce_flags, struct verdict *v)
+{
+	int ret;
+
+	v->src_identity = identity;
+	ret = ct_lb_process(ctx, f, CT_DIR_IN, 1, bounce_flags, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	return deliver_to_pod(ctx, f, REASON_NODEPORT, v);
+}
+
 /* Step 3: IPIP from another node: the outer source must be a node of the
  * cluster; the sender's identity is the ipcache's for the inner source. */
 static __always_inline int handle_ipip(struct __sk_buff *ctx, const struct flow *outer,
@@ -157,11 +172,7 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx, struct verd
 
 	if (!lb4_lookup_service(&f))
 		return TC_ACT_OK;
-	v->src_identity = identity_of(f.saddr.v4);
-	ret = ct_lb_process(ctx, &f, CT_DIR_IN, 1, 0, v);
-	if (ret != CTX_GO_ON)
-		return ret;
-	return deliver_to_pod(ctx, &f, REASON_NODEPORT, v);
+	return nodeport_to_pod(ctx, &f, identity_of(f.saddr.v4), 0, v);
 }
 
 int from_netdev(struct __sk_buff *ctx)
@@ -223,7 +234,6 @@ static __always_inline int handle_from_host_lo(struct __sk_buff *ctx, struct ver
 {
 	struct ethhdr *eth = ctx_data(ctx);
 	struct flow f;
-	int ret;
 
 	v->reason = REASON_HOST_PASS;
 	if ((void *)(eth + 1) > ctx_data_end(ctx) || eth->h_proto != const_htons(ETH_P_IP))
@@ -231,11 +241,7 @@ static __always_inline int handle_from_host_lo(struct __sk_buff *ctx, struct ver
 	/* the node's own traffic is not Porin's to judge: malformed is passed */
 	if (flow_parse4(ctx, &f) || f.proto == IPPROTO_ICMP || !lb4_lookup_service(&f))
 		return TC_ACT_OK;
-	v->src_identity = IDENTITY_HOST;
-	ret = ct_lb_process(ctx, &f, CT_DIR_IN, 1, BPF_F_INGRESS, v);
-	if (ret != CTX_GO_ON)
-		return ret;
-	return deliver_to_pod(ctx, &f, REASON_NODEPORT, v);
+	return nodeport_to_pod(ctx, &f, IDENTITY_HOST, BPF_F_INGRESS, v);
 }
 
 int from_host_lo(struct __sk_buff *ctx)
