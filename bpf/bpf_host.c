@@ -81,7 +81,7 @@ static __always_inline int nodeport_to_pod(struct __sk_buff *ctx, struct flow *f
 	int ret;
 
 	v->src_identity = identity;
-	ret = ct_lb_process(ctx, f, CT_DIR_IN, 1, bounce_flags, v);
+	ret = ct_lb_process(ctx, f, CT_DIR_IN, 1, bounce_flags, NULL, v);
 	if (ret != CTX_GO_ON)
 		return ret;
 	return deliver_to_pod(ctx, f, REASON_NODEPORT, v);
@@ -111,6 +111,9 @@ static __always_inline int handle_ipip(struct __sk_buff *ctx, const struct flow 
 	v->src_identity = identity_of(f.saddr.v4);
 	if (v->src_identity == IDENTITY_HOST)
 		return DROP(DROP_INVALID_IDENTITY);
+	ret = tunnel_check_sender(outer->saddr.v4, f.saddr.v4, v->src_identity);
+	if (ret)
+		return ret;
 	ret = ct_process(ctx, &f, CT_DIR_IN, v);
 	if (ret != CTX_GO_ON)
 		return ret;

@@ -13,14 +13,18 @@
  *   5. IPv4 -> header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
  *   6. source IP must be an endpoint on this very interface (DROP_INVALID_SIP)
  *      and the source MAC its MAC (DROP_INVALID_SMAC); the verdict takes
- *      its endpoint and identity; then the L4 tuple (DROP_TRUNCATED)
+ *      its endpoint and identity; then the L4 tuple (DROP_TRUNCATED); UDP
+ *      to the overlay's port and IPIP are the nodes' (DROP_POD_TO_OVERLAY)
  *   7. conntrack and services (lib/pipeline.h): one lookup on the tuple as
  *      sent; an established service flow is DNATed to its backend, a reply
  *      translated back to the frontend; a new flow to a frontend gets a
  *      backend (none: ICMP port unreachable back to the pod,
  *      DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from the
- *      hairpin address; (egress policy); entries created
- *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED):
+ *      hairpin address; the sender's egress and, for a local receiver, its
+ *      ingress policy decide a new flow, cached in its entry (DROP_POLICY,
+ *      DROP_POLICY_DENY); entries created
+ *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED;
+ *      an established flow's ingress allow re-decided if its policy moved):
  *      straight into its namespace, or through its veth for a flow whose
  *      bulk packets come from several CPUs (lib/conntrack.h)
  *   9. destination behind another node (ipcache) -> overlay: VXLAN with the
@@ -151,7 +155,13 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *ctx, stru
 	if (ret)
 		return ret;
 
-	ret = ct_lb_process(ctx, &f, CT_DIR_OUT, 1, 0, v);
+	/* the overlay is the nodes': a pod must not speak it (it could make
+	 * another node believe it is someone else) */
+	if ((f.proto == IPPROTO_UDP && f.dport == bpf_htons(VXLAN_PORT)) ||
+	    f.proto == IPPROTO_IPIP)
+		return DROP(DROP_POD_TO_OVERLAY);
+
+	ret = ct_lb_process(ctx, &f, CT_DIR_OUT, 1, 0, src, v);
 	if (ret != CTX_GO_ON)
 		return ret;
 

@@ -8,7 +8,10 @@
  *   3. the VNI is the sender's identity, carried on in the verdict: the
  *      host identity is never accepted from the wire (DROP_INVALID_IDENTITY)
  *   4. inner Ethernet/IPv4 valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD);
- *      not IPv4 -> the stack (REASON_HOST_PASS)
+ *      not IPv4 -> the stack (REASON_HOST_PASS); the inner source must live
+ *      behind the sending node and the VNI be its identity (the ipcache's;
+ *      a pod only known by its node's pod CIDR yet: the node), else
+ *      DROP_FORGED_TUNNEL
  *   5. conntrack; a reply of a service flow this node balanced is translated
  *      back to the frontend
  *   6. destination is a local endpoint -> local_delivery into the pod
@@ -53,6 +56,9 @@ static __always_inline int handle_from_overlay(struct __sk_buff *ctx, struct ver
 	if (eth->h_proto != const_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	ret = flow_parse4(ctx, &f);
+	if (ret)
+		return ret;
+	ret = tunnel_check_sender(bpf_htonl(key.remote_ipv4), f.saddr.v4, key.tunnel_id);
 	if (ret)
 		return ret;
 	ret = ct_process(ctx, &f, CT_DIR_IN, v);

@@ -45,6 +45,9 @@ natMapSize: 131072
 kvstore: {}             # {endpoints: [http://IP:2379]}: share nodes, ipcache, identities, services
 tunnel: vxlan           # vxlan or ipip between nodes (with a kvstore and devices), or disabled
 nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others after this
+policyMapSize: 262144   # policy entries of all endpoints (an LPM trie, memory as used)
+policyEntriesPerEndpoint: 16384  # a policy that would give an endpoint more is refused
+policyCIDRMapSize: 16384 # distinct CIDR prefixes all policies name
 """
 
 
@@ -62,6 +65,9 @@ class AgentConfig:
     services_file: str = ""
     maglev_table_size: int = 16381
     ct_map_size: int = 262144
+    policy_map_size: int = 262144
+    policy_entries_per_endpoint: int = 16384
+    policy_cidr_map_size: int = 16384
     ct_lifetime_tcp_syn: int = 60
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_close: int = 10
@@ -125,6 +131,9 @@ _KEYS = {
     "servicesFile": "services_file",
     "maglevTableSize": "maglev_table_size",
     "ctMapSize": "ct_map_size",
+    "policyMapSize": "policy_map_size",
+    "policyEntriesPerEndpoint": "policy_entries_per_endpoint",
+    "policyCIDRMapSize": "policy_cidr_map_size",
     "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
     "ctLifetimeTCP": "ct_lifetime_tcp",
     "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
@@ -223,6 +232,9 @@ def _validate(cfg: AgentConfig) -> None:
         raise ConfigError(f"maglevTableSize: must be a prime between 7 and 131071, got {m!r}")
     for attr in (
         "ct_map_size",
+        "policy_map_size",
+        "policy_entries_per_endpoint",
+        "policy_cidr_map_size",
         "ct_lifetime_tcp_syn",
         "ct_lifetime_tcp",
         "ct_lifetime_tcp_close",

@@ -44,6 +44,9 @@ from porin.maps.monitor_lost import MonitorLostMap
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
 from porin.maps.pinned import PinnedMap
+from porin.maps.policy import PolicyMap
+from porin.maps.policy_cidr import PolicyCidrMap
+from porin.maps.policy_scratch import PolicyScratchMap
 from porin.maps.tunnel_config import TunnelConfigMap
 
 log = logging.getLogger("porin.maps")
@@ -64,6 +67,9 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     HostDevicesMap,
     NonMasqMap,
     IpcacheMap,
+    PolicyMap,
+    PolicyCidrMap,
+    PolicyScratchMap,
     TunnelConfigMap,
     MonitorConfigMap,
     MonitorLostMap,

@@ -79,6 +79,8 @@ class CtEntry(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("bulk_cpu", ctypes.c_uint8),
         ("peer_seen", ctypes.c_uint32),
+        ("egress_rev", ctypes.c_uint32),
+        ("ingress_rev", ctypes.c_uint32),
     ]
 
 

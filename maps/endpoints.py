@@ -18,6 +18,8 @@ from porin.maps import map_types
 from porin.maps.pinned import DEFAULT_BPFFS_ROOT, PinnedMap
 
 ENDPOINT_F_SLOT_SHARED = 0x8000  # endpoint_slots only: other endpoints share the index
+ENDPOINT_F_POLICY_INGRESS = 1  # isolated for ingress (bpf/lib/policy.h)
+ENDPOINT_F_POLICY_EGRESS = 2
 
 
 class EndpointKey(ctypes.Structure):
@@ -41,6 +43,7 @@ class EndpointInfo(ctypes.Structure):
         ("node_mac", ctypes.c_uint8 * 6),
         ("sec_identity", ctypes.c_uint32),
         ("ip", ctypes.c_uint8 * 4),
+        ("policy_rev", ctypes.c_uint32),
     ]
 
 
@@ -62,7 +65,8 @@ class EndpointEntry:
     mac: str
     node_mac: str
     identity: int = 0
-    flags: int = 0
+    flags: int = 0  # ENDPOINT_F_POLICY_* (the slot's shared mark is the map's own)
+    policy_rev: int = 0
 
     def to_c(self) -> tuple[EndpointKey, EndpointInfo]:
         ipaddress.IPv4Address(self.ip)
@@ -74,6 +78,7 @@ class EndpointEntry:
             node_mac=mac_bytes(self.node_mac),
             sec_identity=self.identity,
             ip=(ctypes.c_uint8 * 4)(*socket.inet_aton(self.ip)),
+            policy_rev=self.policy_rev,
         )
         return EndpointKey.of(self.ip), info
 
@@ -87,6 +92,7 @@ class EndpointEntry:
             node_mac=mac_str(info.node_mac),
             identity=info.sec_identity,
             flags=info.flags,
+            policy_rev=info.policy_rev,
         )
 
 

@@ -12,6 +12,7 @@ from porin.maps.pinned import PinnedMap, U32Key
 
 MONITOR_F_DROPS = 1
 MONITOR_F_TRACE = 2
+MONITOR_F_POLICY = 4  # policy verdicts of new connections
 LOCK_DIR = "/run"
 
 

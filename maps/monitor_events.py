@@ -27,7 +27,7 @@ RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SZ = 8
 MONITOR_CAPTURE = 128
-MONITOR_TYPE_NAMES = {1: "drop", 2: "trace"}
+MONITOR_TYPE_NAMES = {1: "drop", 2: "trace", 3: "policy-verdict"}
 # CT_* of bpf/lib/verdict.h: what conntrack said of the packet
 CT_STATUS_NAMES = {0: "", 1: "new", 2: "established", 3: "reply", 4: "related"}
 
@@ -45,6 +45,8 @@ class MonitorEventC(ctypes.Structure):
         ("reason", ctypes.c_uint8),
         ("dir", ctypes.c_uint8),
         ("ct_status", ctypes.c_uint8),
+        ("rule_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("data", ctypes.c_uint8 * MONITOR_CAPTURE),
     ]
 

@@ -97,6 +97,8 @@ struct ct4_entry {
 	__u8 flags;
 	__u8 bulk_cpu;          /* 1 + the CPU of the flow's last GSO packet, 0: none yet */
 	__u32 peer_seen;        /* flow entry: when its reply entry was last renewed */
+	__u32 egress_rev;       /* the sender's policy revision its egress allow was decided at */
+	__u32 ingress_rev;      /* the receiver's, for its ingress allow (lib/policy.h) */
 };
 
 /* What a new entry records besides the packet (ct_create). */
@@ -105,6 +107,8 @@ struct ct_new {
 	__u16 rev_nat;          /* replies translated back to this frontend */
 	__u8 dir;               /* CT_DIR_* */
 	__u8 flags;             /* CT_F_HAIRPIN */
+	__u32 egress_rev;       /* the policy revisions its allow was decided at */
+	__u32 ingress_rev;
 };
 
 PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
@@ -288,6 +292,8 @@ static __always_inline int ct_create(const struct flow *f, __u32 len, const stru
 	e.rev_nat = n->rev_nat;
 	e.backend_id = n->backend_id;
 	e.flags = n->flags;
+	e.egress_rev = n->egress_rev;
+	e.ingress_rev = n->ingress_rev;
 	if (follows) {
 		e.state = follows->state;
 		e.lifetime = follows->lifetime + CT_PEER_REFRESH;
@@ -329,6 +335,8 @@ static __always_inline void ct_refresh_reply_entry(struct ct4_entry *flow,
 		n.rev_nat = flow->rev_nat;
 		n.dir = flow->dir;
 		n.flags = hairpin;
+		n.egress_rev = flow->egress_rev;
+		n.ingress_rev = flow->ingress_rev;
 		ct_create(to_backend, 0, &n, flow);
 	}
 	flow->peer_seen = now;

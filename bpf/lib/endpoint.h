@@ -37,6 +37,8 @@
 
 /* endpoint_info.flags */
 #define ENDPOINT_F_SLOT_SHARED 0x8000 /* slots only: other endpoints share the index */
+#define ENDPOINT_F_POLICY_INGRESS 1   /* isolated for ingress: only what policy allows */
+#define ENDPOINT_F_POLICY_EGRESS 2    /* isolated for egress */
 
 struct endpoint_key {
 	__be32 ip;
@@ -50,6 +52,7 @@ struct endpoint_info {
 	__u8 node_mac[6];   /* host-side veth MAC: the pod's gateway MAC */
 	__u32 sec_identity; /* security identity */
 	__be32 ip;          /* the endpoint's address (what a slot holds) */
+	__u32 policy_rev;   /* bumped when anything its policy verdicts depend on changes */
 };
 
 PORIN_MAP("hash", struct endpoint_key, struct endpoint_info, endpoints, ENDPOINTS_MAP_SIZE);

@@ -4,8 +4,8 @@
  * brought it: another pod (bpf_lxc.c from_container), an uplink (NodePort,
  * replies to masqueraded flows: bpf_host.c), the tunnel (bpf_overlay.c,
  * IPIP in bpf_host.c) or the node's stack (to_container). It is where the
- * verdict learns its destination, and where ingress policy will decide
- * with the source identity the path carried here. It has to be this
+ * verdict learns its destination, and where ingress policy decides with
+ * the source identity the path carried here. It has to be this
  * function, not to_container: bpf_redirect_peer() enters the pod without
  * running the host veth's egress program.
  */
@@ -18,6 +18,8 @@
 #include "ipv4.h"
 #include "endpoint.h"
 #include "verdict.h"
+#include "conntrack.h"
+#include "policy.h"
 
 #define DELIVER_REDIRECT 1  /* route the packet into the pod (redirect_peer) */
 #define DELIVER_IN_PLACE 0  /* the packet is on its way in already (to_container) */
@@ -61,17 +63,32 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *ctx,
 
 /* A packet for the local endpoint `ep`, however it got here; `v->reason`
  * says how (FORWARDED from a pod, NODEPORT, REV_SNAT, FROM_TUNNEL,
- * TO_STACK through to_container). */
+ * TO_STACK through to_container). The receiver's ingress policy decides
+ * here, for every path, with the sender identity the path put in the
+ * verdict (DROP_POLICY, DROP_POLICY_DENY). */
 static __always_inline int local_delivery(struct __sk_buff *ctx, const struct flow *f,
 					  const struct endpoint_info *ep, struct verdict *v,
 					  int how)
 {
 	int ret;
 
+	struct ct4_entry *e = v->ct;
+
 	v->dst_identity = ep->sec_identity;
 	if (v->dir == DIR_INGRESS)
 		v->ep_id = ep->ep_id;
-	/* ingress policy goes here: v->src_identity -> ep */
+	/* ingress policy, unless the pipeline settled it (a new flow, a reply):
+	 * an established flow's cached allow, else decided now */
+	if (!(v->policy & VERDICT_P_INGRESS_DONE) && (!e || e->ingress_rev != ep->policy_rev)) {
+		ret = policy_ingress(ep, f, ctx->len, v);
+		if (IS_ERR(ret))
+			return ret;
+		/* a flow the pipeline just created: its entry keeps the allow */
+		if (!e && v->ct_status == CT_NEW && (ep->flags & ENDPOINT_F_POLICY_INGRESS))
+			e = ct_entry_of(f);
+		if (e)
+			e->ingress_rev = ep->policy_rev;
+	}
 	if (how == DELIVER_IN_PLACE)
 		return TC_ACT_OK;
 	ret = redirect_to_endpoint(ctx, ep, v);

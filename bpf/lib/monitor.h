@@ -21,6 +21,7 @@
 
 #define MONITOR_F_DROPS 1
 #define MONITOR_F_TRACE 2
+#define MONITOR_F_POLICY 4  /* policy verdicts of new connections */
 
 #define MONITOR_CAPTURE 128
 #ifndef MONITOR_RING_SIZE
@@ -29,6 +30,7 @@
 
 #define MONITOR_TYPE_DROP 1
 #define MONITOR_TYPE_TRACE 2
+#define MONITOR_TYPE_POLICY 3 /* a policy decision: reason 0 allowed, else the drop */
 
 struct monitor_config {
 	__u32 flags;
@@ -47,6 +49,8 @@ struct monitor_event {
 	__u8 reason;
 	__u8 dir;
 	__u8 ct_status;     /* CT_* of lib/verdict.h */
+	__u32 rule_id;      /* the policy rule that decided (lib/policy.h), 0: none */
+	__u32 pad;
 	__u8 data[MONITOR_CAPTURE];
 };
 
@@ -66,9 +70,9 @@ struct monitor_events_table_t monitor_events = { .max_entries = MONITOR_RING_SIZ
 PORIN_MAP("array", __u32, struct monitor_config, monitor_config, 1);
 PORIN_MAP("percpu_array", __u32, __u64, monitor_lost, 1);
 
-static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, __u8 dir,
-					   __u32 src_identity, __u32 dst_identity, __u16 ep_id,
-					   __u8 ct_status)
+static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 type, __u8 reason,
+					   __u8 dir, __u32 src_identity, __u32 dst_identity,
+					   __u16 ep_id, __u8 ct_status, __u32 rule_id)
 {
 	__u32 zero = 0, cap = skb->len;
 	struct monitor_config *cfg = monitor_config.lookup(&zero);
@@ -77,8 +81,13 @@ static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, _
 
 	if (!cfg || !cfg->flags)
 		return;
-	if (reason < FIRST_DROP_REASON && !(cfg->flags & MONITOR_F_TRACE))
+	if (type == MONITOR_TYPE_POLICY) {
+		if (!(cfg->flags & MONITOR_F_POLICY))
+			return;
+	} else if (reason < FIRST_DROP_REASON ? !(cfg->flags & MONITOR_F_TRACE)
+					      : !(cfg->flags & MONITOR_F_DROPS)) {
 		return;
+	}
 	ev = monitor_events.ringbuf_reserve(sizeof(*ev));
 	if (!ev) {
 		lost = monitor_lost.lookup(&zero);
@@ -89,13 +98,15 @@ static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 reason, _
 	ev->ktime_ns = bpf_ktime_get_ns();
 	ev->ifindex = skb->ifindex;
 	ev->len = skb->len;
-	ev->type = reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP;
+	ev->type = type;
 	ev->reason = reason;
 	ev->dir = dir;
 	ev->src_identity = src_identity;
 	ev->dst_identity = dst_identity;
 	ev->ep_id = ep_id;
 	ev->ct_status = ct_status;
+	ev->rule_id = rule_id;
+	ev->pad = 0;
 	ev->cap_len = 0;
 	if (cap >= MONITOR_CAPTURE) {
 		cap = MONITOR_CAPTURE;

@@ -16,10 +16,19 @@
  *      when services are translated: a service frontend? -> the flow
  *      entry's backend while usable, else one chosen (none: ICMP port
  *      unreachable back to the sender, DROP_NO_SERVICE_BACKEND); DNAT
- *   6. (network policy goes here: a new flow's verdict, before anything is
- *      created, so a refused flow leaves no entry)
+ *   6. network policy (lib/policy.h) of a new flow, as it leaves (after
+ *      translation): the sender's egress when a local pod sent it, the
+ *      receiver's ingress when a local pod receives it; refused: dropped
+ *      before anything is created (DROP_POLICY, DROP_POLICY_DENY)
  *   7. conntrack: a new flow's entries are created (a service flow's flow
- *      entry, then its reply entry), an existing one is accounted
+ *      entry, then its reply entry) with the policy revisions its allow was
+ *      decided at, an existing one is accounted
+ *
+ * Policy on the other packets: replies, related ICMP errors and non-first
+ * fragments pass; an established packet's cached allow holds while the
+ * endpoint's policy revision is the one in its entry, else it is decided
+ * again (egress here, after translation; ingress in lib/lxc.h:local_delivery,
+ * which the entry is passed to in the verdict).
  *
  * Returns CTX_GO_ON, a final action (the ICMP reply), or DROP(reason).
  */
@@ -32,7 +41,29 @@
 #include "icmp.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "policy.h"
 #include "verdict.h"
+
+#define VERDICT_P_DONE (VERDICT_P_EGRESS_DONE | VERDICT_P_INGRESS_DONE)
+
+/* Step 6: a new flow's egress verdict when a local pod sent it, `f` as it
+ * leaves; the revision it was decided at goes to `n` for the entries step 7
+ * creates. (Ingress is the receiver's: lib/lxc.h:local_delivery.) */
+static __always_inline int policy_new_flow(struct __sk_buff *ctx, const struct flow *f,
+					   const struct endpoint_info *src, struct ct_new *n,
+					   struct verdict *v)
+{
+	int ret;
+
+	v->policy |= VERDICT_P_EGRESS_DONE;
+	if (!src)
+		return CTX_GO_ON;
+	ret = policy_egress(src, f, ctx->len, v);
+	if (IS_ERR(ret))
+		return ret;
+	n->egress_rev = src->policy_rev;
+	return CTX_GO_ON;
+}
 
 /* A reply of a tracked flow (`e` the entry it matched swapped): counted,
  * and a service flow's translated back to its frontend. */
@@ -55,20 +86,27 @@ static __always_inline int ct_reply(struct __sk_buff *ctx, struct flow *f, struc
 	return CTX_GO_ON;
 }
 
-/* Step 1: an ICMP error, matched to the flow it quotes. */
-static __always_inline int ct_related(struct __sk_buff *ctx, struct flow *f, struct verdict *v)
+/* Step 1: an ICMP error, matched to the flow it quotes; one that quotes
+ * nothing tracked is left to policy like any ICMP packet (*unrelated). */
+static __always_inline int ct_related(struct __sk_buff *ctx, struct flow *f, struct verdict *v,
+				      int *unrelated)
 {
 	struct lb4_reverse_nat *rn;
 	struct ct4_entry *e;
 	struct flow inner;
 	int status;
 
-	if (icmp_inner_flow(ctx, f, &inner))
-		return CTX_GO_ON; /* quotes nothing we can match: passed untracked */
-	status = ct_lookup(&inner, &e);
-	if (status == CT_NEW)
+	if (icmp_inner_flow(ctx, f, &inner)) {
+		*unrelated = 1;
 		return CTX_GO_ON;
+	}
+	status = ct_lookup(&inner, &e);
+	if (status == CT_NEW) {
+		*unrelated = 1;
+		return CTX_GO_ON;
+	}
 	v->ct_status = CT_RELATED;
+	v->policy |= VERDICT_P_DONE;
 	e->flags |= CT_F_RELATED;
 	/* about a service flow's packet to its backend: its reply entry */
 	if (status != CT_ESTABLISHED || !e->rev_nat || e->backend_id)
@@ -79,38 +117,48 @@ static __always_inline int ct_related(struct __sk_buff *ctx, struct flow *f, str
 	return lb4_icmp_error_rev_nat(ctx, f, &inner, rn, e->flags & CT_F_HAIRPIN) ?: CTX_GO_ON;
 }
 
-/* Steps 2-7 (step 1 included). `dir` says where a new flow's initiator is
- * (CT_DIR_*); `lb` whether service frontends are translated here;
- * `bounce_flags` how bpf_redirect sends a packet back to its sender. */
+/* Steps 1-7. `dir` says where a new flow's initiator is (CT_DIR_*); `lb`
+ * whether service frontends are translated here; `bounce_flags` how
+ * bpf_redirect sends a packet back to its sender; `src` the local pod that
+ * sent it (its egress policy applies), NULL when none did. */
 static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, __u8 dir, int lb,
-					 __u64 bounce_flags, struct verdict *v)
+					 __u64 bounce_flags, const struct endpoint_info *src,
+					 struct verdict *v)
 {
 	__u32 len = ctx->len, now;
-	struct ct4_entry *e, *flow_entry = NULL;
+	struct ct4_entry *e = NULL, *flow_entry = NULL;
 	struct lb4_service *svc = NULL;
 	struct ct_new fresh = { .dir = dir };
 	struct lb4_backend *b = NULL;
 	struct flow orig;
 	__u8 state;
-	int status, ret, hairpin;
+	int status, ret, hairpin, untracked = 0;
 
-	if (flow_is_icmp_error(f))
-		return ct_related(ctx, f, v);
+	if (flow_is_icmp_error(f)) {
+		ret = ct_related(ctx, f, v, &untracked);
+		if (!untracked)
+			return ret;
+		goto decide; /* step 6 for it, nothing created */
+	}
 	if (f->is_fragment) {
 		if (lb && lb4_lookup_service(f))
 			return DROP(DROP_FRAG_NOT_SUPPORTED);
+		v->policy |= VERDICT_P_DONE; /* the first fragment was judged */
 		return CTX_GO_ON;
 	}
 
 	status = ct_lookup(f, &e);
 	v->ct_status = status;
 	if (status != CT_NEW) {
+		v->ct = e;
 		ct_note_bulk_cpu(e, ctx->gso_segs);
 		if (e->flags & CT_F_MULTI_CPU)
 			v->flags |= VERDICT_F_VIA_VETH;
 	}
-	if (status == CT_REPLY)
+	if (status == CT_REPLY) {
+		v->policy |= VERDICT_P_DONE;
 		return ct_reply(ctx, f, e, len);
+	}
 	if (status == CT_ESTABLISHED && !lb) {
 		/* untranslated here: whatever service the tuple served, it is a
 		 * plain flow now */
@@ -118,7 +166,7 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 		e->backend_id = 0;
 		e->flags &= ~CT_F_HAIRPIN;
 		ct_account(e, f, len, 0);
-		return CTX_GO_ON;
+		goto established;
 	}
 	/* a SYN reusing the tuple may be a new connection through another
 	 * frontend: the slow path re-points the reply entry */
@@ -133,11 +181,11 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 				if (ret)
 					return ret;
 				ct_refresh_reply_entry(e, f, state, hairpin ? CT_F_HAIRPIN : 0, now);
-				return CTX_GO_ON;
+				goto established;
 			}
 		} else if (!e->rev_nat) {
 			ct_account(e, f, len, 0);
-			return CTX_GO_ON;
+			goto established;
 		}
 	}
 
@@ -183,14 +231,24 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 		status = ct_lookup(f, &e);
 	}
 
-	/* step 6: policy goes here */
+decide:
+	/* step 6 */
+	ret = policy_new_flow(ctx, f, src, &fresh, v);
+	if (ret != CTX_GO_ON || untracked)
+		return ret;
+	if (flow_entry) {
+		flow_entry->egress_rev = fresh.egress_rev;
+		flow_entry->ingress_rev = fresh.ingress_rev;
+	}
 
 	/* step 7: a new service flow's flow entry, whatever became of the tuple
 	 * the backend sees (a reply entry may outlive its flow entry) */
 	if (fresh.backend_id) {
 		struct ct_new fn = { .backend_id = fresh.backend_id,
 				     .rev_nat = fresh.rev_nat,
-				     .dir = dir };
+				     .dir = dir,
+				     .egress_rev = fresh.egress_rev,
+				     .ingress_rev = fresh.ingress_rev };
 
 		ret = ct_create(&orig, len, &fn, NULL);
 		if (ret)
@@ -208,18 +266,32 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 		e->flags = (e->flags & ~CT_F_HAIRPIN) | fresh.flags;
 		if (!fresh.rev_nat)
 			e->backend_id = 0;
+		e->egress_rev = fresh.egress_rev;
+		e->ingress_rev = fresh.ingress_rev;
 		ct_account(e, f, len, 0);
 		return CTX_GO_ON;
 	default:
 		return ct_reply(ctx, f, e, len);
 	}
+
+established:
+	/* an established packet, `f` as it leaves: the sender's cached egress
+	 * allow, decided again when its policy revision moved */
+	v->policy |= VERDICT_P_EGRESS_DONE;
+	if (!src || !e || e->egress_rev == src->policy_rev)
+		return CTX_GO_ON;
+	ret = policy_egress(src, f, len, v);
+	if (IS_ERR(ret))
+		return ret;
+	e->egress_rev = src->policy_rev;
+	return CTX_GO_ON;
 }
 
 /* Conntrack alone, for paths that translate no service. */
 static __always_inline int ct_process(struct __sk_buff *ctx, struct flow *f, __u8 dir,
 				      struct verdict *v)
 {
-	return ct_lb_process(ctx, f, dir, 0, 0, v);
+	return ct_lb_process(ctx, f, dir, 0, 0, NULL, v);
 }
 
 /* An ICMP error the datapath made itself out of a packet it had translated
@@ -228,8 +300,10 @@ static __always_inline void ct_own_icmp_error(struct __sk_buff *ctx, struct verd
 {
 	struct flow f;
 
+	int unrelated = 0;
+
 	if (!flow_parse4(ctx, &f))
-		ct_related(ctx, &f, v);
+		ct_related(ctx, &f, v, &unrelated);
 }
 
 #endif /* PORIN_PIPELINE_H */

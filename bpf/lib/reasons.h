@@ -44,6 +44,10 @@
 #define DROP_UNKNOWN_NODE 147      // tunnel packet from an address that is no node
 #define DROP_ENCAP_FAILED 148      // tunnel encapsulation failed
 #define DROP_FRAG_NEEDED 149       // too big for the tunnel (ICMP frag-needed sent)
+#define DROP_POLICY 150            // no policy rule allows it (the endpoint is isolated)
+#define DROP_POLICY_DENY 151       // a policy deny rule matched
+#define DROP_FORGED_TUNNEL 152     // overlay packet whose identity or source does not fit its node
+#define DROP_POD_TO_OVERLAY 153    // a pod sent to the overlay's port of a node
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

@@ -114,4 +114,19 @@ static __always_inline int tunnel_ipip_decap(struct __sk_buff *skb)
 	return 0;
 }
 
+/* A tunnelled packet from node `node_ip` claims to come from `inner_src`
+ * with `identity`: the ipcache must place that source behind that node,
+ * with that identity (or know the node's pod CIDR only, identity unknown,
+ * while the pod's own entry is on its way). 0 or DROP(DROP_FORGED_TUNNEL). */
+static __always_inline int tunnel_check_sender(__be32 node_ip, __be32 inner_src, __u32 identity)
+{
+	struct remote_endpoint_info *info = ipcache_lookup(inner_src);
+
+	if (!info || info->tunnel_endpoint != node_ip)
+		return DROP(DROP_FORGED_TUNNEL);
+	if (info->sec_identity != identity && info->sec_identity != IDENTITY_UNKNOWN)
+		return DROP(DROP_FORGED_TUNNEL);
+	return 0;
+}
+
 #endif /* PORIN_TUNNEL_H */

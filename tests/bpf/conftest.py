@@ -23,6 +23,8 @@ from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
+from porin.maps.policy import PolicyMap
+from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.tunnel_config import TunnelConfig, TunnelConfigMap
 
 
@@ -48,6 +50,8 @@ def lxc_datapath():
             nonmasq=NonMasqMap(root),
             ipcache=IpcacheMap(root),
             tunnel=TunnelConfigMap(root),
+            policy=PolicyMap(root),
+            policy_cidr=PolicyCidrMap(root),
         )
         yield dp, (lxc_mod, host_mod, overlay_mod)
     finally:
@@ -62,6 +66,8 @@ def _clear(dp: Lxc) -> None:
     dp.nonmasq.clear()
     dp.ipcache.clear()
     dp.tunnel.set(TunnelConfig())
+    dp.policy.clear()
+    dp.policy_cidr.clear()
     for m in (dp.lb.services, dp.lb.backends, dp.lb.reverse_nat, dp.lb.affinity):
         m.clear()
 

@@ -16,6 +16,8 @@ from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap, reason_by_name
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
+from porin.maps.policy import PolicyMap
+from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.tunnel_config import TunnelConfigMap
 
 # struct __sk_buff (uapi/linux/bpf.h): its size and the offsets test runs may set
@@ -42,6 +44,8 @@ class Lxc:
     nonmasq: NonMasqMap
     ipcache: IpcacheMap
     tunnel: TunnelConfigMap
+    policy: PolicyMap
+    policy_cidr: PolicyCidrMap
 
     def run(self, prog: str, packet: bytes) -> tuple[int, bytes]:
         ret, out, _ = syscall.prog_test_run(self.progs[prog].fd, packet)

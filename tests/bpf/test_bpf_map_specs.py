@@ -37,7 +37,7 @@ def test_reconcile_unpins_only_maps_of_another_shape(pin_root):
     module = BPF(
         text=f"""
         struct ep_key {{ u32 ip; }};
-        struct ep_val {{ char b[28]; }};
+        struct ep_val {{ char b[32]; }};
         BPF_TABLE_PINNED("hash", struct ep_key, struct ep_val, endpoints, 1024,
                          "{pin_root}/endpoints");
         BPF_TABLE_PINNED("hash", u32, u64, ct4_global, 16, "{pin_root}/ct4_global");
