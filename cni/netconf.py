@@ -244,3 +244,15 @@ def endpoint_labels(conf: NetConf, env: CniEnv) -> dict[str, str]:
                 if isinstance(item, dict) and "key" in item and "value" in item:
                     labels[str(item["key"])] = str(item["value"])
     return labels
+
+
+def endpoint_ports(conf: NetConf) -> list[object]:
+    """Declared container ports, for named ports in network policy:
+    `args.cni.ports` (or runtimeConfig `ports`), [{name, containerPort, protocol}].
+    The agent validates them."""
+    for source in ((conf.args.get("cni") or {}).get("ports"), conf.runtime_config.get("ports")):
+        if source is not None:
+            if not isinstance(source, list):
+                raise _bad("args.cni.ports must be a list of {name, containerPort, protocol}")
+            return list(source)
+    return []

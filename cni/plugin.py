@@ -22,6 +22,7 @@ from porin.cni.netconf import (
     CniEnv,
     NetConf,
     endpoint_labels,
+    endpoint_ports,
     parse_env,
     parse_netconf,
     version_tuple,
@@ -44,6 +45,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, object]:
         "network": conf.name,
         "mtu": conf.mtu,
         "labels": endpoint_labels(conf, env),
+        "ports": endpoint_ports(conf),
     }
     try:
         if ipam_result is not None:

@@ -28,11 +28,12 @@ from porin.daemon.config import AgentConfig, ConfigError, load_config
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
-from porin.daemon.events import EndpointAdded, EndpointRemoved, EventBus
+from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
 from porin.daemon.host import HostDatapath
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import open_store
 from porin.daemon.monitor_watch import MonitorWatch
+from porin.daemon.policy import PolicyManager
 from porin.daemon.service_file import ServiceFileError, load_service_file
 from porin.daemon.services import (
     LbMaps,
@@ -117,7 +118,7 @@ class Agent:
         self.monitor_watch.start()
         self.server = ApiServer(
             cfg.api_socket,
-            Api(self.manager, self.services, self.ct_gc, self.status, self.cluster),
+            Api(self.manager, self.services, self.ct_gc, self.status, self.cluster, self.policy),
         )
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         log.info(
@@ -164,8 +165,35 @@ class Agent:
         self.manager.identity_for = self.cluster.identities.allocate
         self.events.subscribe(EndpointAdded, lambda e: self.cluster.endpoint_added(e.endpoint))
         self.events.subscribe(EndpointRemoved, lambda e: self.cluster.endpoint_removed(e.endpoint))
+        self.events.subscribe(EndpointRelabeled, lambda e: self.cluster.endpoint_added(e.endpoint))
         self.cluster.start()
+        self._start_policy()
         self.events.start()
+
+    def _start_policy(self) -> None:
+        """Network policy: from the kvstore (or the cached copy) into the maps."""
+        cfg = self.cfg
+        assert self.cluster is not None and self.store is not None
+        self.policy = PolicyManager(
+            cfg.state_dir,
+            cfg.bpffs_root,
+            per_endpoint_limit=cfg.policy_entries_per_endpoint,
+            total_limit=cfg.policy_map_size,
+            cidr_limit=cfg.policy_cidr_map_size,
+            local_endpoints=lambda: [
+                e for e in self.manager.list() if e.state == EndpointState.READY
+            ],
+            identities=self.cluster.identities.list,
+            remote_ports=self.cluster.remote_named_ports,
+            refresh_endpoints=self.manager.refresh,
+        )
+        self.manager.policy_state = self.policy.state_for
+        self.cluster.on_remote_change = self.policy.changed
+        self.cluster.on_connected = self.policy.resync
+        self.events.subscribe(EndpointAdded, self.policy.changed)
+        self.events.subscribe(EndpointRemoved, lambda e: self.policy.forget(e.endpoint))
+        self.events.subscribe(EndpointRelabeled, self.policy.changed)
+        self.policy.start(self.store)
 
     def _apply_cluster_service(self, data: dict[str, Any]) -> None:
         svc = Service.from_json(data)
@@ -200,6 +228,8 @@ class Agent:
     def stop(self) -> None:
         if getattr(self, "events", None) is not None:
             self.events.stop()
+        if getattr(self, "policy", None) is not None:
+            self.policy.stop()
         if getattr(self, "cluster", None) is not None:
             self.cluster.stop()
         if getattr(self, "ct_gc", None) is not None:

@@ -69,6 +69,7 @@ class Api:
         ct: Any,
         status: Callable[[], dict[str, Any]],
         cluster: Any = None,
+        policy: Any = None,
     ) -> None:
         self.manager = manager
         self.services = services
@@ -98,6 +99,10 @@ class Api:
             ("GET", re.compile(r"^/v1/nodes$"), self._nodes),
             ("GET", re.compile(r"^/v1/identities$"), self._identities),
         ]
+        if policy is not None:  # PolicyManager
+            from porin.daemon.api_policy import routes
+
+            self.routes += routes(policy, manager, manager.cfg.bpffs_root)
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
         url = urlsplit(target)
@@ -325,6 +330,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._serve("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve("PATCH")
 
     def address_string(self) -> str:
         return "unix"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.daemon.policy_compile import NamedPort
 from porin.maps.ipcache import (
     IDENTITY_FIRST_ALLOCATED,
     IDENTITY_HOST,
@@ -127,6 +128,10 @@ class ClusterState:
         self.drop_service = drop_service
         self.local_services = local_services
         self.identities = Identities(store)
+        # called after a remote endpoint appeared, moved or went (policy selectors)
+        self.on_remote_change: Callable[[], None] = lambda: None
+        # called after every (re)connection to the kvstore
+        self.on_connected: Callable[[], None] = lambda: None
         # the embedded store has no peers: endpoints and services need no publishing
         self.shared = isinstance(store, EtcdStore)
         self.nodes: dict[str, NodeInfo] = {}
@@ -171,6 +176,7 @@ class ClusterState:
             self._resync()
             self.connected = True
             self.last_error = ""
+        self.on_connected()
         log.info("kvstore %s: connected, %d nodes known", self.store.name, len(self.nodes))
 
     def _degrade(self, e: Exception) -> None:
@@ -211,11 +217,28 @@ class ClusterState:
     # ---------- this node's endpoints and services ----------
 
     def _put_endpoint(self, ep: Endpoint) -> None:
-        self.store.put(
-            IPCACHE + ep.ip,
-            {"identity": ep.identity, "node": self.me.name, "nodeIP": self.me.ip},
-            lease=self._lease,
-        )
+        value: dict[str, Any] = {
+            "identity": ep.identity,
+            "node": self.me.name,
+            "nodeIP": self.me.ip,
+        }
+        named = [p for p in ep.ports if p.get("name")]
+        if named:  # for other nodes' egress rules with named ports
+            value["ports"] = named
+        self.store.put(IPCACHE + ep.ip, value, lease=self._lease)
+
+    def remote_named_ports(self) -> dict[int, tuple[NamedPort, ...]]:
+        """identity -> the named ports other nodes' endpoints of it declare."""
+        out: dict[int, set[NamedPort]] = {}
+        with self._lock:
+            for v in self.remote_ips.values():
+                for p in v.get("ports") or ():
+                    try:
+                        np = NamedPort(str(p["name"]), int(p["containerPort"]), str(p["protocol"]))
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    out.setdefault(int(v.get("identity", 0)), set()).add(np)
+        return {i: tuple(sorted(x, key=str)) for i, x in out.items()}
 
     def endpoint_added(self, ep: Endpoint) -> None:
         self.ipcache.upsert(IpcacheEntry(f"{ep.ip}/32", ep.identity, ""))
@@ -285,6 +308,7 @@ class ClusterState:
             else:
                 self.remote_ips.pop(ip, None)
             self._program()
+        self.on_remote_change()
 
     def _on_service(self, ev: Event) -> None:
         try:

@@ -21,9 +21,10 @@ from pyroute2 import IPRoute
 from porin.daemon import links
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import LxcDatapath
-from porin.daemon.events import EndpointAdded, EndpointRemoved, EventBus
+from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
 from porin.daemon.ipam import Ipam
 from porin.daemon.netns import NetnsError
+from porin.daemon.selectors import identity_labels
 from porin.daemon.store import EndpointStore
 from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, PorinError
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
@@ -112,6 +113,9 @@ class EndpointManager:
         # the security identity of a set of labels, allocated cluster-wide
         # (a kvstore transaction) while the endpoint is created
         self.identity_for: Callable[[dict[str, str]], int] = lambda labels: 0
+        # the policy flags and revision of an endpoint's datapath entry
+        # (daemon/policy.py); None: not computed yet, the pinned entry's stand
+        self.policy_state: Callable[[Endpoint], tuple[int, int] | None] = lambda ep: None
 
     # ---------- queries ----------
 
@@ -186,6 +190,7 @@ class EndpointManager:
                 host_ifname=links.lxc_name(req.container_id, req.ifname),
                 ipam=ipam_kind,
                 labels=req.labels,
+                ports=req.ports,
                 created_at=time.time(),
             )
             self._eps[ep.id] = ep
@@ -201,7 +206,7 @@ class EndpointManager:
             )
             undo.append(lambda: links.delete_link(self.ipr, ep.host_ifname))
             ep.host_ifindex, ep.host_mac = link.host_ifindex, link.host_mac
-            ep.identity = self.identity_for(ep.labels)
+            ep.identity = self.identity_for(identity_labels(ep.labels))
             ep.pod_ifindex, ep.mac = link.pod_ifindex, link.pod_mac
 
             self.datapath.attach(self.ipr, ep.host_ifindex)
@@ -248,6 +253,10 @@ class EndpointManager:
         raise EndpointConflict("no free endpoint id")
 
     def _map_entry(self, ep: Endpoint) -> EndpointEntry:
+        state = self.policy_state(ep)
+        if state is None:  # keep what the datapath enforces until policy is computed
+            cur = self.map.lookup(ep.ip)
+            state = (cur.flags, cur.policy_rev) if cur and cur.endpoint_id == ep.id else (0, 0)
         return EndpointEntry(
             ip=ep.ip,
             ifindex=ep.host_ifindex,
@@ -255,7 +264,37 @@ class EndpointManager:
             mac=ep.mac,
             node_mac=ep.host_mac,
             identity=ep.identity,
+            flags=state[0],
+            policy_rev=state[1],
         )
+
+    def refresh(self, ep_ids: list[int]) -> None:
+        """Rewrite these endpoints' datapath entries (their policy state moved)."""
+        with self._lock:
+            for i in ep_ids:
+                ep = self._eps.get(i)
+                if ep is not None and ep.state == EndpointState.READY:
+                    self.map.upsert(self._map_entry(ep))
+
+    # ---------- labels ----------
+
+    def relabel(self, ep_id: int, set_labels: dict[str, str], remove: list[str]) -> Endpoint:
+        """Change a running endpoint's labels; its identity follows."""
+        with self._lock:
+            ep = self.get(ep_id)
+            labels = {k: v for k, v in ep.labels.items() if k not in remove}
+            labels.update(set_labels)
+            if labels == ep.labels:
+                return ep
+            old = Endpoint.from_json(ep.to_record())
+            identity = self.identity_for(identity_labels(labels))
+            ep.labels, ep.identity = labels, identity
+            self.store.save(ep.id, ep.to_record())
+            if ep.state == EndpointState.READY:
+                self.map.upsert(self._map_entry(ep))
+        self.events.publish(EndpointRelabeled(ep, old))
+        log.info("endpoint %d relabelled: identity %d -> %d", ep.id, old.identity, ep.identity)
+        return ep
 
     # ---------- DEL ----------
 

@@ -4,7 +4,8 @@ The endpoint manager publishes one event per change as its last step (an
 ADD ends at "ready, event published"); one thread hands each event, in
 order, to every subscriber of its type: the service manager (a node port
 balances over this node's own backends) and the cluster state (the
-endpoint's ipcache entry in the kvstore), and next the policy engine. A
+endpoint's ipcache entry in the kvstore) and the policy engine (who its
+selectors select). A
 subscriber that fails is logged and the others still run. A subscriber may
 take its own locks and call back into the endpoint manager: no lock is
 held while it runs.
@@ -34,8 +35,14 @@ class EndpointRemoved:
     endpoint: Endpoint
 
 
-Event = EndpointAdded | EndpointRemoved
-E = TypeVar("E", EndpointAdded, EndpointRemoved)
+@dataclass(frozen=True)
+class EndpointRelabeled:
+    endpoint: Endpoint  # as it is now
+    before: Endpoint  # its labels and identity before
+
+
+Event = EndpointAdded | EndpointRemoved | EndpointRelabeled
+E = TypeVar("E", EndpointAdded, EndpointRemoved, EndpointRelabeled)
 
 
 class EventBus:

@@ -70,6 +70,22 @@ class LocalStore:
             self._save()
             self._notify(Event("put", key, value))
 
+    def commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
+        """Many puts and deletes, saved once."""
+        with self._lock:
+            events = []
+            for key, value in puts.items():
+                if self._data.get(key) != value:
+                    self._data[key] = value
+                    events.append(Event("put", key, value))
+            for key in deletes:
+                if self._data.pop(key, None) is not None:
+                    events.append(Event("delete", key, None))
+            if events:
+                self._save()
+            for ev in events:
+                self._notify(ev)
+
     def create(self, key: str, value: Any) -> bool:
         """Put only if absent; True when this call created it."""
         with self._lock:
@@ -151,6 +167,24 @@ class EtcdStore:
 
     def put(self, key: str, value: Any, lease: object = None) -> None:
         self._call("put", lambda: self.client.put(key, json.dumps(value), lease=lease))
+
+    def commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
+        """Many puts and deletes in transactions of TXN_OPS operations (etcd's
+        default --max-txn-ops is 128): each one all or nothing."""
+        import base64
+
+        def b64(x: str) -> str:
+            return base64.b64encode(x.encode()).decode()
+
+        ops: list[dict[str, Any]] = [
+            {"request_put": {"key": b64(k), "value": b64(json.dumps(v))}} for k, v in puts.items()
+        ]
+        ops += [{"request_delete_range": {"key": b64(k)}} for k in deletes]
+        for i in range(0, len(ops), self.TXN_OPS):
+            chunk = ops[i : i + self.TXN_OPS]
+            self._call("commit", lambda c=chunk: self.client.transaction({"success": c}))
+
+    TXN_OPS = 128
 
     def create(self, key: str, value: Any) -> bool:
         return bool(self._call("create", lambda: self.client.create(key, json.dumps(value))))

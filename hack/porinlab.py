@@ -344,10 +344,32 @@ class Node:
         out = proc.stdout.decode().strip()
         return proc.returncode, (json.loads(out) if out else None)
 
-    def add_pod(self, name: str | None = None, ifname: str = "eth0", **conf: Any) -> Pod:
+    def add_pod(
+        self,
+        name: str | None = None,
+        ifname: str = "eth0",
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+        **conf: Any,
+    ) -> Pod:
+        """A pod through CNI ADD; with a namespace, as kubelet calls it (CNI_ARGS),
+        labels and declared ports in the conventions' `args.cni`."""
         ns = Netns(kind="pod")
         pod = Pod(ns=ns, container_id=f"c{uuid.uuid4().hex}", ifname=ifname, node=self)
-        rc, result = self.cni("ADD", pod.container_id, ns.path, ifname, self.netconf(**conf))
+        env = {}
+        if namespace is not None:
+            env["CNI_ARGS"] = f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name or ns.name}"
+        if labels or ports:
+            conf["args"] = {
+                "cni": {
+                    "labels": [{"key": k, "value": v} for k, v in (labels or {}).items()],
+                    "ports": ports or [],
+                }
+            }
+        rc, result = self.cni(
+            "ADD", pod.container_id, ns.path, ifname, self.netconf(**conf), env=env
+        )
         if rc != 0:
             ns.close()
             raise RuntimeError(f"CNI ADD failed: {result}\nagent log:\n{self.log()}")

@@ -79,6 +79,37 @@ def _labels(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+PORT_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
+
+def _ports(v: Any) -> list[dict[str, Any]]:
+    """Declared container ports (CNI conventions' portMappings shape, named):
+    [{"name", "containerPort", "protocol"}], for policies' named ports."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ValidationError("ports", "must be a list of {name, containerPort, protocol}")
+    out = []
+    for i, p in enumerate(v):
+        where = f"ports[{i}]"
+        if not isinstance(p, dict):
+            raise ValidationError(where, "must be an object {name, containerPort, protocol}")
+        unknown = set(p) - {"name", "containerPort", "protocol", "hostPort", "hostIP"}
+        if unknown:
+            raise ValidationError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        name = p.get("name", "")
+        if name and (not isinstance(name, str) or not PORT_NAME_RE.match(name)):
+            raise ValidationError(f"{where}.name", f"{name!r} is not a valid port name")
+        port = p.get("containerPort")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValidationError(f"{where}.containerPort", f"must be 1-65535, got {port!r}")
+        proto = str(p.get("protocol") or "TCP").upper()
+        if proto not in ("TCP", "UDP", "SCTP"):
+            raise ValidationError(f"{where}.protocol", f"{proto!r} must be TCP, UDP or SCTP")
+        out.append({"name": name, "containerPort": port, "protocol": proto})
+    return out
+
+
 # field names whose API spelling is not plain camelCase (the CNI spec's, the request's)
 _CAMEL_SPECIAL = {"container_id": "containerID"}
 
@@ -108,6 +139,7 @@ class EndpointRequest:
     ipv4: str | None = None  # address/prefix handed out by a delegated IPAM plugin
     gateway: str | None = None  # gateway handed out by a delegated IPAM plugin
     labels: dict[str, str] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, d: Any) -> EndpointRequest:
@@ -139,6 +171,7 @@ class EndpointRequest:
             ipv4=ipv4,
             gateway=gateway,
             labels=_labels(d.get("labels")),
+            ports=_ports(d.get("ports")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -151,6 +184,7 @@ class EndpointRequest:
             "ipv4": self.ipv4,
             "gateway": self.gateway,
             "labels": self.labels,
+            "ports": self.ports,
         }
 
 
@@ -189,6 +223,7 @@ class Endpoint:
     pod_ifindex: int = 0
     identity: int = 0  # security identity, from the labels
     labels: dict[str, str] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)  # declared, for named ports
     created_at: float = 0.0
 
     @property

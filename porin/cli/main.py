@@ -11,7 +11,7 @@ import os
 
 import click
 
-from porin.cli import bpf, cluster, endpoints, metrics, monitor, services
+from porin.cli import bpf, cluster, endpoints, metrics, monitor, policy, services
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json
 from porin.client import DEFAULT_SOCKET
@@ -109,8 +109,13 @@ for group in (
     cluster.node,
     cluster.identity,
     monitor.monitor,
+    policy.policy,
+    policy.apply,
+    policy.delete,
 ):
     cli.add_command(group)
+endpoints.endpoint.add_command(policy.endpoint_label)
+bpf.bpf.add_command(policy.bpf_policy)
 
 
 def main() -> None:
