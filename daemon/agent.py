@@ -274,6 +274,7 @@ class Agent:
             "conntrack": self.ct_gc.stats.to_json(),
             "host": self._host_status(),
             "kvstore": self.cluster.status(),
+            "policy": self.policy.status() if getattr(self, "policy", None) else {},
             "tunnel": {"mode": self.cfg.tunnel_mode, "podMTU": self.cfg.pod_mtu},
         }
 

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,12 @@ from porin.daemon.policy_compile import (
 )
 from porin.daemon.policy_model import Kind, Namespace, Policy, Rule, policy_key
 from porin.daemon.policy_yaml import PolicyError, parse_document, parse_documents
-from porin.daemon.selectors import NAMESPACE_LABEL, identity_labels, normalize_labels
+from porin.daemon.selectors import (
+    NAMESPACE_LABEL,
+    NAMESPACE_LABELS_PREFIX,
+    identity_labels,
+    normalize_labels,
+)
 from porin.daemon.store import read_json, write_json_atomic
 from porin.errors import PorinError
 from porin.maps.endpoints import ENDPOINT_F_POLICY_EGRESS, ENDPOINT_F_POLICY_INGRESS
@@ -74,6 +79,7 @@ class Programmed:
     rev: int
     entries: dict[EntryKey, EntryValue]
     selected_by: dict[str, list[str]] = field(default_factory=dict)
+    contributors: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -84,12 +90,17 @@ class Plan:
     namespaces: dict[str, Namespace]
     cidr_ids: dict[str, int]
     endpoints: dict[int, EndpointPolicy]
+    partial: bool = False  # only the endpoints in it were compiled; the others stand
 
 
 def _flags(p: EndpointPolicy) -> int:
     return (ENDPOINT_F_POLICY_INGRESS if p.ingress else 0) | (
         ENDPOINT_F_POLICY_EGRESS if p.egress else 0
     )
+
+
+def POLICIES_KEY(store_key: str) -> str:  # noqa: N802
+    return store_key[len(POLICIES) :]
 
 
 def _store_key(obj: Policy | Namespace) -> str:
@@ -131,6 +142,8 @@ class PolicyManager:
         self.revision = 1 + max((e.policy_rev for e in self._pinned_endpoints()), default=0)
         self.reconciles = 0
         self._identities: list[dict[str, Any]] = []
+        self._cache_stale = False
+        self._wanted = False  # a full reconcile is due
         self._state = threading.Lock()  # short: never held while calling out
         self._reconcile = threading.Lock()  # one reconcile at a time
         self._dirty = threading.Event()
@@ -205,7 +218,7 @@ class PolicyManager:
             self.policies, self.namespaces = {}, {}
             self._load(docs, self.store.name)
         self._save_cache()
-        self._dirty.set()
+        self.changed()
 
     def stop(self) -> None:
         self._stop.set()
@@ -246,14 +259,20 @@ class PolicyManager:
             if self._stop.is_set():
                 return
             try:
-                self.reconcile()
+                if self._cache_stale:
+                    self._cache_stale = False
+                    self._save_cache()
+                if self._wanted:
+                    self._wanted = False
+                    self.reconcile()
             except Exception:
                 log.exception("policy reconcile failed; retrying")
                 self._stop.wait(1.0)
-                self._dirty.set()
+                self.changed()
 
     def changed(self, *_: object) -> None:
         """Something selectors see moved (endpoints, labels, identities): reconcile soon."""
+        self._wanted = True
         self._dirty.set()
 
     def _on_change(self, ev: Event) -> None:
@@ -291,8 +310,8 @@ class PolicyManager:
                         return
                     self.applied_at[pkey] = self.revision + 1
                     self._put_local(obj)
-        self._save_cache()
-        self._dirty.set()
+        self._cache_stale = True
+        self.changed()
 
     def _save_cache(self) -> None:
         with self._state:
@@ -352,8 +371,13 @@ class PolicyManager:
         policies: dict[str, Policy],
         namespaces: dict[str, Namespace],
         endpoints: list[Endpoint] | None = None,
+        changed: set[str] | None = None,
     ) -> Plan:
-        """Compile `policies` for the local endpoints; PolicyTooLarge if they do not fit."""
+        """Compile `policies` for the local endpoints; PolicyTooLarge if they do not fit.
+
+        With `changed` (policy keys) and nothing else moved, only the endpoints
+        those policies select, before or after, are compiled: a policy's rules
+        only ever give entries to the endpoints it selects."""
         cidr_ids = assign_cidr_ids(policies.values(), self.cidr_ids)
         if len(cidr_ids) > self.cidr_limit:
             raise PolicyTooLarge(
@@ -361,14 +385,24 @@ class PolicyManager:
                 f"policyCIDRMapSize allows {self.cidr_limit}"
             )
         comp = Compiler(self._world(namespaces, cidr_ids))
-        ordered = sorted(policies.values(), key=lambda p: p.key)
+        index = _SubjectIndex(policies.values())
         out: dict[int, EndpointPolicy] = {}
         total = 0
-        for ep in endpoints if endpoints is not None else self.local_endpoints():
+        todo = endpoints if endpoints is not None else self.local_endpoints()
+        partial = False
+        if changed is not None and endpoints is None and cidr_ids == self.cidr_ids:
+            with self._state:
+                prog = dict(self.programmed)
+            new = _SubjectIndex(policies[k] for k in changed if k in policies)
+            todo = [ep for ep in todo if _touched(ep, prog, changed, new, comp)]
+            keep = {ep.id for ep in todo}
+            total = sum(len(p.entries) for i, p in prog.items() if i not in keep)
+            partial = True
+        for ep in todo:
             if ep.state != EndpointState.READY and endpoints is None:
                 continue
             le = _local(ep)
-            cand = [p for p in ordered if comp.selects(p, le)]
+            cand = [p for p in index.candidates(le) if comp.selects(p, le)]
             res = comp.endpoint(le, cand)
             if len(res.entries) > self.per_endpoint_limit:
                 raise PolicyTooLarge(
@@ -383,7 +417,7 @@ class PolicyManager:
                 f"the local endpoints would need {total} policy entries; "
                 f"policyMapSize allows {self.total_limit}"
             )
-        return Plan(policies, namespaces, cidr_ids, out)
+        return Plan(policies, namespaces, cidr_ids, out, partial)
 
     def reconcile(self, plan: Plan | None = None) -> int:
         """Program a plan (default: the current state); returns endpoints changed."""
@@ -423,7 +457,11 @@ class PolicyManager:
             moved = have is None or have.flags != flags or have_entries != want.entries
             with self._state:
                 self.programmed[ep_id] = Programmed(
-                    flags, rev if moved else have.rev, want.entries, want.selected_by
+                    flags,
+                    rev if moved or have is None else have.rev,
+                    want.entries,
+                    want.selected_by,
+                    want.contributors,
                 )
             if moved:
                 changed.append(ep_id)
@@ -432,12 +470,13 @@ class PolicyManager:
             self.refresh_endpoints(changed)
         # 3. what no endpoint needs any more
         with self._state:
-            for ep_id in [i for i in self.programmed if i not in plan.endpoints]:
-                old = self.programmed.pop(ep_id)
-                stale += [_map_key(ep_id, k) for k in old.entries]
-            for ep_id, old_entries in adopted.items():
-                stale += [_map_key(ep_id, k) for k in old_entries]
-            self._adopted = {}
+            if not plan.partial:
+                for ep_id in [i for i in self.programmed if i not in plan.endpoints]:
+                    old = self.programmed.pop(ep_id)
+                    stale += [_map_key(ep_id, k) for k in old.entries]
+                for ep_id, old_entries in adopted.items():
+                    stale += [_map_key(ep_id, k) for k in old_entries]
+                self._adopted = {}
         for k in stale:
             self.map.remove(k)
         for cidr in [c for c in self.cidr_ids if c not in plan.cidr_ids]:
@@ -466,9 +505,11 @@ class PolicyManager:
             self.map.write(_map_key(ep.id, k), v.rule_id, v.deny)
         with self._state:
             self.revision += 1
-            p = Programmed(_flags(want), self.revision, want.entries, want.selected_by)
+            p = Programmed(
+                _flags(want), self.revision, want.entries, want.selected_by, want.contributors
+            )
             self.programmed[ep.id] = p
-        self._dirty.set()  # its identity may be new to the other endpoints' rules
+        self.changed()  # its identity may be new to the other endpoints' rules
         return p.flags, p.rev
 
     def forget(self, ep: Endpoint) -> None:
@@ -478,7 +519,7 @@ class PolicyManager:
         if old:
             for k in old.entries:
                 self.map.remove(_map_key(ep.id, k))
-        self._dirty.set()
+        self.changed()
 
     # ---------- apply / delete ----------
 
@@ -505,15 +546,26 @@ class PolicyManager:
                 policies[obj.key] = obj
         if not puts:
             return result
-        plan = self.plan(policies, namespaces)  # PolicyTooLarge: nothing stored
-        self._commit(puts, [])
+        only_policies = not any(isinstance(o, Namespace) for o in objs)
+        changed = {POLICIES_KEY(k) for k in puts} if only_policies else None
+        plan = self.plan(policies, namespaces, changed=changed)  # PolicyTooLarge: nothing stored
+        with self._state:
+            before = self.policies, self.namespaces
+            # taken before the store's watch reports our own writes back
+            self.policies, self.namespaces = policies, namespaces
+        try:
+            self._commit(puts, [])
+        except PorinError:
+            with self._state:
+                self.policies, self.namespaces = before
+            raise
         with self._state:
             for obj in objs:
                 if isinstance(obj, Policy) and _store_key(obj) in puts:
                     self.applied_at[obj.key] = self.revision + 1
-            self.policies, self.namespaces = policies, namespaces
         self.reconcile(plan)
-        self._save_cache()
+        self._cache_stale = True  # written by the worker, off the request's path
+        self._dirty.set()
         return result
 
     def delete_docs(self, docs: list[Any], source: str = "input") -> list[str]:
@@ -554,16 +606,31 @@ class PolicyManager:
         return self._delete_keys(keys) if keys else []
 
     def _delete_keys(self, keys: list[str]) -> list[str]:
-        self._commit({}, keys)
         gone = []
         with self._state:
+            before = dict(self.policies), dict(self.namespaces)
             for key in keys:
                 if key.startswith(NAMESPACES):
                     if self.namespaces.pop(key[len(NAMESPACES) :], None):
                         gone.append(key[len(NAMESPACES) :])
                 elif self.policies.pop(key[len(POLICIES) :], None):
                     gone.append(key[len(POLICIES) :])
-        self.reconcile()
+        try:
+            self._commit({}, keys)
+        except PorinError:
+            with self._state:
+                self.policies, self.namespaces = before
+            raise
+        if any(k.startswith(NAMESPACES) for k in keys):
+            self.reconcile()
+        else:
+            with self._state:
+                policies, namespaces = dict(self.policies), dict(self.namespaces)
+            changed = {POLICIES_KEY(k) for k in keys}
+            try:
+                self.reconcile(self.plan(policies, namespaces, changed=changed))
+            except PolicyTooLarge:
+                self.reconcile()
         self._save_cache()
         return gone
 
@@ -700,6 +767,46 @@ class PolicyManager:
                 "endpointsEnforced": sum(1 for p in self.programmed.values() if p.flags),
                 "entries": sum(len(p.entries) for p in self.programmed.values()),
             }
+
+
+def _touched(
+    ep: Endpoint,
+    prog: dict[int, Programmed],
+    changed: set[str],
+    new: _SubjectIndex,
+    comp: Compiler,
+) -> bool:
+    """Whether a change of the `changed` policies (now as `new`) reaches `ep`."""
+    if ep.id not in prog or prog[ep.id].contributors & changed:
+        return True
+    le = _local(ep)
+    return any(comp.selects(p, le) for p in new.candidates(le))
+
+
+class _SubjectIndex:
+    """Policies by what their subject needs, so an endpoint is only matched
+    against policies that can select it: namespaced kinds by namespace, then
+    by one of their matchLabels pairs when they have any."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.by_pair: dict[tuple[str, str, str], list[Policy]] = {}
+        self.by_ns: dict[str, list[Policy]] = {}
+        self.rest: list[Policy] = []
+        for p in sorted(policies, key=lambda p: p.key):
+            pair = p.subject.match_labels[0] if p.subject.match_labels else None
+            if p.namespace and pair and not pair[0].startswith(NAMESPACE_LABELS_PREFIX):
+                self.by_pair.setdefault((p.namespace, *pair), []).append(p)
+            elif p.namespace:
+                self.by_ns.setdefault(p.namespace, []).append(p)
+            else:
+                self.rest.append(p)
+
+    def candidates(self, ep: LocalEndpoint) -> list[Policy]:
+        ns = ep.namespace
+        out = list(self.by_ns.get(ns, ())) + self.rest
+        for k, v in ep.labels.items():
+            out += self.by_pair.get((ns, k, v), ())
+        return sorted(out, key=lambda p: p.key)
 
 
 def _selectors(res: EndpointPolicy) -> set[str]:

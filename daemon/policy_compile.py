@@ -91,6 +91,7 @@ class EndpointPolicy:
     egress: bool = False
     entries: dict[EntryKey, EntryValue] = field(default_factory=dict)
     selected_by: dict[str, list[str]] = field(default_factory=dict)  # direction -> policy keys
+    contributors: set[str] = field(default_factory=set)  # every policy that selects it
 
 
 @dataclass
@@ -154,6 +155,11 @@ class Compiler:
         self.world = world
         self._peer_cache: dict[Peer, frozenset[int]] = {}
         self._pod_ids = frozenset(i for i, x in world.identities.items() if x.namespace is not None)
+        # identities by label pair: a selector is checked only against those with its first pair
+        self._by_pair: dict[tuple[str, str], set[int]] = {}
+        for i, x in world.identities.items():
+            for kv in x.labels.items():
+                self._by_pair.setdefault(kv, set()).add(i)
         self._cidr_nets = {c: ipaddress.ip_network(c) for c in world.cidr_ids}
 
     # ----- who is selected -----
@@ -194,8 +200,18 @@ class Compiler:
             ]
         assert peer.pods is not None
         out = []
+        pairs = [
+            kv for kv in peer.pods.match_labels if not kv[0].startswith(NAMESPACE_LABELS_PREFIX)
+        ]
+        if pairs:  # only identities that carry the selector's labels can match
+            candidates: Iterable[int] = sorted(
+                min((self._by_pair.get(kv, set()) for kv in pairs), key=len)
+            )
+        else:
+            candidates = w.identities
         if peer.cilium:
-            for i, info in w.identities.items():
+            for i in candidates:
+                info = w.identities[i]
                 if peer.namespace is not None and info.namespace != peer.namespace:
                     continue
                 if info.namespace is None and peer.pods.is_empty:
@@ -203,7 +219,9 @@ class Compiler:
                 if peer.pods.matches(w.cilium_labels(info.labels)):
                     out.append(i)
             return out
-        for i in self._pod_ids:
+        for i in candidates:
+            if i not in self._pod_ids:
+                continue
             info = w.identities[i]
             ns = info.namespace
             assert ns is not None
@@ -281,6 +299,7 @@ class Compiler:
         for p in policies:
             if not self.selects(p, ep):
                 continue
+            out.contributors.add(p.key)
             for d in p.isolates:
                 out.selected_by.setdefault(d.value, []).append(p.key)
             for r in p.rules:

@@ -16,10 +16,12 @@ AGENT_PID=""
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_node() { nsenter --net=/var/run/netns/$NODE "$@"; }
 
-cni() { # cni COMMAND POD
+cni() { # cni COMMAND POD: as kubelet calls it (namespace and name), the pod labelled app=NAME
+  local name=${2#porin-demo-}
+  local conf=${NETCONF%\}}',"args":{"cni":{"labels":[{"key":"app","value":"'$name'"}]}}}'
   CNI_COMMAND=$1 CNI_CONTAINERID=${2/porin-demo-/demo-} CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 \
-    CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=${2#porin-demo-}" \
-    CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$NETCONF"
+    CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$name" \
+    CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$conf"
 }
 
 cleanup() {
@@ -134,6 +136,55 @@ ip -n ${PODS[0]} addr add 10.244.0.250/32 dev eth0
 ip netns exec ${PODS[0]} ping -c 1 -W 1 -I 10.244.0.250 "$IP2" >/dev/null 2>&1 || true
 wait $MON || true
 ip -n ${PODS[0]} addr del 10.244.0.250/32 dev eth0
+
+say "network policy: pod3 accepts TCP 8080 from pod2 only (a Kubernetes NetworkPolicy)"
+POLICY=$(mktemp /tmp/porin-demo-policy.XXXXXX.yaml)
+cat >"$POLICY" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: pod3-from-pod2
+  namespace: demo
+spec:
+  podSelector:
+    matchLabels: {app: pod3}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {app: pod2}
+    ports:
+    - {protocol: TCP, port: 8080}
+YAML
+cat "$POLICY"
+porin apply -f "$POLICY"
+porin policy list
+ip netns exec ${PODS[2]} python3 -c "$WHOAMI" "$IP3" pod3 >/dev/null 2>&1 &
+SRV3=$!
+for _ in $(seq 1 100); do
+  ip netns exec ${PODS[1]} python3 -c "import socket; socket.create_connection(('$IP3', 8080), 1)" 2>/dev/null && break
+  sleep 0.05
+done
+MONERR=$(mktemp /tmp/porin-demo-monitor.XXXXXX)
+in_node porin monitor --type policy-verdict --count 2 --duration 10 2>"$MONERR" &
+MON=$!
+for _ in $(seq 1 200); do grep -q Listening "$MONERR" && break; sleep 0.05; done
+cat "$MONERR"; rm -f "$MONERR"
+for p in 1 2; do
+  pod=${PODS[$((p - 1))]}
+  if ip netns exec "$pod" python3 -c "import socket; socket.create_connection(('$IP3', 8080), 1).close()" 2>/dev/null; then
+    echo "pod$p -> pod3:8080  connected"
+  else
+    echo "pod$p -> pod3:8080  refused by policy (no answer)"
+  fi
+done
+wait $MON || true
+say "porin policy explain --from demo/pod1 --to demo/pod3 --port 8080/tcp"
+porin policy explain --from demo/pod1 --to demo/pod3 --port 8080/tcp
+say "porin bpf policy get demo/pod3"
+porin bpf policy get demo/pod3
+porin delete -f "$POLICY"
+rm -f "$POLICY"
+kill $SRV3; wait $SRV3 2>/dev/null || true
 
 say "porin endpoint list"
 porin endpoint list
