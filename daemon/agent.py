@@ -162,6 +162,7 @@ class Agent:
                 s.to_json() for s in self.services.list() if s.source == ServiceSource.API
             ],
         )
+        self.cluster.host_ips = [cfg.gateway]
         self.manager.identity_for = self.cluster.identities.allocate
         self.events.subscribe(EndpointAdded, lambda e: self.cluster.endpoint_added(e.endpoint))
         self.events.subscribe(EndpointRemoved, lambda e: self.cluster.endpoint_removed(e.endpoint))
@@ -186,6 +187,7 @@ class Agent:
             identities=self.cluster.identities.list,
             remote_ports=self.cluster.remote_named_ports,
             refresh_endpoints=self.manager.refresh,
+            ip_identities=self._ip_identities,
         )
         self.manager.policy_state = self.policy.state_for
         self.cluster.on_remote_change = self.policy.changed
@@ -194,6 +196,13 @@ class Agent:
         self.events.subscribe(EndpointRemoved, lambda e: self.policy.forget(e.endpoint))
         self.events.subscribe(EndpointRelabeled, self.policy.changed)
         self.policy.start(self.store)
+
+    def _ip_identities(self) -> dict[str, int]:
+        """Every known pod address and its identity (remote ones from the kvstore)."""
+        assert self.cluster is not None
+        out = self.cluster.remote_identities()
+        out.update({e.ip: e.identity for e in self.manager.list()})
+        return out
 
     def _apply_cluster_service(self, data: dict[str, Any]) -> None:
         svc = Service.from_json(data)

@@ -130,6 +130,8 @@ class ClusterState:
         self.identities = Identities(store)
         # called after a remote endpoint appeared, moved or went (policy selectors)
         self.on_remote_change: Callable[[], None] = lambda: None
+        # the node's addresses besides me.ip (the pods' gateway): identity host
+        self.host_ips: list[str] = []
         # called after every (re)connection to the kvstore
         self.on_connected: Callable[[], None] = lambda: None
         # the embedded store has no peers: endpoints and services need no publishing
@@ -226,6 +228,10 @@ class ClusterState:
         if named:  # for other nodes' egress rules with named ports
             value["ports"] = named
         self.store.put(IPCACHE + ep.ip, value, lease=self._lease)
+
+    def remote_identities(self) -> dict[str, int]:
+        with self._lock:
+            return {ip: int(v.get("identity", 0)) for ip, v in self.remote_ips.items()}
 
     def remote_named_ports(self) -> dict[int, tuple[NamedPort, ...]]:
         """identity -> the named ports other nodes' endpoints of it declare."""
@@ -367,6 +373,8 @@ class ClusterState:
                 continue  # its node is gone (or not seen yet)
             want[f"{ip}/32"] = IpcacheEntry(f"{ip}/32", int(v.get("identity", 0)), node.ip)
         want[f"{self.me.ip}/32"] = IpcacheEntry(f"{self.me.ip}/32", IDENTITY_HOST, "", node=True)
+        for ip in self.host_ips:  # the node's other addresses its own traffic may leave from
+            want.setdefault(f"{ip}/32", IpcacheEntry(f"{ip}/32", IDENTITY_HOST, ""))
         for ep in self.local_endpoints():
             want[f"{ep.ip}/32"] = IpcacheEntry(f"{ep.ip}/32", ep.identity, "")
         have = {e.prefix: e for e in self.ipcache.entries()}

@@ -80,6 +80,7 @@ class Programmed:
     entries: dict[EntryKey, EntryValue]
     selected_by: dict[str, list[str]] = field(default_factory=dict)
     contributors: set[str] = field(default_factory=set)
+    owner: str = ""  # the endpoint it was computed for (ids are reused)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Plan:
     cidr_ids: dict[str, int]
     endpoints: dict[int, EndpointPolicy]
     partial: bool = False  # only the endpoints in it were compiled; the others stand
+    owners: dict[int, str] = field(default_factory=dict)
 
 
 def _flags(p: EndpointPolicy) -> int:
@@ -121,6 +123,7 @@ class PolicyManager:
         identities: Callable[[], list[dict[str, Any]]],
         remote_ports: Callable[[], dict[int, tuple[NamedPort, ...]]],
         refresh_endpoints: Callable[[list[int]], None],
+        ip_identities: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.cache_path = os.path.join(state_dir, CACHE_FILE)
         self.per_endpoint_limit = per_endpoint_limit
@@ -130,6 +133,8 @@ class PolicyManager:
         self.identities = identities
         self.remote_ports = remote_ports
         self.refresh_endpoints = refresh_endpoints
+        self.ip_identities = ip_identities
+        self._ip_identity: dict[str, int] = {}
         self.map = PolicyMap(bpffs_root)
         self.cidr_map = PolicyCidrMap(bpffs_root)
         self.store: LocalStore | EtcdStore | None = None
@@ -387,6 +392,7 @@ class PolicyManager:
         comp = Compiler(self._world(namespaces, cidr_ids))
         index = _SubjectIndex(policies.values())
         out: dict[int, EndpointPolicy] = {}
+        owners: dict[int, str] = {}
         total = 0
         todo = endpoints if endpoints is not None else self.local_endpoints()
         partial = False
@@ -412,12 +418,13 @@ class PolicyManager:
                 )
             total += len(res.entries)
             out[ep.id] = res
+            owners[ep.id] = _owner(ep)
         if total > self.total_limit:
             raise PolicyTooLarge(
                 f"the local endpoints would need {total} policy entries; "
                 f"policyMapSize allows {self.total_limit}"
             )
-        return Plan(policies, namespaces, cidr_ids, out, partial)
+        return Plan(policies, namespaces, cidr_ids, out, partial, owners)
 
     def reconcile(self, plan: Plan | None = None) -> int:
         """Program a plan (default: the current state); returns endpoints changed."""
@@ -431,9 +438,18 @@ class PolicyManager:
                     # stored by another node, or grown by new identities: keep what runs
                     log.error("policy: not programmed, the datapath keeps the last state: %s", e)
                     return 0
-            return self._program(plan)
+            return self._program(plan, self._identities_moved())
 
-    def _program(self, plan: Plan) -> int:
+    def _identities_moved(self) -> bool:
+        """Whether an address now has another identity than at the last reconcile (a
+        pod relabelled, an address reused): connections cached under the old one are
+        then decided again, even where no entry changed."""
+        now = self.ip_identities()
+        with self._state:
+            before, self._ip_identity = self._ip_identity, now
+        return any(before[ip] != ident for ip, ident in now.items() if ip in before)
+
+    def _program(self, plan: Plan, force: bool = False) -> int:
         with self._state:
             self.revision += 1
             rev = self.revision
@@ -454,7 +470,12 @@ class PolicyManager:
                     self.map.write(_map_key(ep_id, k), v.rule_id, v.deny)
             gone = [k for k in have_entries if k not in want.entries]
             stale += [_map_key(ep_id, k) for k in gone]
-            moved = have is None or have.flags != flags or have_entries != want.entries
+            moved = (
+                have is None
+                or have.flags != flags
+                or have_entries != want.entries
+                or (force and flags != 0)
+            )
             with self._state:
                 self.programmed[ep_id] = Programmed(
                     flags,
@@ -462,6 +483,7 @@ class PolicyManager:
                     want.entries,
                     want.selected_by,
                     want.contributors,
+                    plan.owners.get(ep_id, ""),
                 )
             if moved:
                 changed.append(ep_id)
@@ -491,7 +513,7 @@ class PolicyManager:
         endpoint's entries are programmed here, before it is reachable."""
         with self._state:
             have = self.programmed.get(ep.id)
-            if have is not None:
+            if have is not None and have.owner in ("", _owner(ep)):
                 return have.flags, have.rev
             if self.store is None:
                 return None  # not started: keep what the datapath has
@@ -506,16 +528,29 @@ class PolicyManager:
         with self._state:
             self.revision += 1
             p = Programmed(
-                _flags(want), self.revision, want.entries, want.selected_by, want.contributors
+                _flags(want),
+                self.revision,
+                want.entries,
+                want.selected_by,
+                want.contributors,
+                _owner(ep),
             )
+            old = self.programmed.get(ep.id)
             self.programmed[ep.id] = p
+        if old is not None:  # an earlier endpoint of that id: what it had and this one has not
+            for k in old.entries:
+                if k not in want.entries:
+                    self.map.remove(_map_key(ep.id, k))
         self.changed()  # its identity may be new to the other endpoints' rules
         return p.flags, p.rev
 
     def forget(self, ep: Endpoint) -> None:
-        """An endpoint went: its entries go."""
+        """An endpoint went: its entries go (unless its id already serves another)."""
         with self._state:
-            old = self.programmed.pop(ep.id, None)
+            old = self.programmed.get(ep.id)
+            if old is not None and old.owner not in ("", _owner(ep)):
+                return
+            self.programmed.pop(ep.id, None)
         if old:
             for k in old.entries:
                 self.map.remove(_map_key(ep.id, k))
@@ -815,6 +850,10 @@ def _selectors(res: EndpointPolicy) -> set[str]:
 
 def _map_key(ep_id: int, k: EntryKey) -> PolicyMapKey:
     return PolicyMapKey(ep_id, k[0], k[1], k[2], k[3], k[4])
+
+
+def _owner(ep: Endpoint) -> str:
+    return f"{ep.container_id}/{ep.ifname}/{ep.ip}"
 
 
 def _named_ports(ep: Endpoint) -> tuple[NamedPort, ...]:

@@ -517,22 +517,49 @@ def test_namespace_labels_and_pod_labels_move_the_matrix(np):
     np.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: z, labels: {ns: z, team: blue}}\n")
     took = check(np, lambda s, d: d != ("x", "a") or s[0] == "z")
     print(f"namespace label change converged in {took:.2f}s")
-    # pod labels: y/b becomes a member of the team's namespace's... by label, via CNI-independent relabel
+    # a running pod's labels: y/b gets role=trusted on its node; x/a's node follows
+    target = np.owner[("x", "a")]
+    applied_on = (target + 1) % 3
+    start = time.monotonic()
     np.apply(
         policy(
             "a-from-role",
             "x",
             "  podSelector: {matchLabels: {pod: a}}\n"
             "  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: trusted}}}]}]",
-        )
+        ),
+        node=applied_on,
+    )
+    wait_for(lambda: policy_rule_present(np, target, "a-from-role"), 10, "the policy on x/a's node")
+    print(
+        f"policy applied on another node programmed on x/a's node {time.monotonic() - start:.2f}s after the apply began"
     )
     owner = np.owner[("y", "b")]
+    start = time.monotonic()
     np.porin("endpoint", "label", "y/b", "--set", "role=trusted", node=owner)
+    wait_for(
+        lambda: any("role=trusted" in e["labels"] for e in entries_of(np, target)),
+        10,
+        "x/a's node to see the new identity",
+    )
+    print(
+        f"relabel on node {owner} programmed on node {target} {time.monotonic() - start:.2f}s after the command began"
+    )
     took = check(np, lambda s, d: d != ("x", "a") or s[0] == "z" or s == ("y", "b"))
-    print(f"pod label change converged in {took:.2f}s")
+    print(f"pod label change converged in {took:.2f}s (probe rounds included)")
     np.porin("endpoint", "label", "y/b", "--remove", "role", node=owner)
     check(np, lambda s, d: d != ("x", "a") or s[0] == "z")
     np.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: z, labels: {ns: z}}\n")
+
+
+def entries_of(model: Model, node: int) -> list[dict]:
+    return json.loads(model.porin("bpf", "policy", "get", "x/a", "-o", "json", node=node).stdout)
+
+
+def policy_rule_present(model: Model, node: int, name: str) -> bool:
+    """The policy selects x/a on that node (its endpoint's entries are programmed)."""
+    listed = json.loads(model.porin("policy", "list", "-o", "json", node=node).stdout)
+    return any(p["name"] == name and p["selectedEndpoints"] for p in listed)
 
 
 def test_an_established_connection_is_cut_when_its_allow_goes(np):

@@ -168,6 +168,14 @@ def test_monitor_shows_each_new_connections_verdict_and_rule(node, pods):
     assert denied["packet"]["src"] == other.ip
 
 
+def test_the_node_itself_may_always_reach_its_pods(node, pods):
+    web, client, other = pods
+    apply(node, WEB_POLICY)
+    wait_for(lambda: not connects(other, web.ip, 8080), 10, "the policy")
+    probe = node.ns.exec(["python3", "-c", CONNECT, web.ip, "9090"]).stdout.strip()
+    assert probe == "hi"  # kubelet probes: not the named port, from the node
+
+
 def test_relabel_changes_what_is_allowed(node, pods):
     web, client, other = pods
     apply(node, WEB_POLICY)
