@@ -11,33 +11,35 @@ absent `from`/`to`/`ports`, `endPort`, named ports, ipBlock `except` as a
 strict subset; Cilium's implicit namespace for a namespaced policy's
 endpoint selectors, `toPorts` with protocol ANY, `icmps`, deny sections
 and `enableDefaultDeny`.
+
+This module reads documents, metadata and Kubernetes NetworkPolicy; the
+Cilium kinds are daemon/policy_cilium.py's, the shared field parsers
+daemon/policy_fields.py's.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from typing import Any
 
-from porin.daemon.policy_model import (
-    ENTITIES,
-    Direction,
-    Kind,
-    Namespace,
-    Peer,
-    Policy,
-    PortRange,
-    Rule,
+from porin.daemon.policy_cilium import cilium_policy
+from porin.daemon.policy_fields import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    PORT_NAME,
+    Doc,
+    NotSupported,
+    PolicyError,
+    parse_cidr_set,
+    parse_selector,
+    port_number,
+    protocol,
+    string_map,
+    type_name,
 )
-from porin.daemon.selectors import (
-    NAMESPACE_LABEL,
-    NAMESPACE_NAME_LABEL,
-    OPERATORS,
-    Requirement,
-    Selector,
-    normalize_key,
-)
-from porin.errors import INVALID_CONFIG, PorinError
+from porin.daemon.policy_model import Direction, Kind, Namespace, Peer, Policy, PortRange, Rule
+from porin.daemon.selectors import NAMESPACE_NAME_LABEL
+
+__all__ = ["NotSupported", "PolicyError", "parse_document", "parse_documents"]
 
 API_VERSIONS = {
     Kind.NETWORK_POLICY: "networking.k8s.io/v1",
@@ -45,10 +47,6 @@ API_VERSIONS = {
     Kind.CILIUM_CLUSTERWIDE: "cilium.io/v2",
     Kind.NAMESPACE: "v1",
 }
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
-PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 # metadata a user copies from `kubectl get -o yaml`: accepted, not used
 METADATA_IGNORED = {
     "uid",
@@ -63,77 +61,6 @@ METADATA_IGNORED = {
     "deletionGracePeriodSeconds",
     "generateName",
 }
-ICMP_TYPES = {
-    "EchoReply": 0,
-    "DestinationUnreachable": 3,
-    "Redirect": 5,
-    "Echo": 8,
-    "EchoRequest": 8,
-    "RouterAdvertisement": 9,
-    "RouterSelection": 10,
-    "TimeExceeded": 11,
-    "ParameterProblem": 12,
-    "Timestamp": 13,
-    "TimestampReply": 14,
-    "Photuris": 40,
-    "ExtendedEchoRequest": 42,
-    "ExtendedEchoReply": 43,
-}
-
-
-class PolicyError(PorinError, ValueError):
-    """A policy document is invalid; the message names document and field."""
-
-    http_status = 400
-    cni_code = INVALID_CONFIG
-
-
-class NotSupported(PolicyError):
-    pass
-
-
-class _Doc:
-    """Field access with the path of what is being read, for errors."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, message: str) -> PolicyError:
-        return PolicyError(f"{self.where}: {path}: {message}")
-
-    def unsupported(self, path: str, message: str) -> NotSupported:
-        return NotSupported(f"{self.where}: {path}: not supported by Porin: {message}")
-
-    def obj(self, v: Any, path: str, allowed: set[str]) -> dict[str, Any]:
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise self.fail(path, f"must be an object, got {_type(v)}")
-        for k in v:
-            if not isinstance(k, str) or k not in allowed:
-                raise self.fail(f"{path}.{k}", "unknown field")
-        return v
-
-    def lst(self, v: Any, path: str) -> list[Any]:
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            raise self.fail(path, f"must be a list, got {_type(v)}")
-        return v
-
-    def string(self, v: Any, path: str) -> str:
-        if not isinstance(v, str):
-            raise self.fail(path, f"must be a string, got {_type(v)}")
-        return v
-
-
-def _type(v: Any) -> str:
-    if v is None:
-        return "null"
-    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
-        type(v), type(v).__name__
-    )
-
 
 # ---------- documents ----------
 
@@ -147,7 +74,7 @@ def parse_documents(docs: list[Any], source: str = "input") -> list[Policy | Nam
         if doc is None:
             continue  # an empty document between --- separators
         if isinstance(doc, dict) and doc.get("kind") == "List" and doc.get("apiVersion") == "v1":
-            for j, item in enumerate(_Doc(where).lst(doc.get("items"), "items")):
+            for j, item in enumerate(Doc(where).lst(doc.get("items"), "items")):
                 flat.append((f"{where}: items[{j}]", item))
             continue
         flat.append((where, doc))
@@ -163,9 +90,9 @@ def parse_documents(docs: list[Any], source: str = "input") -> list[Policy | Nam
 
 
 def parse_document(doc: Any, where: str) -> Policy | Namespace:
-    d = _Doc(where)
+    d = Doc(where)
     if not isinstance(doc, dict):
-        raise d.fail("(document)", f"must be an object, got {_type(doc)}")
+        raise d.fail("(document)", f"must be an object, got {type_name(doc)}")
     kind = doc.get("kind")
     try:
         k = Kind(kind)
@@ -192,7 +119,7 @@ def parse_document(doc: Any, where: str) -> Policy | Namespace:
     name, namespace, _ = _metadata(d, doc, namespaced=k != Kind.CILIUM_CLUSTERWIDE)
     if k == Kind.NETWORK_POLICY:
         return _k8s_policy(d, doc, name, namespace)
-    return _cilium_policy(d, doc, k, name, namespace)
+    return cilium_policy(d, doc, k, name, namespace)
 
 
 def _name_hint(doc: dict[str, Any]) -> str:
@@ -203,7 +130,7 @@ def _name_hint(doc: dict[str, Any]) -> str:
     return "(unnamed)"
 
 
-def _metadata(d: _Doc, doc: dict[str, Any], namespaced: bool) -> tuple[str, str, dict[str, str]]:
+def _metadata(d: Doc, doc: dict[str, Any], namespaced: bool) -> tuple[str, str, dict[str, str]]:
     md = d.obj(
         doc.get("metadata"),
         "metadata",
@@ -222,95 +149,15 @@ def _metadata(d: _Doc, doc: dict[str, Any], namespaced: bool) -> tuple[str, str,
             raise d.fail("metadata.namespace", f"{namespace!r} is not a valid namespace name")
     elif "namespace" in md and md["namespace"]:
         raise d.fail("metadata.namespace", "this kind is not namespaced")
-    labels = _string_map(d, md.get("labels"), "metadata.labels", label_values=True)
-    _string_map(d, md.get("annotations"), "metadata.annotations", label_values=False)
+    labels = string_map(d, md.get("labels"), "metadata.labels", label_values=True)
+    string_map(d, md.get("annotations"), "metadata.annotations", label_values=False)
     return name, namespace, labels
-
-
-def _string_map(d: _Doc, v: Any, path: str, label_values: bool) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise d.fail(path, f"must be an object, got {_type(v)}")
-    out = {}
-    for k, x in v.items():
-        if not isinstance(k, str) or not k:
-            raise d.fail(path, f"key {k!r} must be a non-empty string")
-        if not isinstance(x, str):
-            raise d.fail(f"{path}.{k}", f"must be a string, got {_type(x)}")
-        if label_values and not LABEL_VALUE.match(x):
-            raise d.fail(f"{path}.{k}", f"{x!r} is not a valid label value")
-        out[k] = x
-    return out
-
-
-# ---------- selectors, ports, CIDRs ----------
-
-
-def parse_selector(d: _Doc, v: Any, path: str) -> Selector:
-    s = d.obj(v, path, {"matchLabels", "matchExpressions"})
-    labels = _string_map(d, s.get("matchLabels"), f"{path}.matchLabels", label_values=True)
-    reqs = []
-    for i, e in enumerate(d.lst(s.get("matchExpressions"), f"{path}.matchExpressions")):
-        p = f"{path}.matchExpressions[{i}]"
-        e = d.obj(e, p, {"key", "operator", "values"})
-        key = d.string(e.get("key"), f"{p}.key")
-        if not key:
-            raise d.fail(f"{p}.key", "must not be empty")
-        op = e.get("operator")
-        if op not in OPERATORS:
-            raise d.fail(
-                f"{p}.operator", f"{op!r} is not a valid operator (one of {', '.join(OPERATORS)})"
-            )
-        values = [
-            d.string(x, f"{p}.values[{j}]")
-            for j, x in enumerate(d.lst(e.get("values"), f"{p}.values"))
-        ]
-        if op in ("In", "NotIn") and not values:
-            raise d.fail(f"{p}.values", f"must not be empty with operator {op}")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise d.fail(f"{p}.values", f"must be empty with operator {op}")
-        reqs.append(Requirement(normalize_key(key), op, tuple(values)))
-    return Selector(tuple(sorted((normalize_key(k), x) for k, x in labels.items())), tuple(reqs))
-
-
-def parse_cidr(d: _Doc, v: Any, path: str) -> str:
-    s = d.string(v, path)
-    try:
-        return str(ipaddress.ip_network(s, strict=False))
-    except ValueError:
-        raise d.fail(path, f"{s!r} is not a valid CIDR") from None
-
-
-def parse_cidr_set(d: _Doc, cidr: Any, excepts: Any, path: str, except_name: str) -> Peer:
-    net = parse_cidr(d, cidr, f"{path}.cidr")
-    outer = ipaddress.ip_network(net)
-    out = []
-    for i, e in enumerate(d.lst(excepts, f"{path}.{except_name}")):
-        p = f"{path}.{except_name}[{i}]"
-        inner = ipaddress.ip_network(parse_cidr(d, e, p))
-        if inner.version != outer.version or not inner.subnet_of(outer) or inner == outer:
-            raise d.fail(p, f"{inner} must be a strict subset of {net}")
-        out.append(str(inner))
-    return Peer(cidr=net, excepts=tuple(out))
-
-
-def _port_number(d: _Doc, v: Any, path: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-        raise d.fail(path, f"must be a port number 1-65535, got {v!r}")
-    return v
-
-
-def _protocol(d: _Doc, v: Any, path: str, allowed: tuple[str, ...]) -> str:
-    if v not in allowed:
-        raise d.fail(path, f"{v!r} is not a supported protocol (one of {', '.join(allowed)})")
-    return v
 
 
 # ---------- Kubernetes NetworkPolicy ----------
 
 
-def _k8s_policy(d: _Doc, doc: dict[str, Any], name: str, namespace: str) -> Policy:
+def _k8s_policy(d: Doc, doc: dict[str, Any], name: str, namespace: str) -> Policy:
     spec = d.obj(doc.get("spec"), "spec", {"podSelector", "policyTypes", "ingress", "egress"})
     if "podSelector" not in spec:
         raise d.fail(
@@ -350,7 +197,7 @@ def _k8s_policy(d: _Doc, doc: dict[str, Any], name: str, namespace: str) -> Poli
     return Policy(Kind.NETWORK_POLICY, namespace, name, subject, isolates, rules, doc)
 
 
-def _k8s_peer(d: _Doc, v: Any, path: str, namespace: str) -> Peer:
+def _k8s_peer(d: Doc, v: Any, path: str, namespace: str) -> Peer:
     v = d.obj(v, path, {"podSelector", "namespaceSelector", "ipBlock"})
     if not v:
         raise d.fail(path, "must set podSelector, namespaceSelector or ipBlock")
@@ -368,9 +215,9 @@ def _k8s_peer(d: _Doc, v: Any, path: str, namespace: str) -> Peer:
     return Peer(pods=pods, namespace=namespace)
 
 
-def _k8s_port(d: _Doc, v: Any, path: str) -> PortRange:
+def _k8s_port(d: Doc, v: Any, path: str) -> PortRange:
     v = d.obj(v, path, {"protocol", "port", "endPort"})
-    proto = _protocol(d, v.get("protocol", "TCP"), f"{path}.protocol", ("TCP", "UDP", "SCTP"))
+    proto = protocol(d, v.get("protocol", "TCP"), f"{path}.protocol", ("TCP", "UDP", "SCTP"))
     port = v.get("port")
     end = v.get("endPort")
     if port is None:
@@ -381,211 +228,14 @@ def _k8s_port(d: _Doc, v: Any, path: str) -> PortRange:
         if end is not None:
             raise d.fail(f"{path}.endPort", "cannot be used with a named port")
         if port.isdigit():
-            return PortRange(proto, _port_number(d, int(port), f"{path}.port"))
+            return PortRange(proto, port_number(d, int(port), f"{path}.port"))
         if not PORT_NAME.match(port):
             raise d.fail(f"{path}.port", f"{port!r} is neither a port number nor a valid port name")
         return PortRange(proto, name=port)
-    number = _port_number(d, port, f"{path}.port")
+    number = port_number(d, port, f"{path}.port")
     if end is None:
         return PortRange(proto, number)
-    end = _port_number(d, end, f"{path}.endPort")
+    end = port_number(d, end, f"{path}.endPort")
     if end < number:
         raise d.fail(f"{path}.endPort", f"{end} is below port {number}")
     return PortRange(proto, number, end if end != number else 0)
-
-
-# ---------- CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy ----------
-
-_CILIUM_RULE = {
-    "endpointSelector",
-    "nodeSelector",
-    "ingress",
-    "egress",
-    "ingressDeny",
-    "egressDeny",
-    "description",
-    "labels",
-    "enableDefaultDeny",
-}
-_PEER_FIELDS = {
-    Direction.INGRESS: ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
-    Direction.EGRESS: ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities"),
-}
-_UNSUPPORTED = {
-    "fromRequires": "requirements",
-    "toRequires": "requirements",
-    "fromGroups": "cloud groups",
-    "toGroups": "cloud groups",
-    "fromNodes": "node selectors",
-    "toNodes": "node selectors",
-    "toServices": "service selectors",
-    "toFQDNs": "DNS-based rules (toFQDNs)",
-    "authentication": "mutual authentication",
-}
-
-
-def _cilium_policy(d: _Doc, doc: dict[str, Any], kind: Kind, name: str, namespace: str) -> Policy:
-    if "spec" in doc and "specs" in doc:
-        specs = [doc["spec"]] + d.lst(doc["specs"], "specs")
-        paths = ["spec"] + [f"specs[{i}]" for i in range(len(specs) - 1)]
-    elif "specs" in doc:
-        specs = d.lst(doc["specs"], "specs")
-        paths = [f"specs[{i}]" for i in range(len(specs))]
-    elif "spec" in doc:
-        specs, paths = [doc["spec"]], ["spec"]
-    else:
-        raise d.fail("spec", "is required")
-    subject: Selector | None = None
-    isolates: set[Direction] = set()
-    rules: list[Rule] = []
-    for spec, path in zip(specs, paths, strict=True):
-        spec = d.obj(spec, path, _CILIUM_RULE)
-        if "nodeSelector" in spec:
-            raise d.unsupported(f"{path}.nodeSelector", "host policies (nodeSelector)")
-        if "endpointSelector" not in spec:
-            raise d.fail(f"{path}.endpointSelector", "is required")
-        sel = parse_selector(d, spec["endpointSelector"], f"{path}.endpointSelector")
-        if subject is not None and sel != subject:
-            raise d.unsupported(
-                path,
-                "specs with different endpointSelectors in one object "
-                "(split it into one policy per selector)",
-            )
-        subject = sel
-        d.string(spec.get("description", ""), f"{path}.description")
-        dd = d.obj(
-            spec.get("enableDefaultDeny"), f"{path}.enableDefaultDeny", {"ingress", "egress"}
-        )
-        for direction in Direction:
-            for deny in (False, True):
-                section = f"{direction}{'Deny' if deny else ''}"
-                items = d.lst(spec.get(section), f"{path}.{section}")
-                default_deny = dd.get(direction.value, True)
-                if not isinstance(default_deny, bool):
-                    raise d.fail(f"{path}.enableDefaultDeny.{direction}", "must be a boolean")
-                if items and default_deny:
-                    isolates.add(direction)
-                for i, r in enumerate(items):
-                    rules.extend(
-                        _cilium_rule(
-                            d, r, f"{path}.{section}[{i}]", direction, deny, kind, namespace
-                        )
-                    )
-    assert subject is not None
-    return Policy(kind, namespace, name, subject, frozenset(isolates), rules, doc)
-
-
-def _cilium_rule(
-    d: _Doc, r: Any, path: str, direction: Direction, deny: bool, kind: Kind, namespace: str
-) -> list[Rule]:
-    peer_fields = _PEER_FIELDS[direction]
-    allowed = set(peer_fields) | {"toPorts", "icmps"} | set(_UNSUPPORTED)
-    r = d.obj(r, path, allowed)
-    for k in r:
-        if k in _UNSUPPORTED:
-            raise d.unsupported(f"{path}.{k}", _UNSUPPORTED[k])
-    section = path.rsplit(".", 1)[-1]
-    peers: list[Peer] = []
-    has_l3 = False
-    ep_key, cidr_key, set_key, ent_key = peer_fields
-    if ep_key in r:
-        has_l3 = True
-        for j, s in enumerate(d.lst(r[ep_key], f"{path}.{ep_key}")):
-            sel = parse_selector(d, s, f"{path}.{ep_key}[{j}]")
-            # a namespaced policy's selectors mean its namespace unless they say otherwise
-            ns = (
-                namespace
-                if kind == Kind.CILIUM_NETWORK_POLICY and not sel.mentions(NAMESPACE_LABEL)
-                else None
-            )
-            peers.append(Peer(pods=sel, namespace=ns, cilium=True))
-    if cidr_key in r:
-        has_l3 = True
-        for j, c in enumerate(d.lst(r[cidr_key], f"{path}.{cidr_key}")):
-            peers.append(Peer(cidr=parse_cidr(d, c, f"{path}.{cidr_key}[{j}]")))
-    if set_key in r:
-        has_l3 = True
-        for j, c in enumerate(d.lst(r[set_key], f"{path}.{set_key}")):
-            p = f"{path}.{set_key}[{j}]"
-            c = d.obj(c, p, {"cidr", "except", "cidrGroupRef"})
-            if "cidrGroupRef" in c:
-                raise d.unsupported(f"{p}.cidrGroupRef", "CiliumCIDRGroup references")
-            if "cidr" not in c:
-                raise d.fail(f"{p}.cidr", "is required")
-            peers.append(parse_cidr_set(d, c["cidr"], c.get("except"), p, "except"))
-    if ent_key in r:
-        has_l3 = True
-        for j, e in enumerate(d.lst(r[ent_key], f"{path}.{ent_key}")):
-            if e not in ENTITIES:
-                raise d.fail(
-                    f"{path}.{ent_key}[{j}]",
-                    f"{e!r} is not a supported entity (one of {', '.join(ENTITIES)})",
-                )
-            peers.append(Peer(entity=e))
-    ports: list[PortRange] = []
-    for j, tp in enumerate(d.lst(r.get("toPorts"), f"{path}.toPorts")):
-        p = f"{path}.toPorts[{j}]"
-        tp = d.obj(
-            tp, p, {"ports", "rules", "listener", "originatingTLS", "terminatingTLS", "serverNames"}
-        )
-        for k in ("rules", "listener", "originatingTLS", "terminatingTLS", "serverNames"):
-            if k in tp:
-                raise d.unsupported(f"{p}.{k}", "L7 and TLS rules (Porin enforces L3/L4 only)")
-        tps = d.lst(tp.get("ports"), f"{p}.ports")
-        if not tps:
-            raise d.fail(f"{p}.ports", "must list at least one port")
-        for k, pp in enumerate(tps):
-            ports.extend(_cilium_port(d, pp, f"{p}.ports[{k}]"))
-    for j, ic in enumerate(d.lst(r.get("icmps"), f"{path}.icmps")):
-        p = f"{path}.icmps[{j}]"
-        ic = d.obj(ic, p, {"fields"})
-        for k, fld in enumerate(d.lst(ic.get("fields"), f"{p}.fields")):
-            q = f"{p}.fields[{k}]"
-            fld = d.obj(fld, q, {"type", "family"})
-            family = fld.get("family", "IPv4")
-            if family not in ("IPv4", "IPv6"):
-                raise d.fail(f"{q}.family", f"{family!r} must be IPv4 or IPv6")
-            t = fld.get("type")
-            if isinstance(t, str) and t in ICMP_TYPES:
-                t = ICMP_TYPES[t]
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= 255:
-                raise d.fail(
-                    f"{q}.type",
-                    f"{fld.get('type')!r} is not an ICMP type "
-                    "(0-255 or a name such as EchoRequest)",
-                )
-            if family == "IPv4":  # Porin has no IPv6 datapath: an ICMPv6 type allows nothing
-                ports.append(PortRange("ICMP", t))
-    has_l4 = "toPorts" in r or "icmps" in r
-    if not has_l3 and not has_l4:
-        return []  # `{}`: selects and isolates, allows nothing (Cilium's default-deny idiom)
-    return [Rule(direction, deny, tuple(peers) if has_l3 else None, tuple(ports), section)]
-
-
-def _cilium_port(d: _Doc, v: Any, path: str) -> list[PortRange]:
-    v = d.obj(v, path, {"port", "endPort", "protocol"})
-    proto = _protocol(
-        d, v.get("protocol", "ANY"), f"{path}.protocol", ("TCP", "UDP", "SCTP", "ANY")
-    )
-    protos = ("TCP", "UDP", "SCTP") if proto == "ANY" else (proto,)
-    port = v.get("port", "0")
-    if isinstance(port, int) and not isinstance(port, bool):
-        port = str(port)
-    port = d.string(port, f"{path}.port")
-    end = v.get("endPort")
-    if port.isdigit():
-        number = int(port)
-        if number > 65535:
-            raise d.fail(f"{path}.port", f"{number} is not a port number (0-65535)")
-        if end is not None:
-            if number == 0:
-                raise d.fail(f"{path}.endPort", "needs a port")
-            end = _port_number(d, end, f"{path}.endPort")
-            if end < number:
-                raise d.fail(f"{path}.endPort", f"{end} is below port {number}")
-        return [PortRange(p, number, end if end and end != number else 0) for p in protos]
-    if not PORT_NAME.match(port):
-        raise d.fail(f"{path}.port", f"{port!r} is neither a port number nor a valid port name")
-    if end is not None:
-        raise d.fail(f"{path}.endPort", "cannot be used with a named port")
-    return [PortRange(p, name=port) for p in protos]
