@@ -14,6 +14,7 @@ PATCH  /v1/endpoints/ID/labels      {"set": {...}, "remove": [...]}
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,11 @@ def routes(
 ) -> list[tuple[str, re.Pattern[str], Handler]]:
     def apply(q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         docs, source = _documents(body)
-        return 200, policy.apply(docs, source)
+        started = time.monotonic()
+        out = policy.apply(docs, source)
+        # validated, stored and enforced (every entry and endpoint flag written)
+        out["enforcedMs"] = round((time.monotonic() - started) * 1000, 1)
+        return 200, out
 
     def delete_docs(q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
         docs, source = _documents(body)

@@ -293,6 +293,64 @@ def control_plane(n: int) -> dict[str, float]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def agent_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def agent_scale(n: int) -> dict[str, float]:
+    """A real agent with n pods (CNI ADD) and n policies applied with `porin apply`:
+    the time to enforced and the agent's memory."""
+    import json
+
+    node = Node(pod_cidr="10.248.0.0/20")
+    work = tempfile.mkdtemp(prefix="plbench-")
+    try:
+        node.start_agent()
+        assert node.proc is not None
+        for i in range(n):
+            node.add_pod(f"p{i}", namespace="bench", labels={"app": f"svc-{i}"})
+        rss_pods = agent_rss_mib(node.proc.pid)
+        docs = []
+        for i in range(n):
+            docs.append(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                f"metadata: {{name: p{i}, namespace: bench}}\nspec:\n"
+                f"  podSelector: {{matchLabels: {{app: svc-{i}}}}}\n"
+                "  ingress:\n"
+                f"  - from: [{{podSelector: {{matchLabels: {{app: svc-{(i + 1) % n}}}}}}}]\n"
+                "    ports: [{port: 8080}, {port: 9000, endPort: 9100}]\n"
+            )
+        path = os.path.join(work, "all.yaml")
+        Path(path).write_text("---\n".join(docs))
+        t = time.monotonic()
+        res = node.porin_json("apply", "-f", path)
+        apply_s = time.monotonic() - t  # the CLI returns once every entry is written
+        apply_agent_s = res["enforcedMs"] / 1000
+        st = node.porin_json("status")["policy"]
+        one = os.path.join(work, "one.yaml")
+        Path(one).write_text(docs[n // 2].replace("port: 8080", "port: 8443"))
+        t = time.monotonic()
+        res = node.porin_json("apply", "-f", one)
+        change_s = time.monotonic() - t
+        return {
+            "apply_s": apply_s,
+            "apply_agent_s": apply_agent_s,
+            "change_s": change_s,
+            "change_agent_s": res["enforcedMs"] / 1000,
+            "entries": float(st["entries"]),
+            "enforced": float(st["endpointsEnforced"]),
+            "rss_pods_mib": rss_pods,
+            "rss_mib": agent_rss_mib(node.proc.pid),
+            "listed": float(len(json.loads(node.porin("policy", "list", "-o", "json").stdout))),
+        }
+    finally:
+        node.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- 2. new connections/s
 
 
@@ -536,6 +594,39 @@ def main(argv: list[str] | None = None) -> int:
             f"{cp['entries']:.0f}",
             f"{cp['rss_mib']:.0f} MiB",
             f"+{cp['rss_delta_mib']:.0f} MiB",
+            "-",
+        ]
+    )
+    ag = agent_scale(100 if args.quick else 1000)
+    record("policy.agent_apply_s", ag["apply_s"])
+    record("policy.agent_rss_mib", ag["rss_mib"])
+    ok &= ag["apply_s"] < 2 and ag["enforced"] == ag["listed"]
+    rows.append(
+        [
+            f"agent: porin apply {ag['listed']:.0f} policies over as many pods",
+            f"{ag['apply_s']:.2f} s",
+            f"{ag['apply_agent_s']:.2f} s in agent",
+            "< 2 s",
+            "pass" if ag["apply_s"] < 2 else "FAIL",
+        ]
+    )
+    good = ag["change_agent_s"] < 0.1
+    ok &= good
+    rows.append(
+        [
+            "agent: one changed policy, enforced (agent side)",
+            f"{ag['change_agent_s'] * 1000:.0f} ms",
+            f"{ag['change_s'] * 1000:.0f} ms CLI incl.",
+            "< 100 ms",
+            "pass" if good else "FAIL",
+        ]
+    )
+    rows.append(
+        [
+            "agent RSS, with the pods / and the policies",
+            f"{ag['rss_pods_mib']:.0f} MiB",
+            f"{ag['rss_mib']:.0f} MiB",
+            f"{ag['entries']:.0f} entries",
             "-",
         ]
     )

@@ -51,6 +51,8 @@ def apply(ctx: Context, path: str, output: str) -> None:
     for what in ("created", "configured", "unchanged"):
         for name in res.get(what, []):
             click.echo(f"{name} {what}")
+    if res.get("created") or res.get("configured"):
+        click.echo(f"enforced on this node in {res.get('enforcedMs', 0):.0f} ms")
 
 
 @click.command("delete")
