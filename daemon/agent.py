@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from porin import __version__
 from porin.daemon import links
@@ -34,6 +35,7 @@ from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import open_store
 from porin.daemon.monitor_watch import MonitorWatch
 from porin.daemon.policy import PolicyManager
+from porin.daemon.prefilter import Prefilter
 from porin.daemon.service_file import ServiceFileError, load_service_file
 from porin.daemon.services import (
     LbMaps,
@@ -44,6 +46,7 @@ from porin.daemon.services import (
 )
 from porin.daemon.store import EndpointStore
 from porin.daemon.tunnel import Tunnel
+from porin.daemon.xdp import XdpDatapath
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.ipcache import IpcacheMap
@@ -86,9 +89,13 @@ class Agent:
         )
         links.ensure_host_device(self.manager.ipr, cfg.gateway, cfg.pod_cidr, cfg.mtu)
         self.host: HostDatapath | None = None
+        self.xdp: XdpDatapath | None = None
         if cfg.devices:
             self.host = HostDatapath(cfg, self.manager.ipr, self.programs)
             self.host.attach()
+            if cfg.xdp_mode != "disabled":
+                self.xdp = XdpDatapath(cfg.xdp_mode, self.manager.ipr, self.programs)
+                self.xdp.attach([(u.name, u.ifindex) for u in self.host.uplinks])
         self.manager.restore()
         self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
         ct.close()
@@ -118,7 +125,15 @@ class Agent:
         self.monitor_watch.start()
         self.server = ApiServer(
             cfg.api_socket,
-            Api(self.manager, self.services, self.ct_gc, self.status, self.cluster, self.policy),
+            Api(
+                self.manager,
+                self.services,
+                self.ct_gc,
+                self.status,
+                self.cluster,
+                self.policy,
+                self.prefilter,
+            ),
         )
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         log.info(
@@ -169,6 +184,10 @@ class Agent:
         self.events.subscribe(EndpointRelabeled, lambda e: self.cluster.endpoint_added(e.endpoint))
         self.cluster.start()
         self._start_policy()
+        self.prefilter: Prefilter | None = None
+        if self.xdp is not None:
+            self.prefilter = Prefilter(cfg.bpffs_root, cfg.prefilter, self._protected_addresses)
+            self.prefilter.start(self.store)
         self.events.start()
 
     def _start_policy(self) -> None:
@@ -196,6 +215,21 @@ class Agent:
         self.events.subscribe(EndpointRemoved, lambda e: self.policy.forget(e.endpoint))
         self.events.subscribe(EndpointRelabeled, self.policy.changed)
         self.policy.start(self.store)
+
+    def _protected_addresses(self) -> dict[str, str]:
+        """Addresses the prefilter must never cover, and why."""
+        out = {self.cfg.gateway: "the pods' gateway"}
+        for u in self.host.uplinks if self.host else []:
+            out[u.node_ip] = f"this node's address on {u.name}"
+        for url in (self.cfg.kvstore or {}).get("endpoints", []):
+            host = urlsplit(url).hostname
+            if host:
+                out[host] = "the kvstore's"
+        for r in self.manager.ipr.get_default_routes(family=socket.AF_INET):
+            gw = r.get_attr("RTA_GATEWAY")
+            if gw:
+                out[gw] = "the node network's gateway"
+        return out
 
     def _ip_identities(self) -> dict[str, int]:
         """Every known pod address and its identity (remote ones from the kvstore)."""
@@ -296,6 +330,7 @@ class Agent:
                 for u in (self.host.uplinks if self.host else [])
             ],
             "masquerade": "bpf" if self.host and cfg.enable_masquerade else "disabled",
+            "xdp": self.xdp.status() if self.xdp else [],
             "nonMasqueradeCIDRs": cfg.non_masquerade_cidrs,
             "snatPortRange": cfg.snat_port_range,
             "nodePortRange": cfg.node_port_range,

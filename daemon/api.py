@@ -70,6 +70,7 @@ class Api:
         status: Callable[[], dict[str, Any]],
         cluster: Any = None,
         policy: Any = None,
+        prefilter: Any = None,
     ) -> None:
         self.manager = manager
         self.services = services
@@ -103,6 +104,9 @@ class Api:
             from porin.daemon.api_policy import routes
 
             self.routes += routes(policy, manager, manager.cfg.bpffs_root)
+        from porin.daemon.api_prefilter import routes as prefilter_routes
+
+        self.routes += prefilter_routes(prefilter)
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
         url = urlsplit(target)

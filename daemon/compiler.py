@@ -52,6 +52,8 @@ def entries_for(cfg: AgentConfig) -> dict[str, list[str]]:
         entries["bpf_host.c"] = ["from_netdev", "to_netdev", "from_host_lo"]
     if cfg.tunnel_mode == "vxlan":
         entries["bpf_overlay.c"] = ["from_overlay"]
+    if cfg.devices and cfg.xdp_mode != "disabled":
+        entries["bpf_xdp.c"] = ["from_xdp"]
     return entries
 
 

@@ -48,7 +48,13 @@ nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others aft
 policyMapSize: 262144   # policy entries of all endpoints (an LPM trie, memory as used)
 policyEntriesPerEndpoint: 16384  # a policy that would give an endpoint more is refused
 policyCIDRMapSize: 16384 # distinct CIDR prefixes all policies name
+xdpMode: best-effort    # native, generic, best-effort (native, else generic) or disabled
+prefilter: []           # source CIDRs XDP drops on the devices (also `porin prefilter add`)
+prefilterMapSize: 16384
 """
+
+
+XDP_MODES = ("native", "generic", "best-effort", "disabled")
 
 
 @dataclass
@@ -68,6 +74,9 @@ class AgentConfig:
     policy_map_size: int = 262144
     policy_entries_per_endpoint: int = 16384
     policy_cidr_map_size: int = 16384
+    xdp_mode: str = "best-effort"
+    prefilter: list[str] = field(default_factory=list)
+    prefilter_map_size: int = 16384
     ct_lifetime_tcp_syn: int = 60
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_close: int = 10
@@ -134,6 +143,9 @@ _KEYS = {
     "policyMapSize": "policy_map_size",
     "policyEntriesPerEndpoint": "policy_entries_per_endpoint",
     "policyCIDRMapSize": "policy_cidr_map_size",
+    "xdpMode": "xdp_mode",
+    "prefilter": "prefilter",
+    "prefilterMapSize": "prefilter_map_size",
     "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
     "ctLifetimeTCP": "ct_lifetime_tcp",
     "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
@@ -235,6 +247,7 @@ def _validate(cfg: AgentConfig) -> None:
         "policy_map_size",
         "policy_entries_per_endpoint",
         "policy_cidr_map_size",
+        "prefilter_map_size",
         "ct_lifetime_tcp_syn",
         "ct_lifetime_tcp",
         "ct_lifetime_tcp_close",
@@ -249,6 +262,15 @@ def _validate(cfg: AgentConfig) -> None:
             raise ConfigError(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
     if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
         raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
+    if cfg.xdp_mode not in XDP_MODES:
+        raise ConfigError(f"xdpMode: must be one of {', '.join(XDP_MODES)}, got {cfg.xdp_mode!r}")
+    if not isinstance(cfg.prefilter, list):
+        raise ConfigError("prefilter: must be a list of CIDRs")
+    for c in cfg.prefilter:
+        try:
+            ipaddress.IPv4Network(str(c), strict=True)
+        except ValueError as e:
+            raise ConfigError(f"prefilter: {c!r} is not an IPv4 CIDR: {e}") from None
     _validate_host(cfg)
     _validate_cluster(cfg)
 

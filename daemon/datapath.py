@@ -75,10 +75,14 @@ def compile_programs(
     return compile_entry(entry, build_flags(cfg), names)
 
 
+XDP_PROGRAMS = {"from_xdp"}  # bpf_xdp.c's; every other program is a tc one
+
+
 def compile_entry(
     entry: str, cflags: list[str], names: list[str]
 ) -> tuple[object, dict[str, Program]]:
-    """Compile bpf/<entry> with `cflags` and load `names` as tc programs."""
+    """Compile bpf/<entry> with `cflags` and load `names` (tc programs, or XDP
+    ones for the names in XDP_PROGRAMS)."""
     from bcc import BPF  # heavy import: never in the agent's own process
 
     started = time.monotonic()
@@ -87,7 +91,8 @@ def compile_entry(
         module = BPF(text=text.encode(), cflags=cflags)
         progs = {}
         for name in names:
-            fn = module.load_func(name.encode(), BPF.SCHED_CLS)
+            kind = BPF.XDP if name in XDP_PROGRAMS else BPF.SCHED_CLS
+            fn = module.load_func(name.encode(), kind)
             progs[name] = Program(name=name, fd=fn.fd)
     except Exception as e:
         raise DatapathError(f"cannot compile/load {entry}: {e}") from e

@@ -47,7 +47,10 @@ from porin.maps.pinned import PinnedMap
 from porin.maps.policy import PolicyMap
 from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.policy_scratch import PolicyScratchMap
+from porin.maps.prefilter_exact import PrefilterExactMap
+from porin.maps.prefilter_lpm import PrefilterLpmMap
 from porin.maps.tunnel_config import TunnelConfigMap
+from porin.maps.xdp_actions import XdpActionsMap
 
 log = logging.getLogger("porin.maps")
 
@@ -70,6 +73,9 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PolicyMap,
     PolicyCidrMap,
     PolicyScratchMap,
+    PrefilterExactMap,
+    PrefilterLpmMap,
+    XdpActionsMap,
     TunnelConfigMap,
     MonitorConfigMap,
     MonitorLostMap,

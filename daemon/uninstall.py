@@ -46,6 +46,30 @@ def detach_host_programs(ipr: IPRoute, name: str) -> None:
                 log.warning("cannot detach Porin's program from %s: %s", name, e)
 
 
+def detach_xdp(ipr: IPRoute, name: str) -> None:
+    """Remove the XDP program of a device when it is Porin's, and only then."""
+    from porin.daemon.xdp import (
+        PROGRAM_NAME,
+        XDP_FLAGS_DRV_MODE,
+        XDP_FLAGS_SKB_MODE,
+        attached,
+        set_xdp,
+    )
+    from porin.maps.syscall import prog_name_by_id
+
+    idx = links.link_index(ipr, name)
+    if idx is None:
+        return
+    mode, prog_id = attached(ipr, idx)
+    if not prog_id or prog_name_by_id(prog_id) != PROGRAM_NAME:
+        return
+    try:
+        set_xdp(ipr, idx, -1, XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE)
+        log.info("detached Porin's XDP program from %s", name)
+    except NetlinkError as e:
+        log.warning("cannot detach Porin's XDP program from %s: %s", name, e)
+
+
 def uninstall(cfg: AgentConfig) -> None:
     from porin.daemon.agent import refuse_if_running
 
@@ -73,6 +97,8 @@ def uninstall(cfg: AgentConfig) -> None:
         links.delete_link(ipr, "porin_vxlan")
         for name in [*cfg.devices, "lo"]:
             detach_host_programs(ipr, name)
+        for name in cfg.devices:
+            detach_xdp(ipr, name)
     for path in (cfg.bpffs_root, cfg.state_dir, cfg.pending_delete_dir):
         if os.path.isdir(path):
             shutil.rmtree(path)

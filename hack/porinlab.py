@@ -113,6 +113,67 @@ class AgentConfig:
         return "\n".join(lines) + "\n"
 
 
+_XDP_PASS_FD: int | None = None
+
+
+def xdp_pass_program() -> int:
+    """The fd of a two-instruction XDP program that returns XDP_PASS (loaded once)."""
+    global _XDP_PASS_FD
+    if _XDP_PASS_FD is None:
+        import ctypes
+
+        from porin.maps import syscall
+
+        class ProgLoad(ctypes.Structure):
+            _fields_ = [
+                ("prog_type", ctypes.c_uint32),
+                ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64),
+                ("pad", ctypes.c_uint8 * 112),
+            ]
+
+        # r0 = XDP_PASS (2); exit
+        insns = ctypes.create_string_buffer(bytes.fromhex("b7000000020000009500000000000000"), 16)
+        lic = ctypes.create_string_buffer(b"GPL")
+        attr = ProgLoad(
+            prog_type=6, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(lic)
+        )
+        _XDP_PASS_FD = syscall.bpf(5, attr, "load an XDP_PASS program")  # BPF_PROG_LOAD
+    return _XDP_PASS_FD
+
+
+def attach_xdp_pass(ns: Netns, device: str) -> None:
+    """Give `device` in `ns` an XDP_PASS program in native mode: frames sent
+    into a veth with XDP_TX or a redirect are dropped unless the receiving
+    side has an XDP program of its own."""
+    import ctypes
+    import ctypes.util
+
+    from pyroute2 import IPRoute
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = xdp_pass_program()
+    target = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(target, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=device)[0]
+                ipr.link(
+                    "set",
+                    index=idx,
+                    xdp={"attrs": [["IFLA_XDP_FD", fd], ["IFLA_XDP_FLAGS", 1 << 2]]},
+                )
+        finally:
+            libc.setns(home, 0x40000000)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
 class Underlay:
     """The node network: a bridge in a namespace of its own that nodes and
     "external" hosts join with a veth each (their side named eth0)."""
@@ -147,6 +208,8 @@ class Underlay:
             ]
         )
         self.ns.exec(["ip", "link", "set", port, "master", "br0", "up"])
+        # native XDP on the joining side may XDP_TX into this veth (daemon/xdp.py)
+        attach_xdp_pass(self.ns, port)
         ns.exec(["ip", "link", "set", "eth0", "mtu", str(mtu), "up"])
         ns.exec(["ip", "addr", "add", f"{ip}/{self.prefixlen}", "dev", "eth0"])
         if gateway:

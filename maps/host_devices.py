@@ -1,4 +1,4 @@
-"""The `host_devices` map: uplink ifindex -> {node IP, flags} (bpf/lib/snat.h)."""
+"""The `host_devices` map: uplink ifindex -> {node IP, flags} (bpf/lib/host_device.h)."""
 
 from __future__ import annotations
 

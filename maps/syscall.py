@@ -171,6 +171,29 @@ def prog_info(fd: int) -> tuple[int, list[int]]:
     return info.id, list(ids[: min(info.nr_map_ids, len(ids))])
 
 
+class _GetIdAttr(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+    ]
+
+
+def prog_name_by_id(prog_id: int) -> str:
+    """The name of the loaded program with this id ("" if it is gone)."""
+    try:
+        fd = bpf(13, _GetIdAttr(id=prog_id), "get program by id")  # BPF_PROG_GET_FD_BY_ID
+    except BpfError:
+        return ""
+    try:
+        info = _ProgInfo()
+        attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))
+        bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "get program info")
+        return info.name.decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def map_info(fd: int) -> MapInfo:
     info = MapInfo()
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))

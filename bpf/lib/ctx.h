@@ -39,7 +39,26 @@ static __always_inline void *ctx_data_end(struct __ctx_buff *ctx)
 	return ptr;
 }
 
+/* the hook's actions for "on to the stack" and "drop" (verdict_exit maps
+ * the helpers' return convention to them) */
 #ifdef PORIN_CTX_XDP
+#define CTX_ACT_OK XDP_PASS
+#define CTX_ACT_DROP XDP_DROP
+#else
+#define CTX_ACT_OK TC_ACT_OK
+#define CTX_ACT_DROP TC_ACT_SHOT
+#endif
+
+#ifdef PORIN_CTX_XDP
+/* bpf_xdp_load_bytes (kernel 5.18) is newer than bcc 0.26's helper list */
+static long (*porin_xdp_load_bytes)(struct xdp_md *ctx, __u32 off, void *buf,
+				    __u32 len) = (void *)189;
+
+static __always_inline long ctx_load_bytes(struct xdp_md *ctx, __u32 off, void *buf, __u32 len)
+{
+	return porin_xdp_load_bytes(ctx, off, buf, len);
+}
+
 static __always_inline __u32 ctx_len(struct xdp_md *ctx)
 {
 	return ctx_data_end(ctx) - ctx_data(ctx);
@@ -50,6 +69,12 @@ static __always_inline __u32 ctx_ifindex(struct xdp_md *ctx)
 	return ctx->ingress_ifindex;
 }
 #else
+static __always_inline long ctx_load_bytes(struct __sk_buff *ctx, __u32 off, void *buf,
+					   __u32 len)
+{
+	return bpf_skb_load_bytes(ctx, off, buf, len);
+}
+
 static __always_inline __u32 ctx_len(struct __sk_buff *ctx)
 {
 	return ctx->len;

@@ -70,11 +70,11 @@ struct monitor_events_table_t monitor_events = { .max_entries = MONITOR_RING_SIZ
 PORIN_MAP("array", __u32, struct monitor_config, monitor_config, 1);
 PORIN_MAP("percpu_array", __u32, __u64, monitor_lost, 1);
 
-static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 type, __u8 reason,
+static __always_inline void monitor_notify(struct __ctx_buff *skb, __u8 type, __u8 reason,
 					   __u8 dir, __u32 src_identity, __u32 dst_identity,
 					   __u16 ep_id, __u8 ct_status, __u32 rule_id)
 {
-	__u32 zero = 0, cap = skb->len;
+	__u32 zero = 0, cap = ctx_len(skb);
 	struct monitor_config *cfg = monitor_config.lookup(&zero);
 	struct monitor_event *ev;
 	__u64 *lost;
@@ -96,8 +96,8 @@ static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 type, __u
 		return;
 	}
 	ev->ktime_ns = bpf_ktime_get_ns();
-	ev->ifindex = skb->ifindex;
-	ev->len = skb->len;
+	ev->ifindex = ctx_ifindex(skb);
+	ev->len = ctx_len(skb);
 	ev->type = type;
 	ev->reason = reason;
 	ev->dir = dir;
@@ -114,7 +114,7 @@ static __always_inline void monitor_notify(struct __sk_buff *skb, __u8 type, __u
 		/* 1..MONITOR_CAPTURE-1 in a form the verifier can bound (len >= 14) */
 		cap = ((cap - 1) & (MONITOR_CAPTURE - 1)) + 1;
 	}
-	if (bpf_skb_load_bytes(skb, 0, ev->data, cap) == 0)
+	if (ctx_load_bytes(skb, 0, ev->data, cap) == 0)
 		ev->cap_len = cap;
 	monitor_events.ringbuf_submit(ev, 0);
 }

@@ -21,6 +21,8 @@
 #define REASON_HOST_PASS 9         // not Porin's: passed to or from the node untouched
 #define REASON_TUNNELED 10         // sent to another node through the overlay
 #define REASON_FROM_TUNNEL 11      // received from another node through the overlay
+#define REASON_XDP_PASS 12         // XDP: on to the tc path and the stack
+#define REASON_XDP_ECHO 13         // XDP: ping of the node answered in place
 
 /* drops */
 #define FIRST_DROP_REASON 128 /* every reason from here on is a drop */
@@ -48,6 +50,7 @@
 #define DROP_POLICY_DENY 151       // a policy deny rule matched
 #define DROP_FORGED_TUNNEL 152     // overlay packet whose identity or source does not fit its node
 #define DROP_POD_TO_OVERLAY 153    // a pod sent to the overlay's port of a node
+#define DROP_PREFILTER 154         // XDP: source on the prefilter deny list
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

@@ -14,6 +14,7 @@
 #define PORIN_SNAT_H
 
 #include "common.h"
+#include "host_device.h"
 #include "reasons.h"
 #include "clock.h"
 #include "flow.h"
@@ -53,28 +54,16 @@ struct nat4_entry {
 	__u32 pad2;
 };
 
-/* Per uplink: the node address it masquerades to. */
-struct host_device {
-	__be32 node_ip;
-	__u32 flags;
-};
-
-#define HOST_DEV_MASQUERADE 1
-
 struct lpm_v4_key {
 	__u32 prefixlen;
 	__be32 addr;
 };
 
 PORIN_MAP("hash", struct nat4_key, struct nat4_entry, nat4, NAT_MAP_SIZE);
-#ifndef HOST_DEVICES_MAP_SIZE
-#error "HOST_DEVICES_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
-#endif
 #ifndef NONMASQ_MAP_SIZE
 #error "NONMASQ_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 
-PORIN_MAP("hash", __u32, struct host_device, host_devices, HOST_DEVICES_MAP_SIZE);
 PORIN_MAP_F("lpm_trie", struct lpm_v4_key, __u8, nonmasq_cidrs, NONMASQ_MAP_SIZE,
 	    BPF_F_NO_PREALLOC);
 

@@ -93,7 +93,7 @@ static __always_inline void verdict_policy(struct verdict *v, __u8 dir, __u16 ep
 }
 
 /* The policy-verdict events of the packet, and the rule of a policy drop. */
-static __always_inline __u32 verdict_policy_notify(struct __sk_buff *ctx, struct verdict *v)
+static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struct verdict *v)
 {
 	__u32 zero = 0, rule = 0;
 	struct policy_scratch *ps = policy_scratch.lookup(&zero);
@@ -119,15 +119,15 @@ static __always_inline __u32 verdict_policy_notify(struct __sk_buff *ctx, struct
 }
 
 /* The end of every entry program: `ret` is a helper's result (lib/common.h). */
-static __always_inline int verdict_exit(struct __sk_buff *ctx, int ret, struct verdict *v)
+static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct verdict *v)
 {
-	__u32 len = ctx->len, rule = 0;
+	__u32 len = ctx_len(ctx), rule = 0;
 
 	if (IS_ERR(ret)) {
 		v->reason = -ret;
-		ret = TC_ACT_SHOT;
+		ret = CTX_ACT_DROP;
 	} else if (ret == CTX_GO_ON) {
-		ret = TC_ACT_OK;
+		ret = CTX_ACT_OK;
 	}
 	update_metrics(len, v->reason, v->dir);
 	if (v->flags & VERDICT_F_LOCAL_PEER)

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from porin.cli import bpf, cluster, endpoints, metrics, monitor, policy, services
+from porin.cli import bpf, cluster, endpoints, metrics, monitor, policy, prefilter, services
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json
 from porin.client import DEFAULT_SOCKET
@@ -73,7 +73,17 @@ def status(ctx: Context, output: str) -> None:
         ("Masquerade", st["host"]["masquerade"]),
         (
             "Devices",
-            ", ".join(f"{d['name']} ({d['nodeIP']})" for d in st["host"]["devices"]) or "none",
+            ", ".join(
+                f"{d['name']} ({d['nodeIP']}"
+                + "".join(
+                    f", XDP {x['mode'] or 'none'}"
+                    for x in st["host"].get("xdp", [])
+                    if x["device"] == d["name"]
+                )
+                + ")"
+                for d in st["host"]["devices"]
+            )
+            or "none",
         ),
         (
             "NAT table",
@@ -112,6 +122,7 @@ for group in (
     policy.policy,
     policy.apply,
     policy.delete,
+    prefilter.prefilter,
 ):
     cli.add_command(group)
 endpoints.endpoint.add_command(policy.endpoint_label)

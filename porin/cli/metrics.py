@@ -57,3 +57,17 @@ def metrics_agent(ctx: Context, output: str) -> None:
     if output == "json":
         return print_json({"conntrackGC": st})
     print_table(("METRIC", "VALUE"), [(f"ct_gc_{k}", v) for k, v in sorted(st.items())])
+
+
+@metrics.command("xdp")
+@output_option
+@click.pass_obj
+def metrics_xdp(ctx: Context, output: str) -> None:
+    """What the uplinks' XDP program returned: aborted, drop, pass, tx, redirect."""
+    from porin.maps.xdp_actions import XdpActionsMap
+
+    with open_map(ctx, XdpActionsMap) as m:
+        totals = m.totals()
+    if output == "json":
+        return print_json(totals)
+    print_table(("ACTION", "PACKETS"), [(k.upper(), v) for k, v in totals.items()])

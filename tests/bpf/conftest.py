@@ -39,8 +39,9 @@ def lxc_datapath():
             "bpf_host.c", cfg, ["from_netdev", "to_netdev", "from_host_lo"]
         )
         overlay_mod, overlay_progs = compile_programs("bpf_overlay.c", cfg, ["from_overlay"])
+        xdp_mod, xdp_progs = compile_programs("bpf_xdp.c", cfg, ["from_xdp"])
         dp = Lxc(
-            progs={**progs, **host_progs, **overlay_progs},
+            progs={**progs, **host_progs, **overlay_progs, **xdp_progs},
             endpoints=EndpointsMap(root),
             metrics=MetricsMap(root),
             ct=ConntrackMap(root),
@@ -53,7 +54,7 @@ def lxc_datapath():
             policy=PolicyMap(root),
             policy_cidr=PolicyCidrMap(root),
         )
-        yield dp, (lxc_mod, host_mod, overlay_mod)
+        yield dp, (lxc_mod, host_mod, overlay_mod, xdp_mod)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,0 +1,126 @@
+/* XDP on the node's uplinks (config `devices`), before the kernel makes an skb.
+ *
+ *   from_xdp  every frame received on the device
+ *
+ * Packet path, top to bottom (ending in xdp_exit: the verdict recorded once,
+ * lib/verdict.h, and the XDP action counted, as Katran counts its actions):
+ *   1. Ethernet header present, else DROP_TRUNCATED
+ *   2. not IPv4 (ARP, IPv6, ...) -> on to tc and the stack (REASON_XDP_PASS)
+ *   3. IPv4 header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
+ *   4. prefilter: the source is on the deny list (an exact address or a
+ *      prefix) -> DROP_PREFILTER, counted on the entry (lib/prefilter.h)
+ *   5. an ICMP echo request to this device's node address, not a fragment
+ *      -> answered in place and sent back out (XDP_TX, REASON_XDP_ECHO)
+ *   6. otherwise -> on to tc (bpf_host.c from_netdev) and the stack
+ *      (REASON_XDP_PASS)
+ */
+#define PORIN_CTX_XDP 1
+#include "lib/common.h"
+#include "lib/reasons.h"
+#include "lib/verdict.h"
+#include "lib/eth.h"
+#include "lib/flow.h"
+#include "lib/ipv4.h"
+#include "lib/csum.h"
+#include "lib/host_device.h"
+#include "lib/prefilter.h"
+
+/* XDP actions as Katran counts them: index = the action */
+#define XDP_ACTIONS 5
+PORIN_MAP("percpu_array", __u32, __u64, xdp_actions, XDP_ACTIONS);
+
+/* Any fragment, the first one too: an echo is only answered whole. */
+static __always_inline int xdp_fragmented(struct xdp_md *ctx)
+{
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
+
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return 1;
+	return (ip->frag_off & bpf_htons(0x3fff)) != 0;
+}
+
+/* Step 5: turn an echo request into its reply, in place. */
+static __always_inline int xdp_echo_reply(struct xdp_md *ctx, const struct flow *f,
+					  struct verdict *v)
+{
+	struct ethhdr *eth = ctx_data(ctx);
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
+	struct icmphdr *icmp = ctx_data(ctx) + (f->l4_off & 0xff);
+	__u8 mac[ETH_ALEN];
+	__be32 addr;
+	__u16 old;
+
+	if ((void *)(eth + 1) > ctx_data_end(ctx) || (void *)(ip + 1) > ctx_data_end(ctx) ||
+	    (void *)(icmp + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	/* swapping the addresses leaves the IP checksum as it was */
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	old = *(__u16 *)&ip->ttl;
+	ip->ttl = 64;
+	ipv4_csum_update16(ip, old, *(__u16 *)&ip->ttl);
+	old = *(__u16 *)icmp;
+	icmp->type = ICMP_ECHOREPLY;
+	icmp->checksum = csum_replace16(icmp->checksum, old, *(__u16 *)icmp);
+	v->reason = REASON_XDP_ECHO;
+	return XDP_TX;
+}
+
+static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v)
+{
+	struct ethhdr *eth = ctx_data(ctx);
+	__u32 ifindex = ctx_ifindex(ctx);
+	struct host_device *dev;
+	struct flow f;
+	int ret;
+
+	v->reason = REASON_XDP_PASS;
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	if (eth->h_proto != const_htons(ETH_P_IP))
+		return XDP_PASS;
+	ret = flow_parse4_l3(ctx, &f);
+	if (ret)
+		return ret;
+	ret = prefilter4(f.saddr.v4, ctx_len(ctx));
+	if (ret != CTX_GO_ON)
+		return ret;
+	if (f.proto != IPPROTO_ICMP || xdp_fragmented(ctx))
+		return XDP_PASS;
+	dev = host_devices.lookup(&ifindex);
+	if (!dev || f.daddr.v4 != dev->node_ip)
+		return XDP_PASS;
+	ret = flow_parse4_l4(ctx, &f);
+	if (ret)
+		return ret;
+	if (f.icmp_type != ICMP_ECHO)
+		return XDP_PASS;
+	return xdp_echo_reply(ctx, &f, v);
+}
+
+/* The verdict, then the action counted. */
+static __always_inline int xdp_exit(struct xdp_md *ctx, int ret, struct verdict *v)
+{
+	__u32 action;
+	__u64 *n;
+
+	action = verdict_exit(ctx, ret, v);
+	if (action >= XDP_ACTIONS)
+		action = XDP_ABORTED;
+	n = xdp_actions.lookup(&action);
+	if (n)
+		*n += 1;
+	return action;
+}
+
+int from_xdp(struct xdp_md *ctx)
+{
+	struct verdict v;
+
+	verdict_init(&v, DIR_INGRESS);
+	return xdp_exit(ctx, handle_from_xdp(ctx, &v), &v);
+}

@@ -1,0 +1,162 @@
+"""The XDP prefilter's deny list (bpf/lib/prefilter.h): source CIDRs dropped
+on the uplinks before the kernel makes an skb.
+
+Entries come from the agent config (`prefilter:`) and from `porin prefilter
+add|delete`; those are stored in the kvstore (/porin/prefilter/<cidr>), so
+with etcd every node drops them, and on the embedded store they survive
+restarts. /32s go to the exact hash, other prefixes to the LPM trie, as
+Cilium's prefilter does. The node's own addresses, its pods' gateway, the
+kvstore's and the node network's gateways cannot be listed: an admin
+cannot lock a node out by mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.errors import PorinError
+from porin.maps.prefilter_exact import PrefilterAddr, PrefilterCounters, PrefilterExactMap
+from porin.maps.prefilter_lpm import PrefilterLpmMap, PrefilterPrefix
+
+log = logging.getLogger("porin.prefilter")
+
+PREFILTER = "/porin/prefilter/"
+
+
+class PrefilterError(PorinError):
+    http_status = 400
+
+
+def normalize(cidr: Any) -> str:
+    """An IPv4 CIDR (a bare address is a /32), as the maps hold it."""
+    if not isinstance(cidr, str):
+        raise PrefilterError(f"{cidr!r} is not a CIDR")
+    try:
+        net = ipaddress.IPv4Network(cidr if "/" in cidr else f"{cidr}/32", strict=False)
+    except ValueError as e:
+        raise PrefilterError(f"{cidr!r} is not an IPv4 CIDR: {e}") from None
+    return str(net)
+
+
+class Prefilter:
+    def __init__(
+        self,
+        bpffs_root: str,
+        config_cidrs: list[str],
+        protected: Callable[[], dict[str, str]],
+    ) -> None:
+        self.exact = PrefilterExactMap(bpffs_root)
+        self.lpm = PrefilterLpmMap(bpffs_root)
+        self.config = [normalize(c) for c in config_cidrs]
+        self.protected = protected  # address -> why it may not be listed
+        self.stored: set[str] = set()
+        self.store: LocalStore | EtcdStore | None = None
+        self._lock = threading.Lock()
+
+    def start(self, store: LocalStore | EtcdStore) -> None:
+        self.store = store
+        for c in self.config:
+            self._check(c)
+        try:
+            self.stored = {k[len(PREFILTER) :] for k in store.get_prefix(PREFILTER)}
+            store.watch_prefix(PREFILTER, self._on_change)
+        except KvStoreError as e:  # what the maps hold stays
+            log.warning("prefilter: kvstore unreachable, keeping the programmed list: %s", e)
+            self.stored = set(self.exact.entries()) | set(self.lpm.entries())
+            self.stored -= set(self.config)
+        self.sync()
+
+    def _on_change(self, ev: Event) -> None:
+        cidr = ev.key[len(PREFILTER) :]
+        with self._lock:
+            if ev.kind == "delete":
+                self.stored.discard(cidr)
+            else:
+                self.stored.add(cidr)
+        self.sync()
+
+    def _check(self, cidr: str) -> None:
+        net = ipaddress.IPv4Network(cidr)
+        for addr, why in self.protected().items():
+            if ipaddress.IPv4Address(addr) in net:
+                raise PrefilterError(f"{cidr} covers {addr}, {why}: it cannot be prefiltered")
+
+    def sync(self) -> None:
+        """Make the maps hold exactly the wanted list (counters of kept entries stay)."""
+        with self._lock:
+            want = set(self.config) | self.stored
+            have = set(self.exact.entries()) | set(self.lpm.entries())
+            for c in want - have:
+                if c.endswith("/32"):
+                    self.exact.put(PrefilterAddr.of(c.split("/")[0]), PrefilterCounters())
+                else:
+                    self.lpm.put(PrefilterPrefix.of(c), PrefilterCounters())
+            for c in have - want:
+                if c.endswith("/32"):
+                    self.exact.delete(PrefilterAddr.of(c.split("/")[0]))
+                else:
+                    self.lpm.delete(PrefilterPrefix.of(c))
+
+    def add(self, cidrs: list[Any]) -> list[str]:
+        """All valid and allowed, then stored and programmed; or none."""
+        if not isinstance(cidrs, list) or not cidrs:
+            raise PrefilterError("cidrs: give a non-empty list of CIDRs")
+        norm = [normalize(c) for c in cidrs]
+        for c in norm:
+            self._check(c)
+        self._commit({PREFILTER + c: {"cidr": c} for c in norm}, [])
+        with self._lock:
+            self.stored |= set(norm)
+        self.sync()
+        return norm
+
+    def delete(self, cidrs: list[Any]) -> list[str]:
+        if not isinstance(cidrs, list) or not cidrs:
+            raise PrefilterError("cidrs: give a non-empty list of CIDRs")
+        norm = [normalize(c) for c in cidrs]
+        for c in norm:
+            if c in self.config and c not in self.stored:
+                raise PrefilterError(
+                    f"{c} comes from the agent config (prefilter:); remove it there"
+                )
+            if c not in self.stored:
+                raise PorinError(
+                    f"{c} is not on the prefilter list; nothing deleted", http_status=404
+                )
+        self._commit({}, [PREFILTER + c for c in norm])
+        with self._lock:
+            self.stored -= set(norm)
+        self.sync()
+        return norm
+
+    def _commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
+        if self.store is None:
+            raise PorinError("the prefilter has not started", http_status=503)
+        try:
+            self.store.commit(puts, deletes)
+        except KvStoreError as e:
+            raise PorinError(
+                f"the kvstore is unreachable, nothing changed: {e}", http_status=503
+            ) from None
+
+    def list(self) -> list[dict[str, Any]]:
+        counters = {**self.exact.entries(), **self.lpm.entries()}
+        with self._lock:
+            want = set(self.config) | self.stored
+        out = []
+        for c in sorted(want, key=lambda x: ipaddress.IPv4Network(x)):
+            v = counters.get(c)
+            out.append(
+                {
+                    "cidr": c,
+                    "source": "config" if c in self.config else "api",
+                    "packets": v.packets if v else 0,
+                    "bytes": v.bytes if v else 0,
+                }
+            )
+        return out
