@@ -2,13 +2,15 @@
 
 `xdpMode`: `native` (the driver's hook; start-up fails if the driver
 refuses), `generic` (the kernel's, after the skb is made; works on any
-device), `best-effort` (native, else generic with a warning), `disabled`.
+device), `best-effort` (native, else generic with a warning; generic on a
+veth, see below), `disabled`.
 Attaching replaces the program in place (no window without one, also on a
 restart); `--uninstall` removes only a program of ours (daemon/uninstall.py).
 
 Native XDP on a veth drops what XDP_TX sends unless the veth's peer has an
-XDP program too (an XDP_PASS one is enough): the node network has to allow
-for it (hack/porinlab.py does, for the lab's veths).
+XDP program too (an XDP_PASS one is enough), which the node cannot check:
+best-effort takes generic mode on a veth, and `xdpMode: native` is for node
+networks that allow for it (hack/porinlab.py's does).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def attached(ipr: IPRoute, ifindex: int) -> tuple[str, int]:
     return mode, int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
 
 
+def link_kind(ipr: IPRoute, ifindex: int) -> str:
+    info = ipr.get_links(ifindex)[0].get_attr("IFLA_LINKINFO")
+    return (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
 def set_xdp(ipr: IPRoute, ifindex: int, fd: int, flags: int) -> None:
     ipr.link("set", index=ifindex, xdp={"attrs": [["IFLA_XDP_FD", fd], ["IFLA_XDP_FLAGS", flags]]})
 
@@ -73,6 +80,11 @@ class XdpDatapath:
         assert self.program is not None
         have, _ = attached(self.ipr, ifindex)
         wants = {"native": ["native"], "generic": ["generic"], "best-effort": ["native", "generic"]}
+        if self.mode == "best-effort" and link_kind(self.ipr, ifindex) == "veth":
+            # what native XDP sends back into a veth is dropped unless the other
+            # side runs XDP too, which this node cannot know: generic is safe
+            log.info("XDP on %s: a veth, generic mode (xdpMode: native to insist)", name)
+            wants["best-effort"] = ["generic"]
         last: Exception | None = None
         for mode in wants[self.mode]:
             if have and have != mode:
