@@ -273,6 +273,8 @@ class Agent:
             self.events.stop()
         if getattr(self, "policy", None) is not None:
             self.policy.stop()
+        if getattr(self, "prefilter", None) is not None:
+            self.prefilter.stop()
         if getattr(self, "cluster", None) is not None:
             self.cluster.stop()
         if getattr(self, "ct_gc", None) is not None:

@@ -56,6 +56,7 @@ class Prefilter:
         self.protected = protected  # address -> why it may not be listed
         self.stored: set[str] = set()
         self.store: LocalStore | EtcdStore | None = None
+        self._cancel: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
 
     def start(self, store: LocalStore | EtcdStore) -> None:
@@ -64,12 +65,19 @@ class Prefilter:
             self._check(c)
         try:
             self.stored = {k[len(PREFILTER) :] for k in store.get_prefix(PREFILTER)}
-            store.watch_prefix(PREFILTER, self._on_change)
+            self._cancel = store.watch_prefix(PREFILTER, self._on_change)
         except KvStoreError as e:  # what the maps hold stays
             log.warning("prefilter: kvstore unreachable, keeping the programmed list: %s", e)
             self.stored = set(self.exact.entries()) | set(self.lpm.entries())
             self.stored -= set(self.config)
         self.sync()
+
+    def stop(self) -> None:
+        """Stop following the kvstore (its watch would keep the process alive)."""
+        try:
+            self._cancel()
+        except Exception:
+            pass
 
     def _on_change(self, ev: Event) -> None:
         cidr = ev.key[len(PREFILTER) :]

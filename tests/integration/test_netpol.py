@@ -664,7 +664,7 @@ def test_restart_with_policies_keeps_enforcing(np):
     np.apply(policy("deny-all", "x", "  podSelector: {}"))
     check(np, lambda s, d: d[0] != "x")
     node = np.nodes[0]
-    node.stop_agent()
+    assert node.stop_agent() == 0  # it exits on SIGTERM (no kvstore watch keeps it alive)
     check(np, lambda s, d: d[0] != "x")  # the datapath keeps it without its agent
     node.start_agent()
     check(np, lambda s, d: d[0] != "x")
