@@ -437,7 +437,9 @@ class Node:
             ns.close()
             raise RuntimeError(f"CNI ADD failed: {result}\nagent log:\n{self.log()}")
         pod.result = result
-        self.pods[name or ns.name] = pod
+        # pods of different namespaces may share a name: each is kept (and closed)
+        key = f"{namespace}/{name}" if namespace is not None and name else (name or ns.name)
+        self.pods[key] = pod
         return pod
 
     def del_pod(self, pod: Pod) -> tuple[int, Any]:
