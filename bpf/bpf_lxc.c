@@ -20,11 +20,11 @@
  *      translated back to the frontend; a new flow to a frontend gets a
  *      backend (none: ICMP port unreachable back to the pod,
  *      DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from the
- *      hairpin address; the sender's egress and, for a local receiver, its
- *      ingress policy decide a new flow, cached in its entry (DROP_POLICY,
- *      DROP_POLICY_DENY); entries created
+ *      hairpin address; the sender's egress policy decides a new flow,
+ *      cached in its entry (DROP_POLICY, DROP_POLICY_DENY); entries created
  *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED;
- *      an established flow's ingress allow re-decided if its policy moved):
+ *      the receiver's ingress policy decides a new flow, and an established
+ *      one again when its policy revision moved):
  *      straight into its namespace, or through its veth for a flow whose
  *      bulk packets come from several CPUs (lib/conntrack.h)
  *   9. destination behind another node (ipcache) -> overlay: VXLAN with the

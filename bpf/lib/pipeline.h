@@ -17,12 +17,13 @@
  *      entry's backend while usable, else one chosen (none: ICMP port
  *      unreachable back to the sender, DROP_NO_SERVICE_BACKEND); DNAT
  *   6. network policy (lib/policy.h) of a new flow, as it leaves (after
- *      translation): the sender's egress when a local pod sent it, the
- *      receiver's ingress when a local pod receives it; refused: dropped
- *      before anything is created (DROP_POLICY, DROP_POLICY_DENY)
+ *      translation): the sender's egress when a local pod sent it; refused:
+ *      dropped before anything is created (DROP_POLICY, DROP_POLICY_DENY).
+ *      The receiver's ingress is decided where every path into a pod ends,
+ *      lib/lxc.h:local_delivery
  *   7. conntrack: a new flow's entries are created (a service flow's flow
- *      entry, then its reply entry) with the policy revisions its allow was
- *      decided at, an existing one is accounted
+ *      entry, then its reply entry) with the egress policy revision its
+ *      allow was decided at, an existing one is accounted
  *
  * Policy on the other packets: replies, related ICMP errors and non-first
  * fragments pass; an established packet's cached allow holds while the
