@@ -32,7 +32,8 @@
  *   1. not IPv4, or not from a local pod -> out untouched (REASON_HOST_PASS)
  *   2. destination in the non-masquerade CIDRs -> out untouched
  *   3. a non-first fragment -> DROP_FRAG_NOT_SUPPORTED (no ports to translate)
- *   4. masquerade: source becomes the node IP and a NAT port (REASON_MASQUERADED;
+ *   4. a reply of a flow someone else started (conntrack) -> out untouched
+ *   5. masquerade: source becomes the node IP and a NAT port (REASON_MASQUERADED;
  *      DROP_NAT_MAP_FULL / DROP_NAT_NO_PORT when no translation can be made)
  *
  * Packet path of from_host_lo:
@@ -192,6 +193,7 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx, struct verdic
 	__u32 ifindex = ctx->ifindex;
 	struct endpoint_info *ep;
 	struct host_device *dev;
+	struct ct4_entry *e;
 	struct flow f;
 	int ret;
 
@@ -216,6 +218,9 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx, struct verdic
 		return ret;
 	if (f.is_fragment)
 		return DROP(DROP_FRAG_NOT_SUPPORTED);
+	/* a reply of a flow someone else started to the pod keeps its source */
+	if (ct_lookup(&f, &e) == CT_REPLY)
+		return TC_ACT_OK;
 	ret = snat_egress(ctx, &f, dev->node_ip);
 	if (ret)
 		return ret;

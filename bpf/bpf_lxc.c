@@ -30,8 +30,9 @@
  *   9. destination behind another node (ipcache) -> overlay: VXLAN with the
  *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED;
  *      too big: ICMP fragmentation needed back, DROP_FRAG_NEEDED)
- *  10. leaving through an uplink that masquerades (FIB lookup) -> source
- *      translated and sent straight to the uplink (REASON_MASQUERADED)
+ *  10. leaving through an uplink that masquerades (FIB lookup), in a flow
+ *      the pod started -> source translated and sent straight to the
+ *      uplink (REASON_MASQUERADED)
  *  11. otherwise -> host stack (REASON_TO_STACK)
  */
 #include "lib/common.h"
@@ -101,9 +102,12 @@ static __always_inline int masquerade_and_route(struct __sk_buff *ctx, struct fl
 	__u32 out;
 	int ret;
 
-	/* only the pod's own traffic: a reply translated back to a frontend (a
-	 * NodePort's node address, a service VIP) already carries its source */
-	if (f->is_fragment || !snat_wanted(f->daddr.v4) || !lookup_endpoint(f->saddr.v4))
+	/* only the flows the pod started: a reply translated back to a frontend
+	 * (a NodePort's node address, a service VIP) already carries its source,
+	 * and one of a flow someone else started (the stack's DNAT, e.g. portmap)
+	 * is the stack's to translate back */
+	if (f->is_fragment || v->ct_status == CT_REPLY || !snat_wanted(f->daddr.v4) ||
+	    !lookup_endpoint(f->saddr.v4))
 		return CTX_GO_ON;
 	fib.family = 2; /* AF_INET */
 	fib.ipv4_src = f->saddr.v4;

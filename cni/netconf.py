@@ -256,3 +256,16 @@ def endpoint_ports(conf: NetConf) -> list[object]:
                 raise _bad("args.cni.ports must be a list of {name, containerPort, protocol}")
             return list(source)
     return []
+
+
+def endpoint_port_mappings(conf: NetConf) -> list[object]:
+    """The host ports the runtime asks for (the `portMappings` capability,
+    in runtimeConfig). The agent validates them."""
+    source = conf.runtime_config.get("portMappings")
+    if source is None:
+        return []
+    if not isinstance(source, list):
+        raise _bad(
+            "runtimeConfig.portMappings must be a list of {hostPort, containerPort, protocol}"
+        )
+    return list(source)

@@ -22,6 +22,7 @@ from porin.cni.netconf import (
     CniEnv,
     NetConf,
     endpoint_labels,
+    endpoint_port_mappings,
     endpoint_ports,
     parse_env,
     parse_netconf,
@@ -46,6 +47,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes) -> dict[str, object]:
         "mtu": conf.mtu,
         "labels": endpoint_labels(conf, env),
         "ports": endpoint_ports(conf),
+        "portMappings": endpoint_port_mappings(conf),
     }
     try:
         if ipam_result is not None:

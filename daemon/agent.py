@@ -31,6 +31,7 @@ from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
 from porin.daemon.host import HostDatapath
+from porin.daemon.hostports import HostPorts
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import open_store
 from porin.daemon.monitor_watch import MonitorWatch
@@ -44,6 +45,7 @@ from porin.daemon.services import (
     ServiceManager,
     ServiceNotFound,
 )
+from porin.daemon.sock import SockDatapath
 from porin.daemon.store import EndpointStore
 from porin.daemon.tunnel import Tunnel
 from porin.daemon.xdp import XdpDatapath
@@ -52,7 +54,7 @@ from porin.maps.endpoints import EndpointsMap
 from porin.maps.ipcache import IpcacheMap
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
-from porin.models import EndpointState, Service, ServiceSource
+from porin.models import EndpointState, Service, ServiceSource, ServiceType
 
 log = logging.getLogger("porin.agent")
 
@@ -96,6 +98,10 @@ class Agent:
             if cfg.xdp_mode != "disabled":
                 self.xdp = XdpDatapath(cfg.xdp_mode, self.manager.ipr, self.programs)
                 self.xdp.attach([(u.name, u.ifindex) for u in self.host.uplinks])
+        self.sock: SockDatapath | None = None
+        if cfg.loopback_host_ports:
+            self.sock = SockDatapath(cfg, self.programs)
+            self.sock.attach()
         self.manager.restore()
         self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
         ct.close()
@@ -106,6 +112,8 @@ class Agent:
         )
         self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir, node)
         self.services.restore()
+        self.manager.host_ports = HostPorts(self.services)
+        self.manager.host_ports.sync(self.manager.list())
         for kind in (EndpointAdded, EndpointRemoved):
             self.events.subscribe(
                 kind, lambda e: self.services.local_endpoint_changed(e.endpoint.ip)
@@ -245,13 +253,19 @@ class Agent:
                 return
         except ServiceNotFound:
             pass
-        self.services.upsert(svc)
+        try:
+            self.services.upsert(svc)
+        except ServiceConflict as e:  # e.g. the id of a pod's host port here
+            log.error("cluster service %d not programmed on this node: %s", svc.id, e)
 
     def _drop_cluster_service(self, sid: int) -> None:
         try:
+            self.services.check_not_host_port(sid)
             self.services.delete(sid)
         except ServiceNotFound:
             pass
+        except ServiceConflict as e:
+            log.warning("cluster service %d not deleted: %s", sid, e)
 
     def reload_services_file(self) -> bool:
         """(Re)load servicesFile; on any error keep the programmed services."""
@@ -337,6 +351,14 @@ class Agent:
             "snatPortRange": cfg.snat_port_range,
             "nodePortRange": cfg.node_port_range,
             "nat": nat,
+            "hostPorts": {
+                "count": sum(1 for s in self.services.list() if s.type == ServiceType.HOST_PORT),
+                "loopback": (
+                    f"socket hooks on {self.sock.state.cgroup}"
+                    if self.sock and self.sock.state.cgroup
+                    else (self.sock.state.why_not if self.sock else "disabled")
+                ),
+            },
         }
 
 

@@ -47,6 +47,7 @@ from porin.errors import PorinError
 from porin.models import (
     EndpointRequest,
     Service,
+    ServiceType,
     ValidationError,
     validate_container_id,
     validate_ifname,
@@ -216,6 +217,7 @@ class Api:
         if path_id and not 1 <= path_id <= 32767:
             raise ValidationError("id", "must be 1-32767")
         svc = Service.from_json({**body, "source": "api"}, default_id=path_id)
+        _refuse_host_port_type(svc)
         done = self.services.upsert(svc).to_json()
         if self.cluster is not None:
             self.cluster.service_changed(done)
@@ -244,8 +246,10 @@ class Api:
                 )
             except ValidationError as e:
                 raise ValidationError(f"[{i}].{e.field}", str(e).split(": ", 1)[-1]) from None
+            _refuse_host_port_type(svcs[-1])
         for sid in delete:
             self.services.get(sid)  # all known, or nothing changes
+            self.services.check_not_host_port(sid)
         done = self.services.upsert_many(svcs) if svcs else []
         gone = self.services.delete_many(delete) if delete else []
         if self.cluster is not None:
@@ -256,13 +260,16 @@ class Api:
         return 200, {"programmed": len(done), "ids": [s.id for s in done], "deleted": len(gone)}
 
     def _svc_delete(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        self.services.check_not_host_port(int(m.group(1)))
         gone = self.services.delete(int(m.group(1)))
         if self.cluster is not None:
             self.cluster.service_deleted(gone.id)
         return 200, {"deleted": gone.to_json()}
 
     def _svc_delete_all(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
-        gone = self.services.delete_many([s.id for s in self.services.list()])
+        gone = self.services.delete_many(
+            [s.id for s in self.services.list() if s.type != ServiceType.HOST_PORT]
+        )
         if self.cluster is not None:
             for svc in gone:
                 self.cluster.service_deleted(svc.id)
@@ -364,3 +371,10 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+
+
+def _refuse_host_port_type(svc: Service) -> None:
+    if svc.type == ServiceType.HOST_PORT:
+        raise ValidationError(
+            "type", "hostport services come from a pod's CNI portMappings, not from the API"
+        )

@@ -35,7 +35,7 @@ import time
 from porin.bpf import SOURCE_DIR
 from porin.daemon.bpf_source import flatten
 from porin.daemon.config import AgentConfig
-from porin.daemon.datapath import DatapathError, Program, build_flags
+from porin.daemon.datapath import SOCK_PROGRAMS, DatapathError, Program, build_flags
 from porin.daemon.map_specs import map_specs, reconcile_pins
 from porin.maps import syscall
 
@@ -54,6 +54,8 @@ def entries_for(cfg: AgentConfig) -> dict[str, list[str]]:
         entries["bpf_overlay.c"] = ["from_overlay"]
     if cfg.devices and cfg.xdp_mode != "disabled":
         entries["bpf_xdp.c"] = ["from_xdp"]
+    if cfg.loopback_host_ports:
+        entries["bpf_sock.c"] = list(SOCK_PROGRAMS)
     return entries
 
 

@@ -51,6 +51,7 @@ policyCIDRMapSize: 16384 # distinct CIDR prefixes all policies name
 xdpMode: best-effort    # native, generic, best-effort (native, else generic) or disabled
 prefilter: []           # source CIDRs XDP drops on the devices (also `porin prefilter add`)
 prefilterMapSize: 16384
+loopbackHostPorts: true # host ports also on 127.0.0.1 (cgroup socket hooks, bpf_sock.c)
 """
 
 
@@ -77,6 +78,7 @@ class AgentConfig:
     xdp_mode: str = "best-effort"
     prefilter: list[str] = field(default_factory=list)
     prefilter_map_size: int = 16384
+    loopback_host_ports: bool = True
     ct_lifetime_tcp_syn: int = 60
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_close: int = 10
@@ -146,6 +148,7 @@ _KEYS = {
     "xdpMode": "xdp_mode",
     "prefilter": "prefilter",
     "prefilterMapSize": "prefilter_map_size",
+    "loopbackHostPorts": "loopback_host_ports",
     "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
     "ctLifetimeTCP": "ct_lifetime_tcp",
     "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
@@ -291,6 +294,8 @@ def _validate_host(cfg: AgentConfig) -> None:
             raise ConfigError(f"nodeIPs.{dev}: {ip!r} is not an IPv4 address") from None
     if not isinstance(cfg.enable_masquerade, bool):
         raise ConfigError("enableMasquerade: must be true or false")
+    if not isinstance(cfg.loopback_host_ports, bool):
+        raise ConfigError("loopbackHostPorts: must be true or false")
     if cfg.cluster_cidr:
         try:
             cfg.cluster_cidr = str(ipaddress.IPv4Network(str(cfg.cluster_cidr)))

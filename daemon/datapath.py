@@ -76,13 +76,21 @@ def compile_programs(
 
 
 XDP_PROGRAMS = {"from_xdp"}  # bpf_xdp.c's; every other program is a tc one
+# bpf_sock.c's: cgroup socket-address programs, by their attach type
+# (enum bpf_attach_type), which the kernel wants at load already
+SOCK_PROGRAMS = {
+    "sock4_connect": 10,  # BPF_CGROUP_INET4_CONNECT
+    "sock4_sendmsg": 14,  # BPF_CGROUP_UDP4_SENDMSG
+    "sock4_recvmsg": 19,  # BPF_CGROUP_UDP4_RECVMSG
+    "sock4_getpeername": 29,  # BPF_CGROUP_INET4_GETPEERNAME
+}
 
 
 def compile_entry(
     entry: str, cflags: list[str], names: list[str]
 ) -> tuple[object, dict[str, Program]]:
-    """Compile bpf/<entry> with `cflags` and load `names` (tc programs, or XDP
-    ones for the names in XDP_PROGRAMS)."""
+    """Compile bpf/<entry> with `cflags` and load `names` (tc programs, XDP
+    ones for the names in XDP_PROGRAMS, cgroup ones for SOCK_PROGRAMS)."""
     from bcc import BPF  # heavy import: never in the agent's own process
 
     started = time.monotonic()
@@ -91,8 +99,13 @@ def compile_entry(
         module = BPF(text=text.encode(), cflags=cflags)
         progs = {}
         for name in names:
-            kind = BPF.XDP if name in XDP_PROGRAMS else BPF.SCHED_CLS
-            fn = module.load_func(name.encode(), kind)
+            if name in SOCK_PROGRAMS:
+                fn = module.load_func(
+                    name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=SOCK_PROGRAMS[name]
+                )
+            else:
+                kind = BPF.XDP if name in XDP_PROGRAMS else BPF.SCHED_CLS
+                fn = module.load_func(name.encode(), kind)
             progs[name] = Program(name=name, fd=fn.fd)
     except Exception as e:
         raise DatapathError(f"cannot compile/load {entry}: {e}") from e

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 
@@ -29,6 +30,9 @@ from porin.daemon.store import EndpointStore
 from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, PorinError
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.models import Endpoint, EndpointRequest, EndpointState, IpamKind
+
+if TYPE_CHECKING:
+    from porin.daemon.hostports import HostPorts
 
 log = logging.getLogger("porin.endpoints")
 
@@ -116,6 +120,8 @@ class EndpointManager:
         # the policy flags and revision of an endpoint's datapath entry
         # (daemon/policy.py); None: not computed yet, the pinned entry's stand
         self.policy_state: Callable[[Endpoint], tuple[int, int] | None] = lambda ep: None
+        # the pods' host ports (daemon/hostports.py); None: not served (unit tests)
+        self.host_ports: HostPorts | None = None
 
     # ---------- queries ----------
 
@@ -131,8 +137,10 @@ class EndpointManager:
         return ep
 
     def has_ip(self, ip: str) -> bool:
-        with self._lock:
-            return any(ep.ip == ip and ep.state == EndpointState.READY for ep in self._eps.values())
+        # no lock: the services ask while holding theirs, and an ADD holds
+        # this one while it programs host ports (tuple() copies atomically)
+        eps = tuple(self._eps.values())
+        return any(ep.ip == ip and ep.state == EndpointState.READY for ep in eps)
 
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
@@ -191,6 +199,7 @@ class EndpointManager:
                 ipam=ipam_kind,
                 labels=req.labels,
                 ports=req.ports,
+                port_mappings=req.port_mappings,
                 created_at=time.time(),
             )
             self._eps[ep.id] = ep
@@ -213,6 +222,9 @@ class EndpointManager:
             links.add_host_route(self.ipr, ep.ip, ep.host_ifindex)
             self.map.upsert(self._map_entry(ep))
             undo.append(lambda: self.map.remove(ep.ip))
+            if ep.port_mappings and self.host_ports is not None:
+                self.host_ports.claim(ep)
+                undo.append(lambda: self.host_ports.release(ep))
 
             ep.state = EndpointState.READY
             self.store.save(ep.id, ep.to_record())
@@ -317,6 +329,11 @@ class EndpointManager:
         interface and the host route) is deleted by the reaper thread, since
         unregistering a device waits for an RCU grace period (~20 ms) that the
         runtime need not wait for. The datapath stops delivering at once."""
+        if self.host_ports is not None:
+            try:
+                self.host_ports.release(ep)
+            except Exception as e:  # the rest still goes; a restart's sync retries
+                log.error("endpoint %d: host ports not released: %s", ep.id, e)
         entry = self.map.lookup(ep.ip)
         if entry is not None and entry.endpoint_id == ep.id:
             self.map.remove(ep.ip)

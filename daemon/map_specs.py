@@ -49,6 +49,8 @@ from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.policy_scratch import PolicyScratchMap
 from porin.maps.prefilter_exact import PrefilterExactMap
 from porin.maps.prefilter_lpm import PrefilterLpmMap
+from porin.maps.sock_config import SockConfigMap
+from porin.maps.sock_rev4 import SockRev4Map
 from porin.maps.tunnel_config import TunnelConfigMap
 from porin.maps.xdp_actions import XdpActionsMap
 
@@ -76,6 +78,8 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PrefilterExactMap,
     PrefilterLpmMap,
     XdpActionsMap,
+    SockConfigMap,
+    SockRev4Map,
     TunnelConfigMap,
     MonitorConfigMap,
     MonitorLostMap,

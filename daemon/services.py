@@ -50,6 +50,8 @@ log = logging.getLogger("porin.services")
 
 MAX_SLOTS = 65535
 FIRST_EXTRA_REV_NAT = MAX_SERVICE_ID + 1
+ANY_ADDRESS = "0.0.0.0"  # a host port without hostIP
+LOOPBACK = "127.0.0.1"
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -164,6 +166,16 @@ class ServiceManager:
     def delete(self, sid: int) -> Service:
         return self.delete_many([sid])[0]
 
+    def check_not_host_port(self, sid: int) -> None:
+        """Refuse a change from the API or the cluster to a pod's host port."""
+        with self._lock:
+            p = self._svcs.get(sid)
+        if p is not None and p.service.type == ServiceType.HOST_PORT:
+            raise ServiceConflict(
+                f"service {sid} is a host port of endpoint {p.service.endpoint}: "
+                "it goes with the pod"
+            )
+
     def delete_many(self, sids: list[int]) -> list[Service]:
         """Delete services in one plan and one save; all of them or, when one
         is unknown, none."""
@@ -238,8 +250,18 @@ class ServiceManager:
         by_frontend = self._frontend_owner
         claimed = {s.id for s in svcs if s.id}
         nxt = 1
+        top = MAX_SERVICE_ID  # host ports take ids from the top: clear of the cluster's
         for s in svcs:
             if s.id:
+                continue
+            if s.type == ServiceType.HOST_PORT:
+                while top in used:
+                    top -= 1
+                if top < 1:
+                    raise ServiceConflict(f"no free service id ({MAX_SERVICE_ID} services)")
+                s.id = top
+                used.add(top)
+                claimed.add(top)
                 continue
             owner = by_frontend.get((s.ip, s.port, s.protocol))
             if owner is not None and owner not in claimed:
@@ -267,6 +289,12 @@ class ServiceManager:
             for p in self._svcs.values()
             if p.service.type == ServiceType.NODE_PORT and p.service.id not in ids
         }
+        host_ports = {
+            (p.service.protocol, p.service.port): p.service
+            for p in self._svcs.values()
+            if p.service.type == ServiceType.HOST_PORT and p.service.id not in ids
+        }
+        taken |= set(host_ports)
         for s in svcs:
             if s.type != ServiceType.NODE_PORT:
                 s.node_port = 0
@@ -278,6 +306,12 @@ class ServiceManager:
             if s.node_port:
                 if not lo <= s.node_port <= hi:
                     raise ValidationError("nodePort", f"{s.node_port} is outside {lo}-{hi}")
+                if (s.protocol, s.node_port) in host_ports:
+                    owner = host_ports[(s.protocol, s.node_port)]
+                    raise ServiceConflict(
+                        f"node port {s.node_port}/{s.protocol} is a host port of endpoint "
+                        f"{owner.endpoint}"
+                    )
                 if (s.protocol, s.node_port) in taken:
                     raise ServiceConflict(f"node port {s.node_port}/{s.protocol} is in use")
             else:
@@ -287,7 +321,47 @@ class ServiceManager:
                 s.node_port = free
             taken.add((s.protocol, s.node_port))
 
+    def _check_host_ports(self, svcs: list[Service]) -> None:
+        """A host port takes its port on its addresses: no node port and no
+        other host port may have it there."""
+        mine = [s for s in svcs if s.type == ServiceType.HOST_PORT]
+        if not mine:
+            return
+        ids = {s.id for s in svcs}
+        others = [p.service for p in self._svcs.values() if p.service.id not in ids]
+        for s in mine:
+            if s.ip != ANY_ADDRESS and s.ip != LOOPBACK and s.ip not in self.node.node_ips:
+                raise ValidationError("hostIP", f"{s.ip} is not an address of this node")
+            addrs = set(self.host_port_addresses(s))
+            for o in others + [x for x in mine if x is not s and x.id < s.id]:
+                if o.protocol != s.protocol:
+                    continue
+                if o.type == ServiceType.NODE_PORT and o.node_port == s.port:
+                    raise ServiceConflict(
+                        f"host port {s.port}/{s.protocol} is node port of service {o.id}"
+                    )
+                if (
+                    o.type == ServiceType.HOST_PORT
+                    and o.port == s.port
+                    and addrs & set(self.host_port_addresses(o))
+                ):
+                    raise ServiceConflict(
+                        f"host port {s.port}/{s.protocol} is already taken by endpoint {o.endpoint}"
+                    )
+
     def _check_conflicts(self, svcs: list[Service]) -> None:
+        for s in svcs:
+            old = self._svcs.get(s.id)
+            if old is not None and (old.service.type == ServiceType.HOST_PORT) != (
+                s.type == ServiceType.HOST_PORT
+            ):
+                raise ServiceConflict(
+                    f"service {s.id} is a host port of endpoint {old.service.endpoint}: "
+                    "it goes with the pod"
+                    if old.service.type == ServiceType.HOST_PORT
+                    else f"service {s.id} is not a host port"
+                )
+        self._check_host_ports(svcs)
         ids = {s.id for s in svcs}
         seen: dict[tuple[str, int, str], int] = {}
         for s in svcs:
@@ -306,6 +380,9 @@ class ServiceManager:
     def _extra_rev_nat_pool(self, svcs: list[Service]) -> list[int]:
         """Free reverse-NAT ids for NodePort frontends, lowest first."""
         need = sum(len(self.node.node_ips) for s in svcs if s.type == ServiceType.NODE_PORT)
+        need += sum(
+            len(self.host_port_addresses(s)) for s in svcs if s.type == ServiceType.HOST_PORT
+        )
         if not need:
             return []
         ids = {s.id for s in svcs}
@@ -326,6 +403,8 @@ class ServiceManager:
         self, svc: Service, pool: list[int], old: Programmed | None
     ) -> list[Frontend]:
         all_backends = [b.address for b in svc.active_backends]
+        if svc.type == ServiceType.HOST_PORT:
+            return self._host_port_frontends(svc, pool, old, all_backends)
         fes = [Frontend(svc.ip, svc.port, svc.id, backends=all_backends)]
         if svc.type == ServiceType.NODE_PORT:
             # A node port reaches this node's own backends only, whatever the policy:
@@ -341,6 +420,27 @@ class ServiceManager:
                 elif rid is None:
                     rid = pool.pop(0)
                 fes.append(Frontend(ip, svc.node_port, rid, backends=local))
+        return fes
+
+    def host_port_addresses(self, svc: Service) -> list[str]:
+        """The addresses a host port answers on: its hostIP, or every node
+        address and the loopback (served by the socket hooks, daemon/sock.py)."""
+        if svc.ip != ANY_ADDRESS:
+            return [svc.ip]
+        return [*self.node.node_ips, LOOPBACK]
+
+    def _host_port_frontends(
+        self, svc: Service, pool: list[int], old: Programmed | None, backends: list[str]
+    ) -> list[Frontend]:
+        previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
+        fes = []
+        for ip in self.host_port_addresses(svc):
+            rid = previous.get((ip, svc.port))
+            if rid is not None and rid in pool:
+                pool.remove(rid)
+            elif rid is None:
+                rid = pool.pop(0)
+            fes.append(Frontend(ip, svc.port, rid, backends=backends))
         return fes
 
     def _plan_one(self, svc: Service, plan: Plan, pool: list[int]) -> Programmed:

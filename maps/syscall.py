@@ -201,6 +201,60 @@ def map_info(fd: int) -> MapInfo:
     return info
 
 
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("rest", ctypes.c_uint64 * 4),  # the attach type's own part of the union: zero
+    ]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [
+        ("link_fd", ctypes.c_uint32),
+        ("new_prog_fd", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("old_prog_fd", ctypes.c_uint32),
+    ]
+
+
+class _LinkInfo(ctypes.Structure):
+    """The head of struct bpf_link_info."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("rest", ctypes.c_uint64 * 4),
+    ]
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach `prog_fd` to `target_fd` (a cgroup, ...) as a BPF link; its fd."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type)
+    return bpf(BPF_LINK_CREATE, attr, f"create a link of attach type {attach_type}")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the program of a link in place (no moment without one)."""
+    bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=prog_fd), "update a link")
+
+
+def link_prog_id(link_fd: int) -> int:
+    """The id of the program a link runs."""
+    info = _LinkInfo()
+    attr = _InfoAttr(bpf_fd=link_fd, info_len=ctypes.sizeof(info), info=_addr(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "get link info")
+    return info.prog_id
+
+
 @functools.cache
 def possible_cpus() -> int:
     """Number of possible CPUs, the stride of per-CPU map values."""

@@ -140,6 +140,7 @@ class EndpointRequest:
     gateway: str | None = None  # gateway handed out by a delegated IPAM plugin
     labels: dict[str, str] = field(default_factory=dict)
     ports: list[dict[str, Any]] = field(default_factory=list)
+    port_mappings: list[dict[str, Any]] = field(default_factory=list)  # porin/port_mappings.py
 
     @classmethod
     def from_json(cls, d: Any) -> EndpointRequest:
@@ -172,6 +173,7 @@ class EndpointRequest:
             gateway=gateway,
             labels=_labels(d.get("labels")),
             ports=_ports(d.get("ports")),
+            port_mappings=_port_mappings(d.get("portMappings")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -185,7 +187,14 @@ class EndpointRequest:
             "gateway": self.gateway,
             "labels": self.labels,
             "ports": self.ports,
+            "portMappings": self.port_mappings,
         }
+
+
+def _port_mappings(v: Any) -> list[dict[str, Any]]:
+    from porin.port_mappings import parse_port_mappings
+
+    return [m.to_json() for m in parse_port_mappings(v)]
 
 
 ENDPOINT_STATES = ("creating", "ready", "disconnected")
@@ -224,6 +233,7 @@ class Endpoint:
     identity: int = 0  # security identity, from the labels
     labels: dict[str, str] = field(default_factory=dict)
     ports: list[dict[str, Any]] = field(default_factory=list)  # declared, for named ports
+    port_mappings: list[dict[str, Any]] = field(default_factory=list)  # host ports
     created_at: float = 0.0
 
     @property
@@ -262,6 +272,7 @@ class Protocol(StrEnum):
 class ServiceType(StrEnum):
     CLUSTER_IP = "clusterip"
     NODE_PORT = "nodeport"
+    HOST_PORT = "hostport"  # a pod's portMappings (daemon/hostports.py), not from the API
 
 
 class TrafficPolicy(StrEnum):
@@ -283,6 +294,7 @@ class BackendState(StrEnum):
 class ServiceSource(StrEnum):
     API = "api"
     FILE = "file"  # the servicesFile
+    HOSTPORT = "hostport"  # a pod's portMappings: made and removed with the pod
 
 
 SERVICE_PROTOCOLS = tuple(Protocol)
@@ -359,6 +371,7 @@ class Service:
     source: str = "api"  # "api" or "file"
     node_port: int = 0  # nodeport services: the port on every node IP (0: allocate)
     external_traffic_policy: str = "cluster"  # local: only local backends, client kept
+    endpoint: int = 0  # hostport services: the endpoint whose portMappings made it
 
     @property
     def frontend(self) -> str:
@@ -383,6 +396,7 @@ class Service:
             "source",
             "nodePort",
             "externalTrafficPolicy",
+            "endpoint",
         }
         if unknown:
             raise ValidationError("service", f"unknown field(s) {', '.join(sorted(unknown))}")
@@ -426,6 +440,9 @@ class Service:
             raise ValidationError(
                 "externalTrafficPolicy", f"must be one of {', '.join(TRAFFIC_POLICIES)}"
             )
+        endpoint = d.get("endpoint", 0)
+        if isinstance(endpoint, bool) or not isinstance(endpoint, int) or endpoint < 0:
+            raise ValidationError("endpoint", "must be an endpoint id")
         return cls(
             id=sid,
             ip=ip,
@@ -438,10 +455,11 @@ class Service:
             source=ServiceSource(source) if source in SERVICE_SOURCES else ServiceSource.API,
             node_port=node_port,
             external_traffic_policy=TrafficPolicy(policy),
+            endpoint=endpoint,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "frontend": self.frontend,
             "protocol": self.protocol,
@@ -453,3 +471,6 @@ class Service:
             "nodePort": self.node_port,
             "externalTrafficPolicy": self.external_traffic_policy,
         }
+        if self.endpoint:
+            out["endpoint"] = self.endpoint
+        return out

@@ -86,6 +86,12 @@ def status(ctx: Context, output: str) -> None:
             or "none",
         ),
         (
+            "Host ports",
+            (lambda hp: f"{hp['count']} (loopback: {hp['loopback']})" if hp else "-")(
+                st["host"].get("hostPorts")
+            ),
+        ),
+        (
             "NAT table",
             f"{st['host']['nat'].get('entries', 0)}/{st['host']['nat'].get('maxEntries', 0)}"
             " after last GC"

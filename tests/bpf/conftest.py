@@ -14,7 +14,7 @@ import pytest
 from lxc_harness import Lxc
 
 from porin.daemon.config import AgentConfig
-from porin.daemon.datapath import compile_programs
+from porin.daemon.datapath import SOCK_PROGRAMS, compile_programs
 from porin.daemon.services import LbMaps, ServiceManager
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
@@ -40,8 +40,9 @@ def lxc_datapath():
         )
         overlay_mod, overlay_progs = compile_programs("bpf_overlay.c", cfg, ["from_overlay"])
         xdp_mod, xdp_progs = compile_programs("bpf_xdp.c", cfg, ["from_xdp"])
+        sock_mod, sock_progs = compile_programs("bpf_sock.c", cfg, list(SOCK_PROGRAMS))
         dp = Lxc(
-            progs={**progs, **host_progs, **overlay_progs, **xdp_progs},
+            progs={**progs, **host_progs, **overlay_progs, **xdp_progs, **sock_progs},
             endpoints=EndpointsMap(root),
             metrics=MetricsMap(root),
             ct=ConntrackMap(root),
@@ -54,7 +55,7 @@ def lxc_datapath():
             policy=PolicyMap(root),
             policy_cidr=PolicyCidrMap(root),
         )
-        yield dp, (lxc_mod, host_mod, overlay_mod, xdp_mod)
+        yield dp, (lxc_mod, host_mod, overlay_mod, xdp_mod, sock_mod)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

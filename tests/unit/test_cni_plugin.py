@@ -276,6 +276,7 @@ def test_add_with_agent_returns_spec_result(agent: FakeAgent, sock_path: str) ->
                     "k8s:io.kubernetes.pod.name": "web-0",
                 },
                 "ports": [],
+                "portMappings": [],
             },
         )
     ]
