@@ -15,23 +15,36 @@
  *   2. header and L4 tuple valid (DROP_TRUNCATED / DROP_IP_OPTIONS_BAD)
  *   3. IPIP from a node of the cluster (else DROP_UNKNOWN_NODE) -> decapsulated,
  *      the sender's identity from the ipcache (the host's is refused:
- *      DROP_INVALID_IDENTITY), conntrack, delivered into the pod (REASON_FROM_TUNNEL)
- *   4. the overlay's own VXLAN packets -> the kernel's VXLAN device (REASON_HOST_PASS)
+ *      DROP_INVALID_IDENTITY), conntrack, delivered into the pod (REASON_FROM_TUNNEL);
+ *      with the DSR option (lib/dsr.h): a client's packet for a local
+ *      backend (else DROP_DSR_NO_BACKEND), its frontend remembered, conntrack
+ *      (marked CT_F_DSR), delivered into the pod (REASON_DSR_IN)
+ *   4. the overlay's own VXLAN packets -> the kernel's VXLAN device (REASON_HOST_PASS);
+ *      fragments (lib/frag.h): a non-first one takes its first's ports and
+ *      goes on as it did; its first not seen -> stack (REASON_FRAG_UNKNOWN)
  *   5. ICMP error quoting a masqueraded flow -> translated back to the pod
  *      (outer destination, quoted source and port, checksums), delivered
  *      (REASON_REV_SNAT)
  *   6. reply to a masqueraded flow (nat4 IN entry) -> destination back to the
- *      pod, conntrack accounted, delivered into the pod (REASON_REV_SNAT)
+ *      pod, conntrack accounted, delivered into the pod (REASON_REV_SNAT);
+ *      a NodePort reply from a backend on another node: translated back to
+ *      the frontend by conntrack and routed out to the client (lib/fib.h)
  *   7. NodePort frontend (node IP:port) -> conntrack and services
  *      (lib/pipeline.h): backend from the flow entry or chosen, DNAT,
- *      delivered into the backend pod (REASON_NODEPORT); no active backend
+ *      delivered into the backend pod (REASON_NODEPORT); a backend on
+ *      another node: nodePortMode dsr, the DSR header and out to its node
+ *      as XDP does it (lib/dsr.h, REASON_NODEPORT_DSR), else source translated
+ *      to this node and a NAT port, sent through the overlay
+ *      (REASON_NODEPORT_SNAT); no active backend
  *      -> ICMP port unreachable back out (DROP_NO_SERVICE_BACKEND)
  *   8. otherwise -> stack (REASON_HOST_PASS)
  *
  * Packet path of to_netdev:
  *   1. not IPv4, or not from a local pod -> out untouched (REASON_HOST_PASS)
  *   2. destination in the non-masquerade CIDRs -> out untouched
- *   3. a non-first fragment -> DROP_FRAG_NOT_SUPPORTED (no ports to translate)
+ *   3. fragments (lib/frag.h): a non-first one takes its first's ports and is
+ *      translated as it was (its address); its first not seen -> out
+ *      untouched (REASON_FRAG_UNKNOWN)
  *   4. a reply of a flow someone else started (conntrack) -> out untouched
  *   5. masquerade: source becomes the node IP and a NAT port (REASON_MASQUERADED;
  *      DROP_NAT_MAP_FULL / DROP_NAT_NO_PORT when no translation can be made)
@@ -56,7 +69,14 @@
 #include "lib/identity.h"
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
+#include "lib/dsr.h"
+#include "lib/frag.h"
+#include "lib/fib.h"
 #include "lib/lxc.h"
+
+#ifndef NODEPORT_DSR
+#error "NODEPORT_DSR must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 
 /* Into the local pod `f` is addressed to, counted under `reason`; not a
  * local pod: the node's stack. */
@@ -73,19 +93,109 @@ static __always_inline int deliver_to_pod(struct __sk_buff *ctx, const struct fl
 	return local_delivery(ctx, f, ep, v, DELIVER_REDIRECT);
 }
 
+/* A NodePort packet (to frontend `fe`) DNATed to a backend on another node.
+ * nodePortMode dsr, from the network: to the backend's node with the DSR
+ * header, as XDP sends it (REASON_NODEPORT_DSR counts both). Otherwise sourced
+ * from this node (a NAT port, as masquerade does, so the reply comes back
+ * here and is translated back), sent through the overlay as the node
+ * itself; the node's own connections always so (a DSR reply would reach
+ * the node from its own address). Not a backend behind the overlay: the
+ * stack's. */
+static __always_inline int nodeport_to_remote(struct __sk_buff *ctx, struct flow *f,
+					      const struct flow *fe, int dsr, struct verdict *v)
+{
+	struct tunnel_config *cfg = tunnel_cfg();
+	struct remote_endpoint_info *info = cfg ? ipcache_lookup(f->daddr.v4) : NULL;
+	int ret;
+
+	v->reason = REASON_HOST_PASS;
+	if (!info || !info->tunnel_endpoint)
+		return TC_ACT_OK;
+	v->dst_identity = info->sec_identity;
+	if (NODEPORT_DSR && dsr) {
+		v->reason = REASON_NODEPORT_DSR;
+		return dsr4_encap_redirect(ctx, cfg->node_ip, info->tunnel_endpoint, fe->daddr.v4,
+					   fe->dport, cfg->uplink_ifindex);
+	}
+	ret = snat_egress(ctx, f, cfg->node_ip);
+	if (ret)
+		return ret;
+	v->reason = REASON_NODEPORT_SNAT;
+	if (cfg->mode == TUNNEL_VXLAN)
+		return tunnel_vxlan_redirect(ctx, cfg, info->tunnel_endpoint, IDENTITY_REMOTE_NODE);
+	return tunnel_ipip_redirect(ctx, cfg, info->tunnel_endpoint);
+}
+
+/* Translated back and not for a local pod (a NodePort reply from a backend
+ * on another node, on its way to the client): out of the uplink. */
+static __always_inline int deliver_or_route(struct __sk_buff *ctx, const struct flow *f,
+					    __u8 reason, struct verdict *v)
+{
+	int ret;
+
+	if (lookup_endpoint(f->daddr.v4))
+		return deliver_to_pod(ctx, f, reason, v);
+	v->reason = reason;
+	ret = fib_redirect_uplink(ctx, f);
+	if (ret != CTX_GO_ON)
+		return ret;
+	v->reason = REASON_HOST_PASS;
+	return TC_ACT_OK;
+}
+
 /* A packet to a NodePort frontend, from `identity`: conntrack and services
  * (lib/pipeline.h; no backend: the ICMP refusal goes back with
  * `bounce_flags`), then into the backend pod. */
 static __always_inline int nodeport_to_pod(struct __sk_buff *ctx, struct flow *f,
 					   __u32 identity, __u64 bounce_flags, struct verdict *v)
 {
+	struct flow fe = *f;
 	int ret;
 
 	v->src_identity = identity;
 	ret = ct_lb_process(ctx, f, CT_DIR_IN, 1, bounce_flags, NULL, v);
 	if (ret != CTX_GO_ON)
 		return ret;
-	return deliver_to_pod(ctx, f, REASON_NODEPORT, v);
+	if (lookup_endpoint(f->daddr.v4))
+		return deliver_to_pod(ctx, f, REASON_NODEPORT, v);
+	return nodeport_to_remote(ctx, f, &fe, identity != IDENTITY_HOST, v);
+}
+
+/* Step 3, DSR (lib/dsr.h): the client's packet, already addressed to its
+ * backend here, from the node the client reached; the frontend it came in
+ * for is remembered for the replies. */
+static __always_inline int handle_dsr(struct __sk_buff *ctx, const struct dsr_opt4 *opt,
+				      struct verdict *v)
+{
+	struct endpoint_info *ep;
+	struct ct4_entry *e;
+	struct flow f;
+	int ret;
+
+	ret = dsr4_decap(ctx);
+	if (ret)
+		return ret;
+	ret = flow_parse4(ctx, &f);
+	if (ret)
+		return ret;
+	ep = lookup_endpoint(f.daddr.v4);
+	if (!ep)
+		return DROP(DROP_DSR_NO_BACKEND);
+	v->src_identity = identity_of(f.saddr.v4);
+	if (v->src_identity == IDENTITY_HOST)
+		return DROP(DROP_INVALID_IDENTITY);
+	if (!f.is_fragment)
+		dsr4_note(&f, opt);
+	ret = ct_process(ctx, &f, CT_DIR_IN, v);
+	if (ret != CTX_GO_ON)
+		return ret;
+	if (!f.is_fragment) {
+		e = v->ct ? v->ct : ct_entry_of(&f);
+		if (e && !(e->flags & CT_F_DSR))
+			e->flags |= CT_F_DSR;
+	}
+	v->reason = REASON_DSR_IN;
+	return local_delivery(ctx, &f, ep, v, DELIVER_REDIRECT);
 }
 
 /* Step 3: IPIP from another node: the outer source must be a node of the
@@ -94,15 +204,19 @@ static __always_inline int handle_ipip(struct __sk_buff *ctx, const struct flow 
 				       struct verdict *v)
 {
 	struct remote_endpoint_info *node;
+	struct dsr_opt4 opt;
 	struct flow f;
-	int ret;
+	int ret, dsr;
 
 	v->reason = REASON_HOST_PASS;
-	if (!tunnel_cfg())
+	dsr = dsr4_read_opt(ctx, &opt);
+	if (!dsr && !tunnel_cfg())
 		return TC_ACT_OK;
 	node = ipcache_lookup(outer->saddr.v4);
 	if (!node || !(node->flags & IPCACHE_F_NODE))
 		return DROP(DROP_UNKNOWN_NODE);
+	if (dsr)
+		return handle_dsr(ctx, &opt, v);
 	ret = tunnel_ipip_decap(ctx);
 	if (ret)
 		return ret;
@@ -151,6 +265,10 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx, struct verd
 	 * outside the SNAT and NodePort ranges, so no NAT or service lookup) */
 	if (f.proto == IPPROTO_UDP && f.dport == bpf_htons(VXLAN_PORT))
 		return TC_ACT_OK;
+	if (frag4_track(ctx, &f) == CTX_GO_ON) {
+		v->reason = REASON_FRAG_UNKNOWN;
+		return TC_ACT_OK;
+	}
 
 	if (flow_is_icmp_error(&f)) {
 		ret = snat_icmp_error_ingress(ctx, &f);
@@ -171,7 +289,7 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx, struct verd
 		ret = ct_process(ctx, &f, CT_DIR_IN, v);
 		if (ret != CTX_GO_ON)
 			return ret;
-		return deliver_to_pod(ctx, &f, REASON_REV_SNAT, v);
+		return deliver_or_route(ctx, &f, REASON_REV_SNAT, v);
 	}
 
 	if (!lb4_lookup_service(&f))
@@ -216,8 +334,10 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx, struct verdic
 	ret = flow_parse4_l4(ctx, &f);
 	if (ret)
 		return ret;
-	if (f.is_fragment)
-		return DROP(DROP_FRAG_NOT_SUPPORTED);
+	if (frag4_track(ctx, &f) == CTX_GO_ON) {
+		v->reason = REASON_FRAG_UNKNOWN;
+		return TC_ACT_OK;
+	}
 	/* a reply of a flow someone else started to the pod keeps its source */
 	if (ct_lookup(&f, &e) == CT_REPLY)
 		return TC_ACT_OK;

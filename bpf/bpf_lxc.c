@@ -22,18 +22,21 @@
  *      DROP_NO_SERVICE_BACKEND); a pod reaching itself is sourced from the
  *      hairpin address; the sender's egress policy decides a new flow,
  *      cached in its entry (DROP_POLICY, DROP_POLICY_DENY); entries created
- *   8. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED;
+ *   8. a reply of a flow that came in DSR (conntrack CT_F_DSR) -> sourced from
+ *      the frontend the client reached on another node (lib/dsr.h) and routed
+ *      straight out of the uplink (REASON_DSR_REPLY)
+ *   9. destination is a local endpoint -> local_delivery into it (REASON_FORWARDED;
  *      the receiver's ingress policy decides a new flow, and an established
  *      one again when its policy revision moved):
  *      straight into its namespace, or through its veth for a flow whose
  *      bulk packets come from several CPUs (lib/conntrack.h)
- *   9. destination behind another node (ipcache) -> overlay: VXLAN with the
+ *  10. destination behind another node (ipcache) -> overlay: VXLAN with the
  *      source identity as VNI, or IPIP (REASON_TUNNELED, DROP_ENCAP_FAILED;
  *      too big: ICMP fragmentation needed back, DROP_FRAG_NEEDED)
- *  10. leaving through an uplink that masquerades (FIB lookup), in a flow
+ *  11. leaving through an uplink that masquerades (FIB lookup), in a flow
  *      the pod started -> source translated and sent straight to the
  *      uplink (REASON_MASQUERADED)
- *  11. otherwise -> host stack (REASON_TO_STACK)
+ *  12. otherwise -> host stack (REASON_TO_STACK)
  */
 #include "lib/common.h"
 #include "lib/reasons.h"
@@ -51,9 +54,12 @@
 #include "lib/ipcache.h"
 #include "lib/tunnel.h"
 #include "lib/snat.h"
+#include "lib/dsr.h"
+#include "lib/frag.h"
+#include "lib/fib.h"
 #include "lib/lxc.h"
 
-/* Step 9: into the overlay towards the node `info` names. */
+/* Step 10: into the overlay towards the node `info` names. */
 static __always_inline int to_tunnel(struct __sk_buff *ctx, const struct tunnel_config *cfg,
 				     const struct remote_endpoint_info *info, struct verdict *v)
 {
@@ -87,7 +93,7 @@ static __always_inline int to_tunnel(struct __sk_buff *ctx, const struct tunnel_
 	return ret;
 }
 
-/* Step 10, BPF host routing for masqueraded traffic: when the route to the
+/* Step 11, BPF host routing for masqueraded traffic: when the route to the
  * destination leaves through an uplink that masquerades, translate the
  * source here and hand the packet straight to that uplink, past the node's
  * IP forwarding path. CTX_GO_ON leaves the packet to the host stack (no
@@ -108,6 +114,11 @@ static __always_inline int masquerade_and_route(struct __sk_buff *ctx, struct fl
 	 * is the stack's to translate back */
 	if (f->is_fragment || v->ct_status == CT_REPLY || !snat_wanted(f->daddr.v4) ||
 	    !lookup_endpoint(f->saddr.v4))
+		return CTX_GO_ON;
+	/* a first fragment too goes by the stack: to_netdev follows the whole
+	 * datagram (lib/frag.h) */
+	ip = ipv4_hdr(ctx);
+	if (!ip || (ip->frag_off & bpf_htons(IP_MF_BIT)))
 		return CTX_GO_ON;
 	fib.family = 2; /* AF_INET */
 	fib.ipv4_src = f->saddr.v4;
@@ -134,6 +145,19 @@ static __always_inline int masquerade_and_route(struct __sk_buff *ctx, struct fl
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	v->reason = REASON_MASQUERADED;
 	return bpf_redirect(out, 0);
+}
+
+/* Step 8: a reply of a flow that came in DSR (lib/dsr.h), sourced from its
+ * frontend already: routed out of the uplink the FIB names, straight to the
+ * client (no masquerade: it carries the address the client used); without
+ * such a route, to the host stack. */
+static __always_inline int dsr_reply_route(struct __sk_buff *ctx, const struct flow *f,
+					   struct verdict *v)
+{
+	int ret = fib_redirect_uplink(ctx, f);
+
+	v->reason = REASON_DSR_REPLY;
+	return ret == CTX_GO_ON ? TC_ACT_OK : ret;
 }
 
 static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *ctx, struct verdict *v)
@@ -168,6 +192,13 @@ static __always_inline int handle_ipv4_from_endpoint(struct __sk_buff *ctx, stru
 	ret = ct_lb_process(ctx, &f, CT_DIR_OUT, 1, 0, src, v);
 	if (ret != CTX_GO_ON)
 		return ret;
+	if (v->ct_status == CT_REPLY && v->ct && (v->ct->flags & CT_F_DSR)) {
+		ret = dsr4_reply(ctx, &f);
+		if (IS_ERR(ret))
+			return ret;
+		if (ret == 0)
+			return dsr_reply_route(ctx, &f, v);
+	}
 
 	dst = lookup_endpoint(f.daddr.v4);
 	if (dst) {

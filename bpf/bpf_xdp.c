@@ -9,9 +9,19 @@
  *   3. IPv4 header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
  *   4. prefilter: the source is on the deny list (an exact address or a
  *      prefix) -> DROP_PREFILTER, counted on the entry (lib/prefilter.h)
- *   5. an ICMP echo request to this device's node address, not a fragment
- *      -> answered in place and sent back out (XDP_TX, REASON_XDP_ECHO)
- *   6. otherwise -> on to tc (bpf_host.c from_netdev) and the stack
+ *   5. not addressed to this device's node address -> on to tc
+ *   6. an ICMP echo request, not a fragment -> answered in place and sent
+ *      back out (XDP_TX, REASON_XDP_ECHO)
+ *   7. nodePortMode dsr: TCP or UDP to a NodePort frontend (lib/xdp_lb.h):
+ *      the flow's backend (per-CPU LRU, else Maglev or random); one on
+ *      another node -> DNAT, DSR header, out of the device the FIB names
+ *      (XDP_TX or redirect, REASON_NODEPORT_DSR); too big for the way there and
+ *      DF -> ICMP fragmentation needed back (DROP_FRAG_NEEDED). Fragments
+ *      follow their first (lib/frag.h: its ports, so its flow and backend);
+ *      one whose first was not seen -> on to tc (REASON_FRAG_UNKNOWN). A
+ *      local backend, none, or no route -> on to tc, which serves it
+ *      (bpf_host.c from_netdev)
+ *   8. otherwise -> on to tc (bpf_host.c from_netdev) and the stack
  *      (REASON_XDP_PASS)
  */
 #define PORIN_CTX_XDP 1
@@ -24,6 +34,12 @@
 #include "lib/csum.h"
 #include "lib/host_device.h"
 #include "lib/prefilter.h"
+#include "lib/frag.h"
+#include "lib/xdp_lb.h"
+
+#ifndef NODEPORT_DSR
+#error "NODEPORT_DSR must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 
 /* XDP actions as Katran counts them: index = the action */
 #define XDP_ACTIONS 5
@@ -70,6 +86,27 @@ static __always_inline int xdp_echo_reply(struct xdp_md *ctx, const struct flow 
 	return XDP_TX;
 }
 
+/* Step 7. */
+static __always_inline int xdp_nodeport(struct xdp_md *ctx, struct flow *f, __be32 node_ip,
+					struct verdict *v)
+{
+	struct lb4_service *svc;
+	int ret;
+
+	ret = flow_parse4_l4(ctx, f);
+	if (ret)
+		return ret;
+	if (frag4_track(ctx, f) == CTX_GO_ON) {
+		v->reason = REASON_FRAG_UNKNOWN;
+		return XDP_PASS;
+	}
+	svc = lb4_lookup_service(f);
+	if (!svc || !(svc->flags & SVC_F_XDP))
+		return XDP_PASS;
+	ret = xdp_nodeport4(ctx, f, svc, node_ip, v);
+	return ret == CTX_GO_ON ? XDP_PASS : ret;
+}
+
 static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v)
 {
 	struct ethhdr *eth = ctx_data(ctx);
@@ -89,17 +126,22 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 	ret = prefilter4(f.saddr.v4, ctx_len(ctx));
 	if (ret != CTX_GO_ON)
 		return ret;
-	if (f.proto != IPPROTO_ICMP || xdp_fragmented(ctx))
-		return XDP_PASS;
 	dev = host_devices.lookup(&ifindex);
 	if (!dev || f.daddr.v4 != dev->node_ip)
 		return XDP_PASS;
-	ret = flow_parse4_l4(ctx, &f);
-	if (ret)
-		return ret;
-	if (f.icmp_type != ICMP_ECHO)
-		return XDP_PASS;
-	return xdp_echo_reply(ctx, &f, v);
+	if (f.proto == IPPROTO_ICMP) {
+		if (xdp_fragmented(ctx))
+			return XDP_PASS;
+		ret = flow_parse4_l4(ctx, &f);
+		if (ret)
+			return ret;
+		if (f.icmp_type != ICMP_ECHO)
+			return XDP_PASS;
+		return xdp_echo_reply(ctx, &f, v);
+	}
+	if (NODEPORT_DSR && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP))
+		return xdp_nodeport(ctx, &f, dev->node_ip, v);
+	return XDP_PASS;
 }
 
 /* The verdict, then the action counted. */

@@ -48,6 +48,7 @@ nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others aft
 policyMapSize: 262144   # policy entries of all endpoints (an LPM trie, memory as used)
 policyEntriesPerEndpoint: 16384  # a policy that would give an endpoint more is refused
 policyCIDRMapSize: 16384 # distinct CIDR prefixes all policies name
+nodePortMode: snat      # snat, or dsr: backends on other nodes answer the client directly (XDP)
 xdpMode: best-effort    # native, generic, best-effort (native, else generic) or disabled
 prefilter: []           # source CIDRs XDP drops on the devices (also `porin prefilter add`)
 prefilterMapSize: 16384
@@ -56,6 +57,7 @@ loopbackHostPorts: true # host ports also on 127.0.0.1 (cgroup socket hooks, bpf
 
 
 XDP_MODES = ("native", "generic", "best-effort", "disabled")
+NODE_PORT_MODES = ("snat", "dsr")
 
 
 @dataclass
@@ -76,6 +78,7 @@ class AgentConfig:
     policy_entries_per_endpoint: int = 16384
     policy_cidr_map_size: int = 16384
     xdp_mode: str = "best-effort"
+    node_port_mode: str = "snat"
     prefilter: list[str] = field(default_factory=list)
     prefilter_map_size: int = 16384
     loopback_host_ports: bool = True
@@ -146,6 +149,7 @@ _KEYS = {
     "policyEntriesPerEndpoint": "policy_entries_per_endpoint",
     "policyCIDRMapSize": "policy_cidr_map_size",
     "xdpMode": "xdp_mode",
+    "nodePortMode": "node_port_mode",
     "prefilter": "prefilter",
     "prefilterMapSize": "prefilter_map_size",
     "loopbackHostPorts": "loopback_host_ports",
@@ -265,6 +269,10 @@ def _validate(cfg: AgentConfig) -> None:
             raise ConfigError(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
     if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
         raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
+    if cfg.node_port_mode not in NODE_PORT_MODES:
+        raise ConfigError(
+            f"nodePortMode: must be one of {', '.join(NODE_PORT_MODES)}, got {cfg.node_port_mode!r}"
+        )
     if cfg.xdp_mode not in XDP_MODES:
         raise ConfigError(f"xdpMode: must be one of {', '.join(XDP_MODES)}, got {cfg.xdp_mode!r}")
     if not isinstance(cfg.prefilter, list):

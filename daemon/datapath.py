@@ -52,6 +52,7 @@ def build_flags(cfg: AgentConfig) -> list[str]:
         f"-DCT_LIFETIME_TCP_CLOSE={cfg.ct_lifetime_tcp_close}",
         f"-DCT_LIFETIME_NONTCP={cfg.ct_lifetime_nontcp}",
         f"-DKERNEL_HZ={kernel_hz()}",
+        f"-DNODEPORT_DSR={int(cfg.node_port_mode == 'dsr')}",
         f"-DSNAT_PORT_MIN={cfg.snat_ports[0]}",
         f"-DSNAT_PORT_MAX={cfg.snat_ports[1]}",
         "-Wno-unused-function",

@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from porin.daemon.config import AgentConfig
 from porin.maps import map_types, syscall
 from porin.maps.conntrack import ConntrackMap
+from porin.maps.dsr4 import Dsr4Map
 from porin.maps.endpoint_slots import ENDPOINT_SLOT_BITS, EndpointSlotsMap
 from porin.maps.endpoints import EndpointsMap
+from porin.maps.frag4 import Frag4Map
 from porin.maps.host_devices import HostDevicesMap
 from porin.maps.ipcache import IpcacheMap
+from porin.maps.lb4_flows import Lb4FlowsMap
 from porin.maps.lb_affinity import AffinityMap
 from porin.maps.lb_backends import BackendsMap
 from porin.maps.lb_maglev import MaglevMap
@@ -78,6 +81,9 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PrefilterExactMap,
     PrefilterLpmMap,
     XdpActionsMap,
+    Lb4FlowsMap,
+    Frag4Map,
+    Dsr4Map,
     SockConfigMap,
     SockRev4Map,
     TunnelConfigMap,

@@ -36,13 +36,14 @@ from porin.daemon.service_maps import (
 )
 from porin.daemon.store import ServiceStore
 from porin.errors import PorinError
-from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV
+from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_XDP
 from porin.models import (
     MAX_SERVICE_ID,
     Algorithm,
     Backend,
     Service,
     ServiceType,
+    TrafficPolicy,
     ValidationError,
 )
 
@@ -94,6 +95,7 @@ class NodeContext:
     node_ips: list[str] = field(default_factory=list)
     node_port_range: tuple[int, int] = (30000, 32767)
     is_local: Callable[[str], bool] = lambda ip: True
+    xdp_node_ports: bool = False  # nodePortMode dsr with XDP: node ports marked SVC_F_XDP
 
 
 class ServiceManager:
@@ -229,13 +231,15 @@ class ServiceManager:
             return len(kept), len(gone)
 
     def local_endpoint_changed(self, ip: str) -> None:
-        """A local endpoint at `ip` came or went: re-plan the node ports that
-        balance over it (they reach this node's own backends only)."""
+        """A local endpoint at `ip` came or went: re-plan the node ports of
+        externalTrafficPolicy local that balance over it (they reach this
+        node's own backends only)."""
         with self._lock:
             affected = [
                 p.service
                 for p in self._svcs.values()
                 if p.service.type == ServiceType.NODE_PORT
+                and p.service.external_traffic_policy == TrafficPolicy.LOCAL
                 and any(b.ip == ip for b in p.service.backends)
             ]
             if affected:
@@ -407,19 +411,19 @@ class ServiceManager:
             return self._host_port_frontends(svc, pool, old, all_backends)
         fes = [Frontend(svc.ip, svc.port, svc.id, backends=all_backends)]
         if svc.type == ServiceType.NODE_PORT:
-            # A node port reaches this node's own backends only, whatever the policy:
-            # without source NAT (not there yet) a backend on another node would
-            # answer the client directly and the connection would hang. A node
-            # without backends of its own refuses at once (ICMP port unreachable).
-            local = [b.address for b in svc.active_backends if self.node.is_local(b.ip)]
-            previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
+            # A node port reaches backends on every node (on another node: with
+            # SNAT through the overlay, bpf_host.c, or DSR from XDP, bpf_xdp.c);
+            # externalTrafficPolicy local keeps to this node's own, the client's
+            # address kept, and a node without any refuses at once (ICMP port
+            # unreachable).
+            local = (
+                [b.address for b in svc.active_backends if self.node.is_local(b.ip)]
+                if svc.external_traffic_policy == TrafficPolicy.LOCAL
+                else all_backends
+            )
+            rids = _frontend_ids(self.node.node_ips, svc.node_port, old, pool)
             for ip in self.node.node_ips:
-                rid = previous.get((ip, svc.node_port))
-                if rid is not None and rid in pool:
-                    pool.remove(rid)  # keep the frontend's id across updates
-                elif rid is None:
-                    rid = pool.pop(0)
-                fes.append(Frontend(ip, svc.node_port, rid, backends=local))
+                fes.append(Frontend(ip, svc.node_port, rids[ip], backends=local))
         return fes
 
     def host_port_addresses(self, svc: Service) -> list[str]:
@@ -432,16 +436,9 @@ class ServiceManager:
     def _host_port_frontends(
         self, svc: Service, pool: list[int], old: Programmed | None, backends: list[str]
     ) -> list[Frontend]:
-        previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
-        fes = []
-        for ip in self.host_port_addresses(svc):
-            rid = previous.get((ip, svc.port))
-            if rid is not None and rid in pool:
-                pool.remove(rid)
-            elif rid is None:
-                rid = pool.pop(0)
-            fes.append(Frontend(ip, svc.port, rid, backends=backends))
-        return fes
+        addrs = self.host_port_addresses(svc)
+        rids = _frontend_ids(addrs, svc.port, old, pool)
+        return [Frontend(ip, svc.port, rids[ip], backends=backends) for ip in addrs]
 
     def _plan_one(self, svc: Service, plan: Plan, pool: list[int]) -> Programmed:
         old = self._svcs.get(svc.id)
@@ -464,6 +461,12 @@ class ServiceManager:
                 prev = None
             active = [by_addr[a] for a in fe.backends]
             flags = SVC_F_AFFINITY if svc.affinity_timeout else 0
+            if (
+                self.node.xdp_node_ports
+                and svc.type == ServiceType.NODE_PORT
+                and fe.ip in self.node.node_ips
+            ):
+                flags |= SVC_F_XDP
             if svc.algorithm == Algorithm.MAGLEV:
                 flags |= SVC_F_MAGLEV
                 fe.maglev = True
@@ -631,6 +634,28 @@ def _programmed(svc: Service) -> str:
 
 def _slot(fe: Frontend, proto: int, slot: int) -> FrontendSlot:
     return FrontendSlot(address_of(fe.ip), fe.port, proto, slot)
+
+
+def _frontend_ids(
+    addrs: list[str], port: int, old: Programmed | None, pool: list[int]
+) -> dict[str, int]:
+    """Reverse-NAT ids for the frontends of one service on `addrs`:port. A
+    frontend it had keeps its id (all of those are taken out of `pool` before
+    a new one is handed out, so an address new to the list can never be given
+    an id another frontend of the service still holds); new ones come from
+    `pool`."""
+    previous = {(f.ip, f.port): f.rev_nat for f in (old.frontends if old else [])}
+    out: dict[str, int] = {}
+    for ip in addrs:
+        rid = previous.get((ip, port))
+        if rid is not None:
+            out[ip] = rid
+            if rid in pool:
+                pool.remove(rid)
+    for ip in addrs:
+        if ip not in out:
+            out[ip] = pool.pop(0)
+    return out
 
 
 def _frontend_key(svc: Service) -> tuple[str, int, str]:

@@ -8,6 +8,7 @@ name is unique and every object is removed by `close()`, also on failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,14 @@ class AgentConfig:
         return "\n".join(lines) + "\n"
 
 
-_XDP_PASS_FD: int | None = None
+_XDP_CONST_FDS: dict[int, int] = {}
 
 
-def xdp_pass_program() -> int:
-    """The fd of a two-instruction XDP program that returns XDP_PASS (loaded once)."""
-    global _XDP_PASS_FD
-    if _XDP_PASS_FD is None:
+def xdp_const_program(action: int) -> int:
+    """The fd of a two-instruction XDP program that returns `action` (loaded
+    once per action): XDP_PASS (2) for the lab's bridge ports, XDP_DROP (1)
+    as the benchmarks' floor."""
+    if action not in _XDP_CONST_FDS:
         import ctypes
 
         from porin.maps import syscall
@@ -133,45 +135,62 @@ def xdp_pass_program() -> int:
                 ("pad", ctypes.c_uint8 * 112),
             ]
 
-        # r0 = XDP_PASS (2); exit
-        insns = ctypes.create_string_buffer(bytes.fromhex("b7000000020000009500000000000000"), 16)
+        # r0 = action; exit
+        code = (
+            bytes.fromhex("b7000000")
+            + action.to_bytes(4, "little")
+            + bytes.fromhex("9500000000000000")
+        )
+        insns = ctypes.create_string_buffer(code, 16)
         lic = ctypes.create_string_buffer(b"GPL")
         attr = ProgLoad(
             prog_type=6, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(lic)
         )
-        _XDP_PASS_FD = syscall.bpf(5, attr, "load an XDP_PASS program")  # BPF_PROG_LOAD
-    return _XDP_PASS_FD
+        _XDP_CONST_FDS[action] = syscall.bpf(5, attr, "load a constant XDP program")
+    return _XDP_CONST_FDS[action]
+
+
+def xdp_pass_program() -> int:
+    return xdp_const_program(2)
+
+
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """Run this thread in the network namespace at `path` for the block: netlink
+    sockets opened and BPF_PROG_TEST_RUNs made in it see that namespace (an
+    XDP program's FIB lookups, its devices)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            libc.setns(home, 0x40000000)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def attach_xdp(ns: Netns, device: str, fd: int, flags: int = 1 << 2) -> None:
+    """Put the XDP program `fd` on `device` in `ns` (native mode by default)."""
+    from pyroute2 import IPRoute
+
+    with in_netns(ns.path), IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=device)[0]
+        ipr.link("set", index=idx, xdp={"attrs": [["IFLA_XDP_FD", fd], ["IFLA_XDP_FLAGS", flags]]})
 
 
 def attach_xdp_pass(ns: Netns, device: str) -> None:
     """Give `device` in `ns` an XDP_PASS program in native mode: frames sent
     into a veth with XDP_TX or a redirect are dropped unless the receiving
     side has an XDP program of its own."""
-    import ctypes
-    import ctypes.util
-
-    from pyroute2 import IPRoute
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fd = xdp_pass_program()
-    target = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(target, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=device)[0]
-                ipr.link(
-                    "set",
-                    index=idx,
-                    xdp={"attrs": [["IFLA_XDP_FD", fd], ["IFLA_XDP_FLAGS", 1 << 2]]},
-                )
-        finally:
-            libc.setns(home, 0x40000000)
-    finally:
-        os.close(target)
-        os.close(home)
+    attach_xdp(ns, device, xdp_pass_program())
 
 
 class Underlay:
@@ -211,6 +230,10 @@ class Underlay:
         # native XDP on the joining side may XDP_TX into this veth (daemon/xdp.py)
         attach_xdp_pass(self.ns, port)
         ns.exec(["ip", "link", "set", "eth0", "mtu", str(mtu), "up"])
+        # frames on a wire carry whole checksums: a veth would hand the
+        # sender's checksum offload (a partial checksum) to the receiver's
+        # XDP, which never sees one from a NIC
+        ns.exec(["ethtool", "-K", "eth0", "tx", "off"])
         ns.exec(["ip", "addr", "add", f"{ip}/{self.prefixlen}", "dev", "eth0"])
         if gateway:
             ns.exec(["ip", "route", "add", "default", "via", gateway])

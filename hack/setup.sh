@@ -10,7 +10,7 @@ VENV=${1:-.venv}
 MODE=${2:-dev}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PKGS=(python3 python3-venv python3-pip python3-bpfcc bpftool iproute2 iptables
-      containernetworking-plugins iperf3 tcpdump ipset procps util-linux kmod iputils-ping
+      containernetworking-plugins iperf3 tcpdump ipset ethtool procps util-linux kmod iputils-ping
       curl linux-headers-cloud-amd64 etcd-server etcd-client)
 
 log() { echo "[setup] $*" >&2; }

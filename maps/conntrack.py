@@ -33,6 +33,7 @@ CT_F_TX_FIN = 2
 CT_F_RX_FIN = 4
 CT_F_RELATED = 8
 CT_F_MULTI_CPU = 16  # bulk packets from several CPUs: delivered through the veth
+CT_F_DSR = 32  # came in DSR: replies are sourced from the frontend in dsr4
 
 LEGACY_KEY_SERVICE = 1  # key flag of service entries written by older builds
 
@@ -124,6 +125,7 @@ class Connection:
     hairpin: bool
     related: bool
     multi_cpu: bool  # bulk packets from several CPUs: delivered through the veth
+    dsr: bool  # came in DSR from the frontend node
     age: int
 
     def to_json(self) -> dict[str, Any]:
@@ -152,6 +154,7 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
         hairpin=bool(e.flags & CT_F_HAIRPIN),
         related=bool(e.flags & CT_F_RELATED),
         multi_cpu=bool(e.flags & CT_F_MULTI_CPU),
+        dsr=bool(e.flags & CT_F_DSR),
         age=now - e.created,
     )
 

@@ -100,6 +100,12 @@ class Metric:
         return reason_text(self.reason)
 
     @property
+    def reason_name(self) -> str:
+        """The reason's name in bpf/lib/reasons.h without its prefix, e.g. NODEPORT_DSR."""
+        r = reasons().get(self.reason)
+        return r.name if r else str(self.reason)
+
+    @property
     def direction_text(self) -> str:
         return direction_name(self.direction)
 

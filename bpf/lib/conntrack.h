@@ -70,6 +70,7 @@
 #define CT_F_RX_FIN 4
 #define CT_F_RELATED 8          /* an ICMP error about this flow was seen */
 #define CT_F_MULTI_CPU 16       /* bulk packets of the flow came from more than one CPU */
+#define CT_F_DSR 32             /* came in DSR (lib/dsr.h): replies sourced from its frontend */
 
 struct ct4_key {
 	__be32 saddr;

@@ -12,6 +12,9 @@
  *   lb4_reverse_nat rev_nat id -> {vip, port}   (replies are sourced from it)
  *   lb4_maglev      rev_nat id -> Maglev lookup table of backend ids
  *   lb4_affinity    {client ip, rev_nat id} -> {backend id, last used}
+ *   lb4_flows       LRU {client, frontend, ports, proto} -> {backend id,
+ *                   rev_nat id}: the NodePort balancer's flow table, shared
+ *                   by XDP and tc (Katran's, with LRU lists per CPU)
  *
  * A service is published by writing backends, then slots or the Maglev
  * table, then slot 0 last, so a packet never sees a half-written service.
@@ -45,6 +48,9 @@
 #ifndef LB_AFFINITY_MAP_SIZE
 #error "LB_AFFINITY_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
+#ifndef LB4_FLOWS_MAP_SIZE
+#error "LB4_FLOWS_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 /* a pod reaching itself through a service is sourced from this address */
 #ifndef LB_HAIRPIN_IPV4
 #define LB_HAIRPIN_IPV4 0xa9fe2a01 /* 169.254.42.1 */
@@ -52,6 +58,7 @@
 
 #define SVC_F_MAGLEV 1
 #define SVC_F_AFFINITY 2
+#define SVC_F_XDP 4      /* a NodePort frontend bpf_xdp.c balances (nodePortMode dsr) */
 
 #define BACKEND_ACTIVE 0
 #define BACKEND_TERMINATING 1
@@ -216,6 +223,58 @@ static __always_inline struct lb4_backend *lb4_select_backend(const struct flow 
 	return b;
 }
 
+#define PORIN_F_NO_COMMON_LRU 2 /* BPF_F_NO_COMMON_LRU: an LRU list per CPU */
+
+struct lb4_flow_key {
+	__be32 client;
+	__be32 frontend;
+	__be16 client_port;
+	__be16 frontend_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct lb4_flow {
+	__u32 backend_id;
+	__u16 rev_nat;  /* the frontend's: a flow of a frontend since re-made is chosen again */
+	__u16 pad;
+};
+
+PORIN_MAP_F("lru_hash", struct lb4_flow_key, struct lb4_flow, lb4_flows,
+	    LB4_FLOWS_MAP_SIZE, PORIN_F_NO_COMMON_LRU);
+
+/* The backend of NodePort flow `f` (XDP, and tc for a new flow): the one
+ * the flow table remembers while usable, else chosen and remembered, so a
+ * flow keeps its backend whichever of XDP and tc its packets take. */
+static __always_inline struct lb4_backend *lb4_flow_backend(const struct flow *f,
+							   const struct lb4_service *svc)
+{
+	struct lb4_flow_key key = {
+		.client = f->saddr.v4,
+		.frontend = f->daddr.v4,
+		.client_port = f->sport,
+		.frontend_port = f->dport,
+		.proto = f->proto,
+	};
+	struct lb4_flow *known = lb4_flows.lookup(&key);
+	struct lb4_flow fresh = {};
+	struct lb4_backend *b;
+
+	if (known && known->rev_nat == svc->rev_nat) {
+		b = lb4_backend_usable(known->backend_id, 0);
+		if (b)
+			return b;
+	}
+	b = lb4_select_backend(f, svc);
+	if (!b)
+		return NULL;
+	fresh.backend_id = b->id;
+	fresh.rev_nat = svc->rev_nat;
+	lb4_flows.update(&key, &fresh);
+	return b;
+}
+
+#ifndef PORIN_CTX_XDP /* rewrites through the skb's helpers (XDP's: lib/xdp_lb.h) */
 /* DNAT to backend `b`; a client reaching itself through the service is
  * sourced from the hairpin address, and *hairpin says so.
  * Returns 0 or DROP(DROP_NAT_FAILED). */
@@ -274,5 +333,6 @@ static __always_inline int lb4_icmp_error_rev_nat(struct __sk_buff *ctx, struct 
 	}
 	return icmp_quote_rewrite(ctx, f, inner, 0, rn->address, rn->port);
 }
+#endif /* !PORIN_CTX_XDP */
 
 #endif /* PORIN_LB_H */

@@ -24,6 +24,7 @@ static __always_inline __u64 l4_csum_flags(const struct flow *f)
 	return f->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
+#ifndef PORIN_CTX_XDP /* the checksum helpers are the skb's; XDP: lib/xdp_lb.h */
 /* Rewrite the source (src=1) or destination address and, when `port` is
  * non-zero, the matching port (for ICMP echo: the echo id), and the flow
  * record with them. Checksums: IPv4 header, and the L4 pseudo header and
@@ -34,13 +35,15 @@ static __always_inline int nat4_rewrite(struct __sk_buff *ctx, struct flow *f, i
 {
 	__be32 old_addr = src ? f->saddr.v4 : f->daddr.v4;
 	__be16 old_port = src ? f->sport : f->dport;
-	int csum_off = l4_csum_off(f);
+	/* a non-first fragment (its ports its first's, lib/frag.h): the
+	 * address alone, the L4 header and checksum are in the first */
+	int csum_off = f->is_fragment ? -1 : l4_csum_off(f);
 	__u32 port_off = f->l4_off + (src ? 0 : 2);
 	int new_port = port && port != old_port && csum_off >= 0;
 	struct iphdr *ip;
 	__be16 *p;
 
-	if (f->proto == IPPROTO_ICMP) {
+	if (f->proto == IPPROTO_ICMP && !f->is_fragment) {
 		csum_off = f->l4_off + offsetof(struct icmphdr, checksum);
 		port_off = f->l4_off + offsetof(struct icmphdr, un.echo.id);
 		new_port = port && port != old_port;
@@ -85,5 +88,6 @@ static __always_inline int nat4_rewrite(struct __sk_buff *ctx, struct flow *f, i
 	}
 	return 0;
 }
+#endif /* !PORIN_CTX_XDP */
 
 #endif /* PORIN_NAT_H */

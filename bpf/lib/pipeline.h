@@ -6,8 +6,12 @@
  *
  *   1. an ICMP error -> matched to the flow it quotes (CT_RELATED); about a
  *      service flow's packet to its backend: made about the frontend
- *   2. a non-first fragment -> no L4 header, not tracked; one to a service
- *      frontend is dropped (DROP_FRAG_NOT_SUPPORTED)
+ *   2. fragments (lib/frag.h), on the way in (CT_DIR_IN: NodePort, DSR,
+ *      the overlay, to pods): a first one's ports remembered; a non-first
+ *      one takes them and goes on as its first did (tracked, balanced to
+ *      the same backend, translated: its address only). One whose first was
+ *      not seen, or any from a pod: passes untracked, or, to a service
+ *      frontend, goes to the stack (REASON_FRAG_UNKNOWN)
  *   3. one conntrack lookup on the tuple as it arrived
  *   4. established (from the initiator): a service flow's packet is DNATed
  *      to the backend its flow entry names, a plain flow's accounted -> done
@@ -42,6 +46,7 @@
 #include "icmp.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "frag.h"
 #include "policy.h"
 #include "verdict.h"
 
@@ -141,12 +146,23 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 			return ret;
 		goto decide; /* step 6 for it, nothing created */
 	}
-	if (f->is_fragment) {
-		if (lb && lb4_lookup_service(f))
-			return DROP(DROP_FRAG_NOT_SUPPORTED);
-		v->policy |= VERDICT_P_DONE; /* the first fragment was judged */
+	/* dir is a constant of each caller: from_container (out) does not
+	 * follow fragments, which keeps its program within the verifier's
+	 * budget; its masqueraded datagrams are followed in to_netdev */
+	ret = dir == CT_DIR_IN ? frag4_track(ctx, f) : (f->is_fragment ? CTX_GO_ON : 0);
+	if (ret == CTX_GO_ON) {
+		/* a fragment whose first was not seen: a plain flow's passes
+		 * (nothing to translate), one to a service frontend goes to the
+		 * stack, which has no use for it either */
+		v->policy |= VERDICT_P_DONE;
+		if (lb && lb4_lookup_service(f)) {
+			v->reason = REASON_FRAG_UNKNOWN;
+			return TC_ACT_OK;
+		}
 		return CTX_GO_ON;
 	}
+	if (f->is_fragment)
+		v->policy |= VERDICT_P_DONE; /* the first fragment was judged */
 
 	status = ct_lookup(f, &e);
 	v->ct_status = status;
@@ -201,7 +217,9 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 		if (b) {
 			ct_account(flow_entry, f, len, 0);
 		} else {
-			b = lb4_select_backend(f, svc);
+			/* NodePort (from the network or the node): the flow
+			 * table's, as XDP may have balanced the flow already */
+			b = dir == CT_DIR_IN ? lb4_flow_backend(f, svc) : lb4_select_backend(f, svc);
 			if (!b) {
 				ret = icmp4_reply_error(ctx, f->daddr.v4, ICMP_DEST_UNREACH,
 							ICMP_PORT_UNREACH, 0, DROP_NO_SERVICE_BACKEND);

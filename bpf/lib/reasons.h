@@ -23,6 +23,11 @@
 #define REASON_FROM_TUNNEL 11      // received from another node through the overlay
 #define REASON_XDP_PASS 12         // XDP: on to the tc path and the stack
 #define REASON_XDP_ECHO 13         // XDP: ping of the node answered in place
+#define REASON_NODEPORT_DSR 14     // NodePort packet sent to its backend's node in IPIP with DSR
+#define REASON_DSR_IN 15           // DSR packet from a frontend node delivered to its backend
+#define REASON_DSR_REPLY 16        // backend's reply sent straight to the client, as the frontend
+#define REASON_NODEPORT_SNAT 17    // NodePort packet sent to a backend on another node, source translated
+#define REASON_FRAG_UNKNOWN 18     // non-first fragment whose first was not seen: to the stack
 
 /* drops */
 #define FIRST_DROP_REASON 128 /* every reason from here on is a drop */
@@ -38,7 +43,6 @@
 #define DROP_NO_SERVICE_BACKEND 139 // service has no active backend (ICMP unreachable sent)
 #define DROP_CT_CREATE_FAILED 140  // conntrack table full or entry not created
 #define DROP_NAT_FAILED 141        // address translation failed
-#define DROP_FRAG_NOT_SUPPORTED 142 // fragmented packet to a service
 #define DROP_NAT_MAP_FULL 143      // NAT table full: no new masqueraded flow
 #define DROP_NAT_NO_PORT 144       // no free SNAT port towards that peer
 #define DROP_NO_TUNNEL_KEY 145     // overlay packet without tunnel metadata
@@ -51,6 +55,7 @@
 #define DROP_FORGED_TUNNEL 152     // overlay packet whose identity or source does not fit its node
 #define DROP_POD_TO_OVERLAY 153    // a pod sent to the overlay's port of a node
 #define DROP_PREFILTER 154         // XDP: source on the prefilter deny list
+#define DROP_DSR_NO_BACKEND 155    // DSR packet for a backend that is not on this node
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

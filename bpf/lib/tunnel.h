@@ -53,6 +53,7 @@ static __always_inline __u32 tunnel_overhead(const struct tunnel_config *cfg)
 	return cfg->mode == TUNNEL_VXLAN ? 50 : 20;
 }
 
+#ifndef PORIN_CTX_XDP /* encapsulation and decapsulation through the skb's helpers */
 /* Hand a packet to the VXLAN device with its tunnel metadata.
  * Returns TC_ACT_REDIRECT or DROP(DROP_ENCAP_FAILED). */
 static __always_inline int tunnel_vxlan_redirect(struct __sk_buff *skb,
@@ -113,15 +114,21 @@ static __always_inline int tunnel_ipip_decap(struct __sk_buff *skb)
 		return DROP(DROP_ENCAP_FAILED);
 	return 0;
 }
+#endif /* !PORIN_CTX_XDP */
 
 /* A tunnelled packet from node `node_ip` claims to come from `inner_src`
  * with `identity`: the ipcache must place that source behind that node,
  * with that identity (or know the node's pod CIDR only, identity unknown,
- * while the pod's own entry is on its way). 0 or DROP(DROP_FORGED_TUNNEL). */
+ * while the pod's own entry is on its way), or be the node itself as a
+ * remote node. 0 or DROP(DROP_FORGED_TUNNEL). */
 static __always_inline int tunnel_check_sender(__be32 node_ip, __be32 inner_src, __u32 identity)
 {
 	struct remote_endpoint_info *info = ipcache_lookup(inner_src);
 
+	/* the node itself (a NodePort packet it sourced from its address) */
+	if (inner_src == node_ip && info && (info->flags & IPCACHE_F_NODE) &&
+	    identity == IDENTITY_REMOTE_NODE)
+		return 0;
 	if (!info || info->tunnel_endpoint != node_ip)
 		return DROP(DROP_FORGED_TUNNEL);
 	if (info->sec_identity != identity && info->sec_identity != IDENTITY_UNKNOWN)

@@ -165,6 +165,47 @@ static int client(const char *ip, int port, double duration)
 	return 0;
 }
 
+/* one connection, 1-byte request/response for `duration` seconds */
+static int rr(const char *ip, int port, double duration)
+{
+	unsigned long ok = 0;
+	struct sockaddr_in a;
+	int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
+	double start, last;
+	char b = 'r';
+
+	if (addr_of(ip, port, &a))
+		return 2;
+	set_timeouts(s, 3);
+	setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(s, (struct sockaddr *)&a, sizeof(a))) {
+		perror("connect");
+		return 1;
+	}
+	for (int i = 0; i < 200; i++) /* warm-up */
+		if (write(s, &b, 1) != 1 || read(s, &b, 1) != 1)
+			return 1;
+	start = last = now();
+	while (last - start < duration) {
+		double t;
+
+		if (write(s, &b, 1) != 1 || read(s, &b, 1) != 1) {
+			fprintf(stderr, "rr: %s\n", strerror(errno));
+			break;
+		}
+		t = now();
+		double us = (t - last) * 1e6;
+		hist[us < NBUCKETS * BUCKET_US ? (int)(us / BUCKET_US) : NBUCKETS]++;
+		ok++;
+		last = t;
+	}
+	close(s);
+	printf("{\"ok\": %lu, \"errors\": 0, \"stalls\": 0, \"seconds\": %.6f, "
+	       "\"p50_us\": %.1f, \"p99_us\": %.1f}\n",
+	       ok, last - start, percentile(ok, 0.5), percentile(ok, 0.99));
+	return 0;
+}
+
 static int stats(const char *ip, int port)
 {
 	struct sockaddr_in a;
@@ -191,8 +232,11 @@ int main(int argc, char **argv)
 		return serve(atoi(argv[2]));
 	if (argc == 5 && !strcmp(argv[1], "client"))
 		return client(argv[2], atoi(argv[3]), atof(argv[4]));
+	if (argc == 5 && !strcmp(argv[1], "rr"))
+		return rr(argv[2], atoi(argv[3]), atof(argv[4]));
 	if (argc == 4 && !strcmp(argv[1], "stats"))
 		return stats(argv[2], atoi(argv[3]));
-	fprintf(stderr, "usage: crr server PORT | client IP PORT SECONDS | stats IP PORT\n");
+	fprintf(stderr, "usage: crr server PORT | client IP PORT SECONDS | rr IP PORT SECONDS | "
+		"stats IP PORT\n");
 	return 2;
 }

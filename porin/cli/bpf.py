@@ -55,7 +55,7 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
     """Frontend slots and the backends they point to, as the datapath sees them."""
     from porin.maps.lb_backends import BackendsMap
     from porin.maps.lb_common import proto_name
-    from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, ServicesMap
+    from porin.maps.lb_services import SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_XDP, ServicesMap
 
     with open_map(ctx, ServicesMap) as sm, open_map(ctx, BackendsMap) as bm:
         slots = sm.slots()
@@ -67,7 +67,11 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
         if s.slot == 0:
             flags = [
                 n
-                for bit, n in ((SVC_F_MAGLEV, "maglev"), (SVC_F_AFFINITY, "affinity"))
+                for bit, n in (
+                    (SVC_F_MAGLEV, "maglev"),
+                    (SVC_F_AFFINITY, "affinity"),
+                    (SVC_F_XDP, "xdp"),
+                )
                 if s.flags & bit
             ]
             tags = ", ".join([f"{s.count} slots", *flags])
@@ -90,6 +94,7 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
                     "revNat": s.rev_nat,
                     "count": s.count,
                     "flags": s.flags,
+                    "xdp": bool(s.flags & SVC_F_XDP),
                     "backend": bj,
                 }
                 for f, _, s, bj in rows
@@ -97,6 +102,28 @@ def bpf_lb_list(ctx: Context, output: str) -> None:
         )
     print_table(
         ("SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"), [(f, w) for f, w, _, _ in rows]
+    )
+
+
+@bpf.group("frag")
+def bpf_frag() -> None:
+    """The fragment map (lib/frag.h): datagrams whose first fragment was seen."""
+
+
+@bpf_frag.command("list")
+@output_option
+@click.pass_obj
+def bpf_frag_list(ctx: Context, output: str) -> None:
+    """Source, destination, IP id and protocol -> the ports of the first fragment."""
+    from porin.maps.frag4 import Frag4Map
+
+    with open_map(ctx, Frag4Map) as m:
+        rows = m.datagrams()
+    if output == "json":
+        return print_json([d.to_json() for d in rows])
+    print_table(
+        ("PROTO", "SOURCE", "DESTINATION", "IP ID"),
+        [(d.proto, f"{d.src}:{d.sport}", f"{d.dst}:{d.dport}", d.ip_id) for d in rows],
     )
 
 
@@ -111,6 +138,7 @@ def _ct_line(c: Any) -> str:
         (" Hairpin" if c.hairpin else "")
         + (" Related" if c.related else "")
         + (" MultiCPU" if c.multi_cpu else "")
+        + (" DSR" if c.dsr else "")
     )
     return (
         f"{c.proto} {kind} {c.src}:{c.sport} -> {c.dst}:{c.dport} state={c.state} "

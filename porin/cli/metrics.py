@@ -30,6 +30,7 @@ def metrics_list(ctx: Context, drops: bool, output: str) -> None:
             [
                 {
                     "reason": x.reason_text,
+                    "reasonName": x.reason_name,
                     "reasonCode": x.reason,
                     "drop": x.is_drop,
                     "direction": x.direction_text,

@@ -226,35 +226,6 @@ def test_nodeport_dnat_and_reply(host, services):
     assert checksums_valid(got)
 
 
-def test_nodeport_reaches_only_this_nodes_backends(host, services):
-    """Without source NAT a backend on another node would answer the client
-    directly: a node port balances over the node's own backends, and refuses
-    when it has none, instead of leaving connections to hang."""
-    services.node.node_ips = [NODE_IP]
-    services.node.is_local = lambda ip: ip == POD_B.ip
-    remote = Backend("10.244.2.5", 8080)
-    services.upsert(
-        Service(
-            id=3,
-            ip="10.96.0.12",
-            port=80,
-            type="nodeport",
-            node_port=30082,
-            backends=[Backend(POD_B.ip, 8080), remote],
-        )
-    )
-    for sport in range(50100, 50120):
-        syn = ingress(IP(src="203.0.113.7", dst=NODE_IP) / TCP(sport=sport, dport=30082, flags="S"))
-        ret, out = host.run("from_netdev", syn)
-        assert ret == TC_ACT_REDIRECT and Ether(out)[IP].dst == POD_B.ip
-    services.upsert(
-        Service(id=3, ip="10.96.0.12", port=80, type="nodeport", node_port=30082, backends=[remote])
-    )
-    syn = ingress(IP(src="203.0.113.7", dst=NODE_IP) / TCP(sport=50200, dport=30082, flags="S"))
-    ret, out = host.run("from_netdev", syn)
-    assert ret == TC_ACT_REDIRECT and (Ether(out)[ICMP].type, Ether(out)[ICMP].code) == (3, 3)
-
-
 def test_nodeport_without_backends_is_refused(host, services):
     services.node.node_ips = [NODE_IP]
     services.upsert(Service(id=2, ip="10.96.0.11", port=80, type="nodeport", node_port=30081))

@@ -59,7 +59,8 @@ def test_a_taken_port_refuses_all_of_a_pods_mappings(lxc, host_ports):
         host_ports.claim(other)
     assert not any(k.port == 9090 for k in lxc.lb.services.keys())
     # another protocol, or another address of a port bound to one address, is free
-    host_ports.claim(pod(3, "10.244.0.7", {"hostPort": 8080, "containerPort": 80, "protocol": "udp"}))
+    udp = {"hostPort": 8080, "containerPort": 80, "protocol": "udp"}
+    host_ports.claim(pod(3, "10.244.0.7", udp))
     host_ports.claim(
         pod(4, "10.244.0.8", {"hostPort": 7070, "containerPort": 80, "hostIP": "198.18.0.11"})
     )
@@ -148,3 +149,27 @@ def test_ipv6_mappings_are_left_out_and_duplicates_kept_once():
         parse_port_mappings(
             [{"hostPort": 80, "containerPort": 8080}, {"hostPort": 80, "containerPort": 9090}]
         )
+
+
+def test_an_address_new_to_the_node_gets_a_frontend_id_of_its_own(lxc, host_ports):
+    """Node addresses that come later (the agent restarted with a device) sort
+    before the loopback: the new frontend must not take the id the loopback's
+    still has, or replies would be sourced from the wrong frontend."""
+    svcs = host_ports.services
+    svcs.node.node_ips = []
+    (hp,) = host_ports.claim(pod(1, "10.244.0.5", {"hostPort": 8080, "containerPort": 80}))
+    nodeport = Service(
+        id=5, ip="10.96.0.5", port=80, type=ServiceType.NODE_PORT, node_port=30085,
+        backends=[Backend("10.244.0.5", 80)],
+    )  # fmt: skip
+    svcs.node.node_ips = ["198.18.1.11"]
+    svcs.upsert(nodeport)
+    svcs.node.node_ips = ["198.18.0.11", "198.18.1.11"]
+    svcs.upsert_many([svcs.get(hp.id), svcs.get(5)])
+    for sid in (hp.id, 5):
+        ids = [fe.rev_nat for fe in svcs.frontends(sid)]
+        assert len(ids) == len(set(ids)), ids
+    # every frontend's replies are sourced from its own address
+    rev = {k.id: f"{v.ip}:{v.host_port}" for k, v in lxc.lb.reverse_nat.items()}
+    want = {fe.rev_nat: f"{fe.ip}:{fe.port}" for sid in (hp.id, 5) for fe in svcs.frontends(sid)}
+    assert {k: rev[k] for k in want} == want

@@ -346,12 +346,12 @@ CASES = {
         TC_ACT_OK,
         [("HOST_PASS", OUT)],
     ),
-    "fragment to masquerade": (
+    "fragment to masquerade, its first not seen": (
         uplink_node,
         "to_netdev",
         wire(IP(src=POD_A.ip, dst=PEER, frag=100, proto=6) / (b"x" * 40)),
-        TC_ACT_SHOT,
-        [("FRAG_NOT_SUPPORTED", OUT)],
+        TC_ACT_OK,
+        [("FRAG_UNKNOWN", OUT)],
     ),
     # from_host_lo
     "lo, not a service": (

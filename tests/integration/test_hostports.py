@@ -10,54 +10,11 @@ import json
 import subprocess
 
 import pytest
+from peers import WHOAMI, start, tcp, udp
 from porinlab import Netns, Node, Underlay, wait_for
 
 NODE_IP = "198.18.0.31"
 EXT_IP = "198.18.0.130"
-
-WHOAMI = """
-import asyncio, sys
-async def handle(r, w):
-    peer = w.get_extra_info("peername")
-    await r.read(100)
-    w.write(f"{peer[0]}".encode()); await w.drain(); w.close()
-async def main():
-    srv = await asyncio.start_server(handle, "0.0.0.0", int(sys.argv[1]))
-    print("ready", flush=True)
-    await srv.serve_forever()
-asyncio.run(main())
-"""
-
-UDP_ECHO = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-print("ready", flush=True)
-while True:
-    data, peer = s.recvfrom(2048)
-    s.sendto(peer[0].encode(), peer)
-"""
-
-TCP_ONCE = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.sendall(b"hi"); print(s.recv(100).decode(), s.getpeername()[0], s.getpeername()[1])
-"""
-
-# an unconnected UDP socket: sendto() and recvfrom(), as dig does
-UDP_ONCE = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
-s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
-data, peer = s.recvfrom(2048)
-print(data.decode(), peer[0], peer[1])
-"""
-
-
-def start(ns, script: str, *args: str) -> subprocess.Popen:
-    p = ns.popen(["python3", "-c", script, *args], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +36,6 @@ def site():
 
 def mapped_pod(node: Node, *mappings: dict) -> object:
     return node.add_pod(runtimeConfig={"portMappings": list(mappings)})
-
-
-def tcp(ns, host: str, port: int, check: bool = True) -> subprocess.CompletedProcess:
-    return ns.exec(["python3", "-c", TCP_ONCE, host, str(port)], check=check)
 
 
 def test_host_port_reached_from_everywhere_and_released_at_del(site, snapshot, settled):
@@ -128,13 +81,11 @@ def test_host_port_reached_from_everywhere_and_released_at_del(site, snapshot, s
 def test_udp_host_port_on_the_loopback_answers_from_what_was_asked(site):
     node, ext = site
     pod = mapped_pod(node, {"hostPort": 15353, "containerPort": 53, "protocol": "udp"})
-    srv = start(pod, UDP_ECHO, "53")
+    srv = start(pod, WHOAMI, "53")
     try:
-        seen, peer, port = node.ns.exec(
-            ["python3", "-c", UDP_ONCE, "127.0.0.1", "15353"]
-        ).stdout.split()
+        seen, peer, port = udp(node.ns, "127.0.0.1", 15353).stdout.split()
         assert (peer, port) == ("127.0.0.1", "15353")
-        seen, peer, port = ext.exec(["python3", "-c", UDP_ONCE, NODE_IP, "15353"]).stdout.split()
+        seen, peer, port = udp(ext, NODE_IP, 15353).stdout.split()
         assert (seen, peer, port) == (EXT_IP, NODE_IP, "15353")
     finally:
         srv.kill()

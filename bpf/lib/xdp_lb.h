@@ -1,0 +1,227 @@
+/* NodePort load balancing in XDP (bpf_xdp.c), Katran's way: the flow's
+ * backend from the balancer's flow table (lib/lb.h lb4_flow_backend: the
+ * LRU, else Maglev, the same table on every node, so every node and every
+ * packet of a flow pick the same backend, also for a TCP flow first seen
+ * without its SYN; or random; affinity first); a backend on another node
+ * reached with DSR in IPIP (lib/dsr.h), straight out of the device the FIB
+ * names.
+ *
+ * Helpers return CTX_GO_ON (on to tc: the backend is local, or the packet
+ * cannot be sent from here), an XDP action, or DROP(reason).
+ */
+#ifndef PORIN_XDP_LB_H
+#define PORIN_XDP_LB_H
+
+#include "common.h"
+#include "flow.h"
+#include "csum.h"
+#include "ipv4.h"
+#include "icmp.h"
+#include "lb.h"
+#include "dsr.h"
+#include "endpoint.h"
+#include "ipcache.h"
+
+#define AF_INET_ 2
+
+/* Destination of the packet to `addr`:`port`, in place, checksums fixed (a
+ * non-first fragment has no ports: its address alone). */
+static __always_inline int xdp_dnat4(struct xdp_md *ctx, const struct flow *f, __be32 addr,
+				     __be16 port)
+{
+	void *end = ctx_data_end(ctx);
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
+	void *l4 = ctx_data(ctx) + (f->l4_off & 0xff);
+	__be16 *dport = l4 + 2;
+	__u16 *check;
+	__u16 c;
+
+	if ((void *)(ip + 1) > end)
+		return DROP(DROP_TRUNCATED);
+	check = l4_csum_field(f, l4, end);
+	if (check) {
+		c = csum_replace32(*check, ip->daddr, addr);
+		c = csum_replace16(c, f->dport, port);
+		if (f->proto == IPPROTO_UDP && !c)
+			c = 0xffff; /* 0 would mean "no checksum" */
+		*check = c;
+	}
+	if (!f->is_fragment) {
+		if ((void *)(dport + 1) > end)
+			return DROP(DROP_TRUNCATED);
+		*dport = port;
+	}
+	ipv4_csum_update32(ip, ip->daddr, addr);
+	ip->daddr = addr;
+	return 0;
+}
+
+/* The sum of an IPv4 header of `words` 16-bit words. */
+static __always_inline __u16 xdp_ipv4_csum(const __u16 *hdr, int words)
+{
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 14; i++)
+		if (i < words)
+			sum += hdr[i];
+	return csum_finish(sum);
+}
+
+/* Put the DSR outer header (lib/dsr.h) in front of the packet, addressed as
+ * the FIB said. 0 or DROP(DROP_ENCAP_FAILED). */
+static __always_inline int xdp_dsr4_encap(struct xdp_md *ctx, __be32 saddr, __be32 daddr,
+					  __be32 fe_addr, __be16 fe_port,
+					  const struct bpf_fib_lookup *fib)
+{
+	struct iphdr *inner = ctx_data(ctx) + ETH_HLEN, *outer;
+	struct dsr_opt4 *opt;
+	struct ethhdr *eth;
+	__u16 inner_len;
+	__be16 frag, id;
+
+	if ((void *)(inner + 1) > ctx_data_end(ctx))
+		return DROP(DROP_ENCAP_FAILED);
+	inner_len = bpf_ntohs(inner->tot_len);
+	frag = inner->frag_off & bpf_htons(0x4000); /* DF, as the client set it */
+	id = inner->id;
+	if (bpf_xdp_adjust_head(ctx, -(int)DSR_ENCAP_LEN))
+		return DROP(DROP_ENCAP_FAILED);
+	eth = ctx_data(ctx);
+	outer = (void *)(eth + 1);
+	opt = (void *)(outer + 1);
+	if ((void *)(opt + 1) > ctx_data_end(ctx))
+		return DROP(DROP_ENCAP_FAILED);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	outer->version = 4;
+	outer->ihl = DSR_ENCAP_LEN / 4;
+	outer->tos = 0;
+	outer->tot_len = bpf_htons(inner_len + DSR_ENCAP_LEN);
+	outer->id = id;
+	outer->frag_off = frag;
+	outer->ttl = 64;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = saddr;
+	outer->daddr = daddr;
+	opt->type = DSR_OPT_TYPE;
+	opt->len = DSR_OPT_LEN;
+	opt->port = fe_port;
+	opt->address = fe_addr;
+	outer->check = xdp_ipv4_csum((__u16 *)outer, DSR_ENCAP_LEN / 2);
+	return 0;
+}
+
+/* The packet, too big for the way to the backend's node with the DSR
+ * header and not to be fragmented, becomes ICMP fragmentation needed (with
+ * the MTU left for it) back to its sender, from the frontend `from`: the
+ * frame is [eth | new IP | ICMP | the packet's IP header + 8 bytes].
+ * XDP_TX, or DROP(DROP_FRAG_NEEDED) when it cannot be made. */
+static __always_inline int xdp_frag_needed(struct xdp_md *ctx, __be32 from, __u16 mtu)
+{
+	struct ethhdr *eth, *old_eth;
+	struct iphdr *ip, *quote;
+	struct icmphdr *icmp;
+	__u32 sum = 0, len;
+	__u16 *w;
+
+	quote = ctx_data(ctx) + ETH_HLEN;
+	if ((void *)quote + ICMP_QUOTE_LEN > ctx_data_end(ctx) || quote->ihl != 5)
+		return DROP(DROP_FRAG_NEEDED);
+	if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(*ip) + sizeof(*icmp))))
+		return DROP(DROP_FRAG_NEEDED);
+	len = ctx_len(ctx);
+	if (bpf_xdp_adjust_tail(ctx, (int)(ETH_HLEN + sizeof(*ip) + sizeof(*icmp) +
+					  ICMP_QUOTE_LEN) - (int)len))
+		return DROP(DROP_FRAG_NEEDED);
+	eth = ctx_data(ctx);
+	ip = (void *)(eth + 1);
+	icmp = (void *)(ip + 1);
+	old_eth = (void *)eth + sizeof(*ip) + sizeof(*icmp);
+	quote = (void *)(icmp + 1);
+	if ((void *)quote + ICMP_QUOTE_LEN > ctx_data_end(ctx))
+		return DROP(DROP_FRAG_NEEDED);
+	/* the quoted header sits where it was; the frame's own is rebuilt */
+	__builtin_memcpy(eth->h_dest, old_eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_FRAG_NEEDED;
+	icmp->checksum = 0;
+	icmp->un.frag.__unused = 0;
+	icmp->un.frag.mtu = bpf_htons(mtu);
+	w = (__u16 *)icmp;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*icmp) + ICMP_QUOTE_LEN) / 2; i++)
+		sum += w[i];
+	icmp->checksum = csum_finish(sum);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*icmp) + ICMP_QUOTE_LEN);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = from;
+	ip->daddr = quote->saddr;
+	ip->check = xdp_ipv4_csum((__u16 *)ip, sizeof(*ip) / 2);
+	return XDP_TX;
+}
+
+/* A NodePort packet to frontend `svc` on node address `node_ip`: to its
+ * backend on another node with DSR, or CTX_GO_ON (on to tc: a local
+ * backend, none, or no way from here). */
+static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
+					 const struct lb4_service *svc, __be32 node_ip,
+					 struct verdict *v)
+{
+	struct bpf_fib_lookup fib = {};
+	struct remote_endpoint_info *info;
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
+	struct lb4_backend *b;
+	__be32 fe_addr = f->daddr.v4;
+	__be16 fe_port = f->dport;
+	int ret;
+
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	b = lb4_flow_backend(f, svc);
+	if (!b || lookup_endpoint(b->address))
+		return CTX_GO_ON; /* no backend (tc refuses it) or a local one */
+	info = ipcache_lookup(b->address);
+	if (!info || !info->tunnel_endpoint)
+		return CTX_GO_ON;
+	fib.family = AF_INET_;
+	fib.ipv4_src = node_ip;
+	fib.ipv4_dst = info->tunnel_endpoint;
+	fib.tot_len = bpf_ntohs(ip->tot_len) + DSR_ENCAP_LEN;
+	fib.ifindex = ctx->ingress_ifindex;
+	/* routed as the node forwards what comes in on this device (the agent
+	 * turns IP forwarding on) */
+	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (ret == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		if (!(ip->frag_off & bpf_htons(0x4000)))
+			return CTX_GO_ON; /* may be fragmented: the stack's */
+		v->reason = DROP_FRAG_NEEDED;
+		return xdp_frag_needed(ctx, fe_addr, fib.mtu_result - DSR_ENCAP_LEN);
+	}
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
+		return CTX_GO_ON;
+	ret = xdp_dnat4(ctx, f, b->address, b->port);
+	if (ret)
+		return ret;
+	ret = xdp_dsr4_encap(ctx, node_ip, info->tunnel_endpoint, fe_addr, fe_port, &fib);
+	if (ret)
+		return ret;
+	v->reason = REASON_NODEPORT_DSR;
+	v->dst_identity = info->sec_identity;
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+#endif /* PORIN_XDP_LB_H */

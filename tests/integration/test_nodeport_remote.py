@@ -1,0 +1,137 @@
+"""A NodePort reached on one node whose only backend is on another, from an
+external host, with native XDP on the node devices: nodePortMode dsr (XDP
+sends the client's packet to the backend's node, the backend answers the
+client directly as the frontend) and snat (tc translates the source, the
+reply comes back through the frontend node), over both overlays."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from peers import TCP_HOLD, WHOAMI, start, tcp, udp
+from porinlab import Etcd, Netns, Node, Underlay, wait_for
+
+ETCD_IP = "198.18.0.2"
+EXT_IP = "198.18.0.200"
+NODE1, NODE2 = "198.18.0.21", "198.18.0.22"
+NODE_PORT = 30300
+
+
+def count(node: Node, reason: str) -> int:
+    rows = node.porin_json("metrics", "list")
+    return sum(r["packets"] for r in rows if r["reasonName"] == reason)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("dsr", "vxlan"), ("snat", "ipip")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def site(request):
+    mode, tunnel = request.param
+    underlay = Underlay()
+    etcd = Etcd(underlay, ETCD_IP)
+    ext = Netns(kind="ext")
+    nodes: list[Node] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        etcd.start()
+        underlay.attach(ext, EXT_IP)
+        for i, ip in ((1, NODE1), (2, NODE2)):
+            n = Node(
+                pod_cidr=f"10.246.{i}.0/24",
+                underlay=underlay,
+                node_ip=ip,
+                kvstore={"endpoints": [etcd.endpoint]},
+                tunnel=tunnel,
+                clusterCIDR="10.246.0.0/16",
+                xdpMode="native",
+                nodePortMode=mode,
+            )
+            nodes.append(n)
+            n.start_agent()
+        backend = nodes[1].add_pod()
+        procs.append(start(backend, WHOAMI, "8080"))
+        nodes[0].porin(
+            "service", "update", "--id", "30", "--frontend", "10.96.3.30:80",
+            "--backends", f"{backend.ip}:8080", "--type", "nodeport",
+            "--node-port", str(NODE_PORT),
+        )  # fmt: skip
+        nodes[0].porin(
+            "service", "update", "--id", "31", "--frontend", "10.96.3.31:53",
+            "--backends", f"{backend.ip}:8080", "--type", "nodeport",
+            "--node-port", str(NODE_PORT), "--protocol", "udp",
+        )  # fmt: skip
+        want = f"{backend.ip}/32"
+        for n in nodes:
+            wait_for(
+                lambda n=n: (
+                    any(e["prefix"] == want for e in n.porin_json("bpf", "ipcache", "list"))
+                    and len(n.porin_json("service", "list")) == 2
+                ),
+                20,
+                f"{n.ns.name} to learn the backend and the services",
+            )
+        yield mode, nodes, ext, backend
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for n in nodes:
+            n.close()
+        ext.close()
+        etcd.close()
+        underlay.close()
+
+
+def test_xdp_is_native_on_the_node_devices(site):
+    _, nodes, _, _ = site
+    for n in nodes:
+        (x,) = n.porin_json("status")["host"]["xdp"]
+        assert x["mode"] == "native"
+
+
+def test_tcp_to_a_backend_on_another_node(site):
+    mode, nodes, ext, _ = site
+    reason = "NODEPORT_DSR" if mode == "dsr" else "NODEPORT_SNAT"
+    before = count(nodes[0], reason)
+    seen, peer, port = tcp(ext, NODE1, NODE_PORT).stdout.split()
+    # the reply came from the frontend the client used
+    assert (peer, port) == (NODE1, str(NODE_PORT))
+    # DSR keeps the client's address; SNAT shows the frontend node's
+    assert seen == (EXT_IP if mode == "dsr" else NODE1)
+    assert count(nodes[0], reason) > before
+    if mode == "dsr":
+        assert count(nodes[1], "DSR_REPLY") > 0
+
+
+def test_udp_to_a_backend_on_another_node(site):
+    mode, nodes, ext, _ = site
+    seen, peer, port = udp(ext, NODE1, NODE_PORT).stdout.split()
+    assert (peer, port) == (NODE1, str(NODE_PORT))
+    assert seen == (EXT_IP if mode == "dsr" else NODE1)
+
+
+def test_the_backends_own_node_serves_it_too(site):
+    _, nodes, ext, _ = site
+    seen, peer, _ = tcp(ext, NODE2, NODE_PORT).stdout.split()
+    assert (seen, peer) == (EXT_IP, NODE2)  # a local backend: no translation of the client
+
+
+def test_established_flow_survives_an_agent_restart(site):
+    _, nodes, ext, _ = site
+    hold = start(ext, TCP_HOLD, NODE1, str(NODE_PORT))
+    try:
+        hold.stdin.write("1\n")
+        hold.stdin.flush()
+        first = hold.stdout.readline().strip()
+        assert first in (EXT_IP, NODE1)
+        nodes[0].stop_agent()
+        nodes[0].start_agent()
+        hold.stdin.write("2\n")
+        hold.stdin.flush()
+        assert hold.stdout.readline().strip() == first
+    finally:
+        hold.kill()
+        hold.wait()
