@@ -114,6 +114,13 @@ class AgentConfig:
         return self.tunnel
 
     @property
+    def prefilter_slots(self) -> int:
+        """Slots of the prefilter's /32 index (maps/prefilter_slots.py)."""
+        from porin.maps.prefilter_slots import slots_for
+
+        return slots_for(self.prefilter_map_size)
+
+    @property
     def pod_mtu(self) -> int:
         overhead = {"vxlan": 50, "ipip": 20}.get(self.tunnel_mode, 0)
         return self.mtu - overhead

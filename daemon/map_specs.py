@@ -52,10 +52,12 @@ from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.policy_scratch import PolicyScratchMap
 from porin.maps.prefilter_exact import PrefilterExactMap
 from porin.maps.prefilter_lpm import PrefilterLpmMap
+from porin.maps.prefilter_slots import PrefilterL16Map, PrefilterSlotsMap, slot_bits
 from porin.maps.sock_config import SockConfigMap
 from porin.maps.sock_rev4 import SockRev4Map
 from porin.maps.tunnel_config import TunnelConfigMap
 from porin.maps.xdp_actions import XdpActionsMap
+from porin.maps.xdp_routes4 import XdpRoutesMap
 
 log = logging.getLogger("porin.maps")
 
@@ -80,8 +82,11 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PolicyScratchMap,
     PrefilterExactMap,
     PrefilterLpmMap,
+    PrefilterSlotsMap,
+    PrefilterL16Map,
     XdpActionsMap,
     Lb4FlowsMap,
+    XdpRoutesMap,
     Frag4Map,
     Dsr4Map,
     SockConfigMap,
@@ -146,6 +151,7 @@ def size_flags(cfg: AgentConfig) -> list[str]:
     sizes = {m.SIZE_FLAG: m.max_entries_for(cfg) for m in PINNED_MAPS if m.SIZE_FLAG}
     sizes |= {
         "ENDPOINT_SLOT_BITS": ENDPOINT_SLOT_BITS,
+        "PREFILTER_SLOT_BITS": slot_bits(cfg.prefilter_slots),
         MaglevMap.SIZE_FLAG: MaglevMap.SIZE,
         "LB_MAGLEV_TABLE_SIZE": cfg.maglev_table_size,
         RingBuffer.SIZE_FLAG: RingBuffer.SIZE,

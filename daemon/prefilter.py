@@ -20,8 +20,20 @@ from typing import Any
 
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
 from porin.errors import PorinError
+from porin.maps.pinned import U32Key
 from porin.maps.prefilter_exact import PrefilterAddr, PrefilterCounters, PrefilterExactMap
 from porin.maps.prefilter_lpm import PrefilterLpmMap, PrefilterPrefix
+from porin.maps.prefilter_slots import (
+    SLOT_SHARED,
+    SLOT_USED,
+    L16Count,
+    PrefilterL16Map,
+    PrefilterSlot,
+    PrefilterSlotsMap,
+    l16_indexes,
+    slot_bits,
+    slot_of,
+)
 
 log = logging.getLogger("porin.prefilter")
 
@@ -52,6 +64,9 @@ class Prefilter:
     ) -> None:
         self.exact = PrefilterExactMap(bpffs_root)
         self.lpm = PrefilterLpmMap(bpffs_root)
+        self.slots = PrefilterSlotsMap(bpffs_root)
+        self.l16 = PrefilterL16Map(bpffs_root)
+        self.bits = slot_bits(self.slots.max_entries)
         self.config = [normalize(c) for c in config_cidrs]
         self.protected = protected  # address -> why it may not be listed
         self.stored: set[str] = set()
@@ -95,20 +110,66 @@ class Prefilter:
                 raise PrefilterError(f"{cidr} covers {addr}, {why}: it cannot be prefiltered")
 
     def sync(self) -> None:
-        """Make the maps hold exactly the wanted list (counters of kept entries stay)."""
+        """Make the maps hold exactly the wanted list (counters of kept entries
+        stay): new entries first, then the indexes, then what went is removed,
+        so the datapath never finds an index entry without its entry."""
         with self._lock:
             want = set(self.config) | self.stored
             have = set(self.exact.entries()) | set(self.lpm.entries())
-            for c in want - have:
+            for c in sorted(want - have):
                 if c.endswith("/32"):
                     self.exact.put(PrefilterAddr.of(c.split("/")[0]), PrefilterCounters())
                 else:
                     self.lpm.put(PrefilterPrefix.of(c), PrefilterCounters())
+            self._sync_indexes(want)
             for c in have - want:
                 if c.endswith("/32"):
                     self.exact.delete(PrefilterAddr.of(c.split("/")[0]))
                 else:
                     self.lpm.delete(PrefilterPrefix.of(c))
+
+    def _sync_indexes(self, want: set[str]) -> None:
+        """The /32 slots and the /16 prefix counts for `want`, only what changed
+        written (a slot that keeps its address keeps its counters)."""
+        slots: dict[int, tuple[str, int]] = {}
+        for c in sorted(want):
+            if not c.endswith("/32"):
+                continue
+            ip = c.split("/")[0]
+            idx = slot_of(ip, self.bits)
+            if idx in slots:
+                slots[idx] = (slots[idx][0], slots[idx][1] | SLOT_SHARED)
+            else:
+                slots[idx] = (ip, SLOT_USED)
+        current = self.slots.used()
+        for idx, (ip, flags) in slots.items():
+            old = current.get(idx)
+            if old is not None and old.address == ip:
+                if old.flags != flags:
+                    old.flags = flags
+                    self.slots.put(U32Key(idx), old)
+                continue
+            self.slots.put(U32Key(idx), PrefilterSlot.of(ip, flags))
+        for idx in set(current) - set(slots):
+            self.slots.put(U32Key(idx), PrefilterSlot())
+        counts: dict[int, int] = {}
+        for c in want:
+            if not c.endswith("/32"):
+                for i in l16_indexes(c):
+                    counts[i] = counts.get(i, 0) + 1
+        have = self.l16.counts()
+        for i in set(counts) | set(have):
+            if counts.get(i, 0) != have.get(i, 0):
+                self.l16.put(U32Key(i), L16Count(counts.get(i, 0)))
+
+    def _exact_counters(self) -> dict[str, tuple[int, int]]:
+        """Packets and bytes of each /32: its slot's and its hash entry's."""
+        out = {c: (v.packets, v.bytes) for c, v in self.exact.entries().items()}
+        for s in self.slots.used().values():
+            c = f"{s.address}/32"
+            p, b = out.get(c, (0, 0))
+            out[c] = (p + s.packets, b + s.bytes)
+        return out
 
     def add(self, cidrs: list[Any]) -> list[str]:
         """All valid and allowed, then stored and programmed; or none."""
@@ -153,18 +214,21 @@ class Prefilter:
             ) from None
 
     def list(self) -> list[dict[str, Any]]:
-        counters = {**self.exact.entries(), **self.lpm.entries()}
+        counters = {
+            **self._exact_counters(),
+            **{c: (v.packets, v.bytes) for c, v in self.lpm.entries().items()},
+        }
         with self._lock:
             want = set(self.config) | self.stored
         out = []
         for c in sorted(want, key=lambda x: ipaddress.IPv4Network(x)):
-            v = counters.get(c)
+            packets, nbytes = counters.get(c, (0, 0))
             out.append(
                 {
                     "cidr": c,
                     "source": "config" if c in self.config else "api",
-                    "packets": v.packets if v else 0,
-                    "bytes": v.bytes if v else 0,
+                    "packets": packets,
+                    "bytes": nbytes,
                 }
             )
         return out

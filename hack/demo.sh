@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: porin-agent on its embedded single-node default, three pods
-# created through the CNI plugin exactly as a runtime would, shown talking.
+# created through the CNI plugin exactly as a runtime would, shown talking;
+# then a host port, and the agent restarted with an uplink to show XDP.
 #
 # The node runs in its own network namespace (porin-demo-node) so the demo
 # never touches this machine's own interfaces; everything is removed on exit.
@@ -12,6 +13,7 @@ SOCK=/var/run/porin/porin.sock
 NETCONF='{"cniVersion":"1.0.0","name":"porin","type":"porin"}'
 LOG=$(mktemp /tmp/porin-demo-agent.XXXXXX.log)
 AGENT_PID=""
+AGENTCONF=""
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_node() { nsenter --net=/var/run/netns/$NODE "$@"; }
@@ -31,10 +33,16 @@ cleanup() {
     [ -e /var/run/netns/$p ] && cni DEL "$p" && echo "CNI DEL $p: ok"
     ip netns del "$p" 2>/dev/null
   done
+  if [ -e /var/run/netns/porin-demo-web ]; then
+    CNI_COMMAND=DEL CNI_CONTAINERID=demo-web CNI_NETNS=/var/run/netns/porin-demo-web CNI_IFNAME=eth0 \
+      CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$NETCONF" >/dev/null
+    ip netns del porin-demo-web 2>/dev/null
+  fi
   if [ -n "$AGENT_PID" ]; then kill -TERM "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; fi
-  in_node porin-agent --uninstall >/dev/null 2>&1
+  in_node porin-agent ${AGENTCONF:+--config "$AGENTCONF"} --uninstall >/dev/null 2>&1
+  ip netns del porin-demo-ext 2>/dev/null
   ip netns del $NODE 2>/dev/null
-  rm -f "$LOG"
+  rm -f "$LOG" ${AGENTCONF:+"$AGENTCONF"}
   echo "demo removed"
 }
 
@@ -46,7 +54,7 @@ if [ -n "$(ls -A /var/run/porin/endpoints 2>/dev/null)" ]; then
   echo "/var/run/porin holds another agent's endpoints; run 'make uninstall' or stop that node first" >&2
   exit 1
 fi
-ip netns del $NODE 2>/dev/null || true
+for ns in $NODE porin-demo-web porin-demo-ext; do ip netns del $ns 2>/dev/null || true; done
 trap cleanup EXIT
 
 say "starting porin-agent (embedded default config) in node namespace $NODE"
@@ -185,6 +193,63 @@ porin bpf policy get demo/pod3
 porin delete -f "$POLICY"
 rm -f "$POLICY"
 kill $SRV3; wait $SRV3 2>/dev/null || true
+
+say "host ports: pod web publishes 8080 as 18080 (runtimeConfig.portMappings, as podman -p 18080:8080)"
+WEB=porin-demo-web
+ip netns add $WEB
+WEBCONF=${NETCONF%\}}',"runtimeConfig":{"portMappings":[{"hostPort":18080,"containerPort":8080,"protocol":"tcp"}]}}'
+CNI_COMMAND=ADD CNI_CONTAINERID=demo-web CNI_NETNS=/var/run/netns/$WEB CNI_IFNAME=eth0 \
+  CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$WEBCONF" | python3 -m json.tool --compact
+IPW=$(ip_of $WEB)
+ip netns exec $WEB python3 -c "$WHOAMI" "$IPW" web >/dev/null 2>&1 &
+SRVW=$!
+for _ in $(seq 1 100); do
+  ip netns exec ${PODS[0]} python3 -c "import socket; socket.create_connection(('$IPW', 8080), 1)" 2>/dev/null && break
+  sleep 0.05
+done
+echo -n "node -> http://127.0.0.1:18080/ (socket hooks, bpf_sock.c): "
+in_node python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:18080/", timeout=5).read().decode())'
+porin service list
+
+say "XDP on an uplink: the agent restarted with devices: [eth0], an external host beyond it"
+EXT=porin-demo-ext
+ip netns add $EXT
+ip -n $EXT link set lo up
+ip -n $NODE link add eth0 type veth peer name eth0 netns $EXT
+ip -n $NODE addr add 198.18.0.1/24 dev eth0
+ip -n $NODE link set eth0 up
+ip -n $EXT addr add 198.18.0.100/24 dev eth0
+ip -n $EXT link set eth0 up
+ip netns exec $EXT ethtool -K eth0 tx off >/dev/null  # whole checksums, as from a wire
+AGENTCONF=$(mktemp /tmp/porin-demo-agent.XXXXXX.yaml)
+echo "devices: [eth0]" >"$AGENTCONF"
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+nsenter --net=/var/run/netns/$NODE porin-agent --config "$AGENTCONF" >>"$LOG" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 600); do
+  porin status >/dev/null 2>&1 && break
+  kill -0 $AGENT_PID 2>/dev/null || { cat "$LOG"; exit 1; }
+  sleep 0.1
+done
+porin status | grep -E "Devices|Host ports"
+echo -n "the pods kept working across the restart: pod1 -> pod2: "
+ip netns exec ${PODS[0]} ping -c 1 -W 2 -q "$IP2" | grep -o "1 received"
+echo "external host -> node: ping, answered in XDP (XDP_TX):"
+ip netns exec $EXT ping -c 3 -i 0.2 -W 2 198.18.0.1 | tail -2
+porin metrics xdp
+echo -n "external host -> http://198.18.0.1:18080/ (the host port, from outside): "
+ip netns exec $EXT python3 -c 'import urllib.request; print(urllib.request.urlopen("http://198.18.0.1:18080/", timeout=5).read().decode())'
+say "porin prefilter add 198.18.0.100: the external host is dropped in XDP"
+porin prefilter add 198.18.0.100
+ip netns exec $EXT ping -c 2 -i 0.2 -W 1 198.18.0.1 | tail -2 || true
+porin prefilter list
+porin prefilter delete 198.18.0.100
+echo -n "deleted again: "
+ip netns exec $EXT ping -c 1 -W 2 -q 198.18.0.1 | grep -o "1 received"
+kill $SRVW; wait $SRVW 2>/dev/null || true
+CNI_COMMAND=DEL CNI_CONTAINERID=demo-web CNI_NETNS=/var/run/netns/$WEB CNI_IFNAME=eth0 \
+  CNI_PATH=/usr/lib/cni in_node porin-cni <<<"$WEBCONF" && echo "CNI DEL web: ok, host port released"
+ip netns del $WEB
 
 say "porin endpoint list"
 porin endpoint list

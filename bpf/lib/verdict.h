@@ -92,9 +92,13 @@ static __always_inline void verdict_policy(struct verdict *v, __u8 dir, __u16 ep
 	ps->decided |= 1 << i;
 }
 
-/* The policy-verdict events of the packet, and the rule of a policy drop. */
+/* The policy-verdict events of the packet, and the rule of a policy drop
+ * (XDP decides no policy: nothing to look at). */
 static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struct verdict *v)
 {
+#ifdef PORIN_CTX_XDP
+	return 0;
+#endif
 	__u32 zero = 0, rule = 0;
 	struct policy_scratch *ps = policy_scratch.lookup(&zero);
 

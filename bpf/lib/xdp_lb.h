@@ -4,7 +4,7 @@
  * packet of a flow pick the same backend, also for a TCP flow first seen
  * without its SYN; or random; affinity first); a backend on another node
  * reached with DSR in IPIP (lib/dsr.h), straight out of the device the FIB
- * names.
+ * names (kept a second or two in `xdp_routes4`, by backend).
  *
  * Helpers return CTX_GO_ON (on to tc: the backend is local, or the packet
  * cannot be sent from here), an XDP action, or DROP(reason).
@@ -21,6 +21,11 @@
 #include "dsr.h"
 #include "endpoint.h"
 #include "ipcache.h"
+#include "clock.h"
+
+#ifndef XDP_ROUTES4_MAP_SIZE
+#error "XDP_ROUTES4_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
 
 #define AF_INET_ 2
 
@@ -68,11 +73,11 @@ static __always_inline __u16 xdp_ipv4_csum(const __u16 *hdr, int words)
 	return csum_finish(sum);
 }
 
-/* Put the DSR outer header (lib/dsr.h) in front of the packet, addressed as
- * the FIB said. 0 or DROP(DROP_ENCAP_FAILED). */
+/* Put the DSR outer header (lib/dsr.h) in front of the packet, with the
+ * route's MACs. 0 or DROP(DROP_ENCAP_FAILED). */
 static __always_inline int xdp_dsr4_encap(struct xdp_md *ctx, __be32 saddr, __be32 daddr,
-					  __be32 fe_addr, __be16 fe_port,
-					  const struct bpf_fib_lookup *fib)
+					  __be32 fe_addr, __be16 fe_port, const __u8 *smac,
+					  const __u8 *dmac)
 {
 	struct iphdr *inner = ctx_data(ctx) + ETH_HLEN, *outer;
 	struct dsr_opt4 *opt;
@@ -92,8 +97,8 @@ static __always_inline int xdp_dsr4_encap(struct xdp_md *ctx, __be32 saddr, __be
 	opt = (void *)(outer + 1);
 	if ((void *)(opt + 1) > ctx_data_end(ctx))
 		return DROP(DROP_ENCAP_FAILED);
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	outer->version = 4;
 	outer->ihl = DSR_ENCAP_LEN / 4;
@@ -172,6 +177,64 @@ static __always_inline int xdp_frag_needed(struct xdp_md *ctx, __be32 from, __u1
 	return XDP_TX;
 }
 
+/* The way to a backend's node, kept for a second or two: an ipcache lookup
+ * and two FIB lookups cost about 250 ns, a hit in this table about 30. A
+ * neighbour or route change is seen within two seconds. */
+struct xdp_route4 {
+	__be32 node;        /* the backend's node (its tunnel endpoint) */
+	__u32 identity;     /* the backend's security identity */
+	__u32 ifindex;      /* out of this device */
+	__u32 expires;      /* seconds of the datapath clock */
+	__u8 smac[ETH_ALEN];
+	__u8 dmac[ETH_ALEN];
+	__u16 mtu;          /* the route's MTU */
+	__u16 pad;
+};
+
+PORIN_MAP("lru_hash", __be32, struct xdp_route4, xdp_routes4, XDP_ROUTES4_MAP_SIZE);
+
+/* The route to backend `b`'s node, from the table or looked up (the
+ * ipcache, then the FIB: routed as the node forwards what comes in on this
+ * device, the agent turns forwarding on). NULL: not behind another node, or
+ * no way there yet (no route, neighbour unresolved: tc resolves it). */
+static __always_inline struct xdp_route4 *xdp_route_to(struct xdp_md *ctx, __be32 backend,
+						       __be32 node_ip)
+{
+	struct xdp_route4 fresh = {}, *r = xdp_routes4.lookup(&backend);
+	struct bpf_fib_lookup fib = {};
+	struct remote_endpoint_info *info;
+	__u32 now = now_seconds();
+
+	if (r && r->expires > now)
+		return r;
+	info = ipcache_lookup(backend);
+	if (!info || !info->tunnel_endpoint)
+		return NULL;
+	fib.family = AF_INET_;
+	fib.ipv4_src = node_ip;
+	fib.ipv4_dst = info->tunnel_endpoint;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.tot_len = 0xffff; /* too big for any route: the answer is its MTU */
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return NULL;
+	fresh.mtu = fib.mtu_result;
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AF_INET_;
+	fib.ipv4_src = node_ip;
+	fib.ipv4_dst = info->tunnel_endpoint;
+	fib.ifindex = ctx->ingress_ifindex;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return NULL;
+	fresh.node = info->tunnel_endpoint;
+	fresh.identity = info->sec_identity;
+	fresh.ifindex = fib.ifindex;
+	fresh.expires = now + 2;
+	__builtin_memcpy(fresh.smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(fresh.dmac, fib.dmac, ETH_ALEN);
+	xdp_routes4.update(&backend, &fresh);
+	return xdp_routes4.lookup(&backend);
+}
+
 /* A NodePort packet to frontend `svc` on node address `node_ip`: to its
  * backend on another node with DSR, or CTX_GO_ON (on to tc: a local
  * backend, none, or no way from here). */
@@ -179,10 +242,9 @@ static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
 					 const struct lb4_service *svc, __be32 node_ip,
 					 struct verdict *v)
 {
-	struct bpf_fib_lookup fib = {};
-	struct remote_endpoint_info *info;
 	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
 	struct lb4_backend *b;
+	struct xdp_route4 *r;
 	__be32 fe_addr = f->daddr.v4;
 	__be16 fe_port = f->dport;
 	int ret;
@@ -192,36 +254,26 @@ static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
 	b = lb4_flow_backend(f, svc);
 	if (!b || lookup_endpoint(b->address))
 		return CTX_GO_ON; /* no backend (tc refuses it) or a local one */
-	info = ipcache_lookup(b->address);
-	if (!info || !info->tunnel_endpoint)
+	r = xdp_route_to(ctx, b->address, node_ip);
+	if (!r)
 		return CTX_GO_ON;
-	fib.family = AF_INET_;
-	fib.ipv4_src = node_ip;
-	fib.ipv4_dst = info->tunnel_endpoint;
-	fib.tot_len = bpf_ntohs(ip->tot_len) + DSR_ENCAP_LEN;
-	fib.ifindex = ctx->ingress_ifindex;
-	/* routed as the node forwards what comes in on this device (the agent
-	 * turns IP forwarding on) */
-	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (ret == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+	if (bpf_ntohs(ip->tot_len) + DSR_ENCAP_LEN > r->mtu) {
 		if (!(ip->frag_off & bpf_htons(0x4000)))
 			return CTX_GO_ON; /* may be fragmented: the stack's */
 		v->reason = DROP_FRAG_NEEDED;
-		return xdp_frag_needed(ctx, fe_addr, fib.mtu_result - DSR_ENCAP_LEN);
+		return xdp_frag_needed(ctx, fe_addr, r->mtu - DSR_ENCAP_LEN);
 	}
-	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
-		return CTX_GO_ON;
 	ret = xdp_dnat4(ctx, f, b->address, b->port);
 	if (ret)
 		return ret;
-	ret = xdp_dsr4_encap(ctx, node_ip, info->tunnel_endpoint, fe_addr, fe_port, &fib);
+	ret = xdp_dsr4_encap(ctx, node_ip, r->node, fe_addr, fe_port, r->smac, r->dmac);
 	if (ret)
 		return ret;
 	v->reason = REASON_NODEPORT_DSR;
-	v->dst_identity = info->sec_identity;
-	if (fib.ifindex == ctx->ingress_ifindex)
+	v->dst_identity = r->identity;
+	if (r->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(r->ifindex, 0);
 }
 
 #endif /* PORIN_XDP_LB_H */

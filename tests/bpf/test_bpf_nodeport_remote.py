@@ -33,6 +33,7 @@ from porin.maps.host_devices import HostDevice, Ifindex
 from porin.maps.ipcache import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IpcacheEntry
 from porin.maps.lb4_flows import Lb4FlowsMap
 from porin.maps.tunnel_config import TunnelConfig
+from porin.maps.xdp_routes4 import XdpRoutesMap
 from porin.models import Backend, Service
 
 XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
@@ -93,6 +94,7 @@ def cluster(lxc, services):
     services.node.node_ips = [NODE_IP]
     services.node.is_local = lambda ip: False
     services.node.xdp_node_ports = True  # nodePortMode dsr with XDP
+    XdpRoutesMap(os.path.dirname(lxc.endpoints.path)).clear()  # XDP's route cache
     return lxc, services
 
 

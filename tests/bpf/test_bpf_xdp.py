@@ -8,10 +8,10 @@ from lxc_harness import DIR_INGRESS, checksums_valid
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
+from porin.daemon.prefilter import Prefilter, normalize
 from porin.maps.host_devices import HostDevice, Ifindex
 from porin.maps.pinned import U32Key
-from porin.maps.prefilter_exact import PrefilterAddr, PrefilterCounters, PrefilterExactMap
-from porin.maps.prefilter_lpm import PrefilterLpmMap, PrefilterPrefix
+from porin.maps.prefilter_slots import slot_of
 from porin.maps.xdp_actions import XdpActionsMap
 
 XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
@@ -19,14 +19,29 @@ NODE_IP = "198.18.0.11"
 PEER = "198.18.0.100"
 
 
+class Listed:
+    """The prefilter as the agent programs it (daemon/prefilter.py: entries
+    and their indexes), without a kvstore."""
+
+    def __init__(self, root: str) -> None:
+        self.pf = Prefilter(root, [], lambda: {})
+
+    def set(self, *cidrs: str) -> None:
+        self.pf.stored = {normalize(c) for c in cidrs}
+        self.pf.sync()
+
+    def packets(self) -> dict[str, int]:
+        return {r["cidr"]: r["packets"] for r in self.pf.list()}
+
+
 @pytest.fixture
 def xdp(lxc):
     root = lxc.endpoints.path.rsplit("/", 1)[0]
-    exact, lpm, actions = PrefilterExactMap(root), PrefilterLpmMap(root), XdpActionsMap(root)
+    listed, actions = Listed(root), XdpActionsMap(root)
+    listed.set()
     lxc.host_devices.put(Ifindex(1), HostDevice.of(NODE_IP, masquerade=True))
-    yield lxc, exact, lpm, actions
-    exact.clear()
-    lpm.clear()
+    yield lxc, listed, actions
+    listed.set()
 
 
 def frame(src: str = PEER, dst: str = NODE_IP, l4=None) -> bytes:
@@ -38,17 +53,42 @@ def frame(src: str = PEER, dst: str = NODE_IP, l4=None) -> bytes:
 
 
 def test_prefilter_drops_listed_sources_exact_and_by_prefix(xdp):
-    lxc, exact, lpm, _ = xdp
+    lxc, listed, _ = xdp
     before = lxc.count("PREFILTER", DIR_INGRESS)
     assert lxc.run("from_xdp", frame())[0] == XDP_PASS
-    exact.put(PrefilterAddr.of(PEER), PrefilterCounters())
-    lpm.put(PrefilterPrefix.of("203.0.113.0/24"), PrefilterCounters())
+    listed.set(PEER, "203.0.113.0/24", "10.0.0.0/8")
     assert lxc.run("from_xdp", frame())[0] == XDP_DROP
     assert lxc.run("from_xdp", frame(src="203.0.113.7"))[0] == XDP_DROP
-    assert lxc.run("from_xdp", frame(src="203.0.114.7"))[0] == XDP_PASS
-    assert lxc.count("PREFILTER", DIR_INGRESS) == before + 2
-    assert exact.get(PrefilterAddr.of(PEER)).packets == 1
-    assert lpm.get(PrefilterPrefix.of("203.0.113.0/24")).packets == 1
+    assert lxc.run("from_xdp", frame(src="10.200.1.1"))[0] == XDP_DROP  # a /8: 256 /16s
+    assert lxc.run("from_xdp", frame(src="203.0.114.7"))[0] == XDP_PASS  # another /24, same /16
+    assert lxc.run("from_xdp", frame(src="198.51.100.1"))[0] == XDP_PASS
+    assert lxc.count("PREFILTER", DIR_INGRESS) == before + 3
+    assert listed.packets() == {f"{PEER}/32": 1, "203.0.113.0/24": 1, "10.0.0.0/8": 1}
+    # taken out again: nothing of it stays in the datapath
+    listed.set("203.0.113.0/24")
+    assert lxc.run("from_xdp", frame())[0] == XDP_PASS
+    assert lxc.run("from_xdp", frame(src="10.200.1.1"))[0] == XDP_PASS
+    assert listed.packets() == {"203.0.113.0/24": 1}
+
+
+def test_addresses_sharing_a_slot_are_all_dropped_and_counted(xdp):
+    lxc, listed, _ = xdp
+    bits = listed.pf.bits
+    first = "192.0.2.1"
+    candidates = (f"100.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(1 << 22))
+    twins = [ip for ip in candidates if slot_of(ip, bits) == slot_of(first, bits)][:2]
+    assert len(twins) == 2
+    listed.set(first, *twins)
+    for src in (first, *twins, first):
+        assert lxc.run("from_xdp", frame(src=src))[0] == XDP_DROP
+    assert lxc.run("from_xdp", frame(src="192.0.2.2"))[0] == XDP_PASS
+    got = listed.packets()
+    assert got == {f"{first}/32": 2, f"{twins[0]}/32": 1, f"{twins[1]}/32": 1}
+    # the slot's holder goes: the others still drop (from the hash)
+    listed.set(*twins)
+    for src in twins:
+        assert lxc.run("from_xdp", frame(src=src))[0] == XDP_DROP
+    assert lxc.run("from_xdp", frame(src=first))[0] == XDP_PASS
 
 
 def test_echo_to_the_node_is_answered_in_place(xdp):
@@ -86,10 +126,10 @@ def test_what_is_not_ipv4_passes_and_truncated_ipv4_drops(xdp):
 
 
 def test_every_action_is_counted(xdp):
-    lxc, exact, _, actions = xdp
+    lxc, listed, actions = xdp
     before = actions.totals()
     lxc.run("from_xdp", frame())
-    exact.put(PrefilterAddr.of(PEER), PrefilterCounters())
+    listed.set(PEER)
     lxc.run("from_xdp", frame())
     lxc.run("from_xdp", bytes(Ether() / IP(src="10.0.0.1", dst=NODE_IP) / ICMP()))
     after = actions.totals()
