@@ -184,12 +184,14 @@ static __always_inline int handle_dsr(struct __sk_buff *ctx, const struct dsr_op
 	v->src_identity = identity_of(f.saddr.v4);
 	if (v->src_identity == IDENTITY_HOST)
 		return DROP(DROP_INVALID_IDENTITY);
-	if (!f.is_fragment)
+	/* an ICMP error (about the flow, sent on by the frontend node) is
+	 * matched to it by conntrack: nothing to note */
+	if (!f.is_fragment && f.proto != IPPROTO_ICMP)
 		dsr4_note(&f, opt);
 	ret = ct_process(ctx, &f, CT_DIR_IN, v);
 	if (ret != CTX_GO_ON)
 		return ret;
-	if (!f.is_fragment) {
+	if (!f.is_fragment && f.proto != IPPROTO_ICMP) {
 		e = v->ct ? v->ct : ct_entry_of(&f);
 		if (e && !(e->flags & CT_F_DSR))
 			e->flags |= CT_F_DSR;

@@ -11,7 +11,10 @@
  *      prefix) -> DROP_PREFILTER, counted on the entry (lib/prefilter.h)
  *   5. not addressed to this device's node address -> on to tc
  *   6. an ICMP echo request, not a fragment -> answered in place and sent
- *      back out (XDP_TX, REASON_XDP_ECHO)
+ *      back out (XDP_TX, REASON_XDP_ECHO); nodePortMode dsr: an ICMP error
+ *      quoting a flow XDP balanced to another node (the frontend as its
+ *      source) -> to that flow's backend, the quote made about it, DSR as
+ *      the flow (REASON_NODEPORT_DSR)
  *   7. nodePortMode dsr: TCP or UDP to a NodePort frontend (lib/xdp_lb.h):
  *      the flow's backend (per-CPU LRU, else Maglev or random); one on
  *      another node -> DNAT, DSR header, out of the device the FIB names
@@ -135,6 +138,10 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 		ret = flow_parse4_l4(ctx, &f);
 		if (ret)
 			return ret;
+		if (NODEPORT_DSR && flow_is_icmp_error(&f)) {
+			ret = xdp_nodeport4_icmp_error(ctx, &f, dev->node_ip, v);
+			return ret == CTX_GO_ON ? XDP_PASS : ret;
+		}
 		if (f.icmp_type != ICMP_ECHO)
 			return XDP_PASS;
 		return xdp_echo_reply(ctx, &f, v);

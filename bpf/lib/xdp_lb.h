@@ -51,7 +51,7 @@ static __always_inline int xdp_dnat4(struct xdp_md *ctx, const struct flow *f, _
 			c = 0xffff; /* 0 would mean "no checksum" */
 		*check = c;
 	}
-	if (!f->is_fragment) {
+	if (!f->is_fragment && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)) {
 		if ((void *)(dport + 1) > end)
 			return DROP(DROP_TRUNCATED);
 		*dport = port;
@@ -267,6 +267,83 @@ static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
 	if (ret)
 		return ret;
 	ret = xdp_dsr4_encap(ctx, node_ip, r->node, fe_addr, fe_port, r->smac, r->dmac);
+	if (ret)
+		return ret;
+	v->reason = REASON_NODEPORT_DSR;
+	v->dst_identity = r->identity;
+	if (r->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(r->ifindex, 0);
+}
+
+/* The header an ICMP error quotes, sourced from `addr`:`port` instead (the
+ * quoted header's and the ICMP checksums fixed; icmp_inner_flow checked it
+ * has no options). 0 or DROP(DROP_TRUNCATED). */
+static __always_inline int xdp_icmp_quote_src(struct xdp_md *ctx, const struct flow *f,
+					      __be32 addr, __be16 port)
+{
+	struct icmphdr *icmp = ctx_data(ctx) + (f->l4_off & 0xff);
+	struct iphdr *q = (void *)(icmp + 1);
+	__be16 *qport = (void *)(q + 1);
+	__u16 c, old_check;
+	__be32 old_addr;
+
+	if ((void *)(qport + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	old_addr = q->saddr;
+	old_check = q->check;
+	q->check = csum_replace32(q->check, old_addr, addr);
+	q->saddr = addr;
+	c = csum_replace32(icmp->checksum, old_addr, addr);
+	c = csum_replace16(c, old_check, q->check);
+	c = csum_replace16(c, *qport, port);
+	*qport = port;
+	icmp->checksum = c;
+	return 0;
+}
+
+/* An ICMP error to the node about a flow XDP sent to a backend on another
+ * node (a router beyond the client reports on the backend's reply, which
+ * carried the frontend as its source): to that same backend, DSR as the
+ * flow, the quote made about the backend, so its stack finds the socket
+ * (path MTU discovery of DSR flows). CTX_GO_ON: none of those, the stack's. */
+static __always_inline int xdp_nodeport4_icmp_error(struct xdp_md *ctx, struct flow *f,
+						    __be32 node_ip, struct verdict *v)
+{
+	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
+	struct lb4_flow_key key = {};
+	struct lb4_backend *b;
+	struct xdp_route4 *r;
+	struct lb4_flow *known;
+	struct flow inner;
+	int ret;
+
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	if (icmp_inner_flow(ctx, f, &inner) || inner.saddr.v4 != node_ip ||
+	    (inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP))
+		return CTX_GO_ON;
+	key.client = inner.daddr.v4;
+	key.frontend = inner.saddr.v4;
+	key.client_port = inner.dport;
+	key.frontend_port = inner.sport;
+	key.proto = inner.proto;
+	known = lb4_flows.lookup(&key);
+	if (!known)
+		return CTX_GO_ON;
+	b = lb4_backend_usable(known->backend_id, 0);
+	if (!b || lookup_endpoint(b->address))
+		return CTX_GO_ON;
+	r = xdp_route_to(ctx, b->address, node_ip);
+	if (!r || bpf_ntohs(ip->tot_len) + DSR_ENCAP_LEN > r->mtu)
+		return CTX_GO_ON;
+	ret = xdp_icmp_quote_src(ctx, f, b->address, b->port);
+	if (ret)
+		return ret;
+	ret = xdp_dnat4(ctx, f, b->address, 0);
+	if (ret)
+		return ret;
+	ret = xdp_dsr4_encap(ctx, node_ip, r->node, inner.saddr.v4, inner.sport, r->smac, r->dmac);
 	if (ret)
 		return ret;
 	v->reason = REASON_NODEPORT_DSR;

@@ -20,31 +20,56 @@ def metrics() -> None:
 @output_option
 @click.pass_obj
 def metrics_list(ctx: Context, drops: bool, output: str) -> None:
-    """Packets and bytes by verdict reason and direction."""
+    """Packets and bytes by verdict reason and direction, then what the
+    uplinks' XDP program returned (as `porin metrics xdp`)."""
     from porin.maps.metrics import MetricsMap
+    from porin.maps.pinned import MapNotFound
+    from porin.maps.xdp_actions import XdpActionsMap
 
     with open_map(ctx, MetricsMap) as m:
-        rows = [x for x in m.metrics() if x.is_drop or not drops]
-    if output == "json":
-        return print_json(
-            [
+        rows = [
+            {
+                "reason": x.reason_text,
+                "reasonName": x.reason_name,
+                "reasonCode": x.reason,
+                "drop": x.is_drop,
+                "direction": x.direction_text,
+                "packets": x.packets,
+                "bytes": x.bytes,
+            }
+            for x in m.metrics()
+            if x.is_drop or not drops
+        ]
+    try:
+        with XdpActionsMap(ctx.bpffs_root, read_only=True) as xm:
+            actions = xm.totals()
+    except MapNotFound:
+        actions = {}  # no XDP on this node
+    for name, packets in actions.items():
+        if packets and (name in ("drop", "aborted") or not drops):
+            rows.append(
                 {
-                    "reason": x.reason_text,
-                    "reasonName": x.reason_name,
-                    "reasonCode": x.reason,
-                    "drop": x.is_drop,
-                    "direction": x.direction_text,
-                    "packets": x.packets,
-                    "bytes": x.bytes,
+                    "reason": f"XDP action {name.upper()}",
+                    "reasonName": f"XDP_ACTION_{name.upper()}",
+                    "reasonCode": None,
+                    "drop": name in ("drop", "aborted"),
+                    "direction": "ingress",
+                    "packets": packets,
+                    "bytes": None,
                 }
-                for x in rows
-            ]
-        )
+            )
+    if output == "json":
+        return print_json(rows)
     print_table(
         ("REASON", "DIRECTION", "PACKETS", "BYTES"),
         [
-            (("drop: " if x.is_drop else "") + x.reason_text, x.direction_text, x.packets, x.bytes)
-            for x in rows
+            (
+                ("drop: " if r["drop"] else "") + r["reason"],
+                r["direction"],
+                r["packets"],
+                "-" if r["bytes"] is None else r["bytes"],
+            )
+            for r in rows
         ],
     )
 

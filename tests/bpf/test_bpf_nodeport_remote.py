@@ -20,7 +20,7 @@ from lxc_harness import (
     on_ifindex,
 )
 from porinlab import in_netns
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, defragment, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, defragment, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -431,3 +431,48 @@ def test_masqueraded_fragments_leave_with_the_same_translation(cluster):
     (whole,) = defragment(ips)
     assert whole[UDP].sport != 0 and len(whole[Raw].load) == 3000
     assert checksums_valid(Ether() / IP(bytes(whole)))
+
+
+def test_icmp_errors_about_a_dsr_flow_reach_its_backend(cluster, dsr_xdp, node_net, tmp_path):
+    """A router beyond the client reports on a backend's reply (sourced from
+    the frontend): the error goes to that backend, quoting it."""
+    lxc, services = cluster
+    prog, _ = dsr_xdp
+    nodeport(services, REMOTE_POD, OTHER_POD)
+    syn = from_client(TCP(sport=48000, dport=NODE_PORT, flags="S"))
+    err = bytes(
+        Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
+        / IP(src="203.0.113.1", dst=NODE_IP)
+        / ICMP(type=3, code=4, nexthopmtu=1280)
+        / IP(src=NODE_IP, dst=CLIENT, flags="DF", len=1500)
+        / TCP(sport=NODE_PORT, dport=48000, flags="A")
+    )
+    with in_netns(node_net):
+        node = Ether(run_xdp(prog, syn)[1])[IP].dst
+        ret, out = run_xdp(prog, err)
+    assert ret == XDP_REDIRECT
+    outer = Ether(out)[IP]
+    assert (outer.dst, outer.proto, outer.ihl) == (node, 4, 7)
+    inner = IP(bytes(outer)[28:])
+    backend = REMOTE_POD if node == PEER_NODE else OTHER_POD
+    assert (inner.src, inner.dst, inner[ICMP].type, inner[ICMP].code) == (
+        "203.0.113.1",
+        backend,
+        3,
+        4,
+    )
+    quoted = inner[IPerror]
+    assert (quoted.src, quoted.dst, quoted[TCPerror].sport) == (backend, CLIENT, 8080)
+    # every checksum as a receiver computes it
+    fresh = IP(bytes(inner))
+    del fresh.chksum, fresh[ICMP].chksum, fresh[IPerror].chksum
+    again = IP(bytes(fresh))
+    assert (again.chksum, again[ICMP].chksum, again[IPerror].chksum) == (
+        inner.chksum,
+        inner[ICMP].chksum,
+        quoted.chksum,
+    )
+    # an error about no flow of XDP's is the stack's
+    other = err.replace(bytes([0xBB, 0x80]), bytes([0xBB, 0x81]))  # another client port
+    with in_netns(node_net):
+        assert run_xdp(prog, other)[0] == XDP_PASS

@@ -135,3 +135,22 @@ def test_established_flow_survives_an_agent_restart(site):
     finally:
         hold.kill()
         hold.wait()
+
+
+def test_a_fragmented_datagram_arrives_whole(site):
+    mode, nodes, ext, _ = site
+    # to the backend's own node: tc follows the fragments to the pod
+    seen, peer, _ = udp(ext, NODE2, NODE_PORT, size=3000).stdout.split()
+    assert (seen, peer) == (EXT_IP, NODE2)
+    # to the other node, with room on the way for the encapsulation (the
+    # client's route to it is 1400 bytes: its fragments get 28 or 50 more)
+    ext.exec(["ip", "route", "replace", f"{NODE1}/32", "dev", "eth0", "mtu", "1400"])
+    try:
+        before = count(nodes[0], "FRAG_UNKNOWN")
+        seen, peer, port = udp(ext, NODE1, NODE_PORT, size=3000).stdout.split()
+        assert (peer, port) == (NODE1, str(NODE_PORT))
+        assert seen == (EXT_IP if mode == "dsr" else NODE1)
+        assert count(nodes[0], "FRAG_UNKNOWN") == before
+        assert any(d["dport"] == NODE_PORT for d in nodes[0].porin_json("bpf", "frag", "list"))
+    finally:
+        ext.exec(["ip", "route", "del", f"{NODE1}/32"])
