@@ -93,6 +93,32 @@ static __always_inline int deliver_to_pod(struct __sk_buff *ctx, const struct fl
 	return local_delivery(ctx, f, ep, v, DELIVER_REDIRECT);
 }
 
+/* Too big for the uplink once `overhead` bytes of encapsulation are added,
+ * and not to be fragmented: ICMP fragmentation needed back to the client,
+ * from the frontend's address and about the frontend (conntrack makes the
+ * quote the client's packet again), as a router would. GSO packets are
+ * segmented to the MTU later. CTX_GO_ON when it fits. */
+static __always_inline int nodeport_too_big(struct __sk_buff *ctx,
+					    const struct tunnel_config *cfg, __u32 overhead,
+					    const struct flow *fe, struct verdict *v)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	int ret;
+
+	if (!ip)
+		return DROP(DROP_TRUNCATED);
+	if (ctx->gso_segs > 1 || !(ip->frag_off & bpf_htons(0x4000)) ||
+	    bpf_ntohs(ip->tot_len) + overhead <= cfg->mtu)
+		return CTX_GO_ON;
+	ret = icmp4_reply_error(ctx, fe->daddr.v4, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED,
+				cfg->mtu - overhead, DROP_FRAG_NEEDED);
+	if (IS_ERR(ret))
+		return ret;
+	ct_own_icmp_error(ctx, v);
+	v->reason = DROP_FRAG_NEEDED;
+	return bpf_redirect(ctx->ifindex, 0);
+}
+
 /* A NodePort packet (to frontend `fe`) DNATed to a backend on another node.
  * nodePortMode dsr, from the network: to the backend's node with the DSR
  * header, as XDP sends it (REASON_NODEPORT_DSR counts both). Otherwise sourced
@@ -112,6 +138,10 @@ static __always_inline int nodeport_to_remote(struct __sk_buff *ctx, struct flow
 	if (!info || !info->tunnel_endpoint)
 		return TC_ACT_OK;
 	v->dst_identity = info->sec_identity;
+	ret = nodeport_too_big(ctx, cfg, NODEPORT_DSR && dsr ? DSR_ENCAP_LEN : tunnel_overhead(cfg),
+			       fe, v);
+	if (ret != CTX_GO_ON)
+		return ret;
 	if (NODEPORT_DSR && dsr) {
 		v->reason = REASON_NODEPORT_DSR;
 		return dsr4_encap_redirect(ctx, cfg->node_ip, info->tunnel_endpoint, fe->daddr.v4,
@@ -250,7 +280,7 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx, struct verd
 		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	dev = host_devices.lookup(&ifindex);
+	dev = host_device_of(ifindex);
 	if (!dev)
 		return TC_ACT_OK;
 	ret = flow_parse4_l3(ctx, &f);
@@ -322,7 +352,7 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx, struct verdic
 		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	dev = host_devices.lookup(&ifindex);
+	dev = host_device_of(ifindex);
 	if (!dev || !(dev->flags & HOST_DEV_MASQUERADE))
 		return TC_ACT_OK;
 	ret = flow_parse4_l3(ctx, &f);

@@ -128,7 +128,7 @@ static __always_inline int masquerade_and_route(struct __sk_buff *ctx, struct fl
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return CTX_GO_ON;
 	out = fib.ifindex;
-	dev = host_devices.lookup(&out);
+	dev = host_device_of(out);
 	if (!dev || !(dev->flags & HOST_DEV_MASQUERADE))
 		return CTX_GO_ON;
 	ip = ipv4_hdr(ctx);

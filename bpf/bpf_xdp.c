@@ -129,7 +129,7 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 	ret = prefilter4(f.saddr.v4, ctx_len(ctx));
 	if (ret != CTX_GO_ON)
 		return ret;
-	dev = host_devices.lookup(&ifindex);
+	dev = host_device_of(ifindex);
 	if (!dev || f.daddr.v4 != dev->node_ip)
 		return XDP_PASS;
 	if (f.proto == IPPROTO_ICMP) {

@@ -23,7 +23,7 @@ from porin.daemon.datapath import (
     ensure_clsact,
     replace_filter,
 )
-from porin.maps.host_devices import HostDevice, HostDevicesMap, Ifindex
+from porin.maps.host_devices import HostDevice, sync_host_devices
 from porin.maps.nonmasq import NonMasqMap
 
 log = logging.getLogger("porin.host")
@@ -50,16 +50,15 @@ class HostDatapath:
     def attach(self) -> None:
         """Attach to every configured device and lo; program node IPs and CIDRs."""
         uplinks = [self._uplink(name) for name in self.cfg.devices]
-        with HostDevicesMap(self.cfg.bpffs_root) as devmap, NonMasqMap(self.cfg.bpffs_root) as nm:
+        with NonMasqMap(self.cfg.bpffs_root) as nm:
             nm.sync(self.cfg.non_masquerade_cidrs)
-            for up in uplinks:
-                devmap.put(
-                    Ifindex(up.ifindex), HostDevice.of(up.node_ip, self.cfg.enable_masquerade)
-                )
-            live = {up.ifindex for up in uplinks}
-            for key in list(devmap.keys()):
-                if key.ifindex not in live:
-                    devmap.delete(key)
+        sync_host_devices(
+            self.cfg.bpffs_root,
+            {
+                up.ifindex: HostDevice.of(up.node_ip, self.cfg.enable_masquerade)
+                for up in uplinks
+            },
+        )
         for up in uplinks:
             ensure_clsact(self.ipr, up.ifindex)
             replace_filter(self.ipr, up.ifindex, TC_INGRESS, self.programs["from_netdev"])

@@ -32,7 +32,7 @@ from porin.maps.dsr4 import Dsr4Map
 from porin.maps.endpoint_slots import ENDPOINT_SLOT_BITS, EndpointSlotsMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.frag4 import Frag4Map
-from porin.maps.host_devices import HostDevicesMap
+from porin.maps.host_devices import HostDeviceSlotsMap, HostDevicesMap
 from porin.maps.ipcache import IpcacheMap
 from porin.maps.lb4_flows import Lb4FlowsMap
 from porin.maps.lb_affinity import AffinityMap
@@ -75,6 +75,7 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     MetricsMap,
     NatMap,
     HostDevicesMap,
+    HostDeviceSlotsMap,
     NonMasqMap,
     IpcacheMap,
     PolicyMap,

@@ -28,7 +28,7 @@ static __always_inline int fib_redirect_uplink(struct __sk_buff *ctx, const stru
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return CTX_GO_ON;
 	out = fib.ifindex;
-	if (!host_devices.lookup(&out))
+	if (!host_device_of(out))
 		return CTX_GO_ON;
 	ip = ipv4_hdr(ctx);
 	if (!ip || ip->ttl <= 1)

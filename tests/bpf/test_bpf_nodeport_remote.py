@@ -476,3 +476,23 @@ def test_icmp_errors_about_a_dsr_flow_reach_its_backend(cluster, dsr_xdp, node_n
     other = err.replace(bytes([0xBB, 0x80]), bytes([0xBB, 0x81]))  # another client port
     with in_netns(node_net):
         assert run_xdp(prog, other)[0] == XDP_PASS
+
+
+@pytest.mark.parametrize(("mode", "overhead"), [("vxlan", 50), ("ipip", 20)])
+def test_tc_too_big_for_the_overlay_gets_fragmentation_needed(cluster, mode, overhead):
+    lxc, services = cluster
+    lxc.tunnel.set(TunnelConfig.of(mode, 55, 1, NODE_IP, 1500))
+    nodeport(services, REMOTE_POD)
+    big = from_client(TCP(sport=49000, dport=NODE_PORT, flags="A"), size=1500 - 40 - overhead + 1)
+    ret, out = lxc.run("from_netdev", big)
+    assert ret == TC_ACT_REDIRECT
+    got = Ether(out)
+    assert (got[IP].src, got[IP].dst) == (NODE_IP, CLIENT)
+    assert (got[ICMP].type, got[ICMP].code, got[ICMP].nexthopmtu) == (3, 4, 1500 - overhead)
+    quoted = got[IPerror]
+    assert (quoted.src, quoted.dst, quoted[TCPerror].dport) == (CLIENT, NODE_IP, NODE_PORT)
+    assert checksums_valid(got)
+    # what fits goes on
+    fits = from_client(TCP(sport=49001, dport=NODE_PORT, flags="A"), size=1500 - 40 - overhead)
+    assert lxc.run("from_netdev", fits)[0] == TC_ACT_REDIRECT
+    assert ICMP not in Ether(lxc.run("from_netdev", fits)[1])
