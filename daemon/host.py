@@ -54,10 +54,7 @@ class HostDatapath:
             nm.sync(self.cfg.non_masquerade_cidrs)
         sync_host_devices(
             self.cfg.bpffs_root,
-            {
-                up.ifindex: HostDevice.of(up.node_ip, self.cfg.enable_masquerade)
-                for up in uplinks
-            },
+            {up.ifindex: HostDevice.of(up.node_ip, self.cfg.enable_masquerade) for up in uplinks},
         )
         for up in uplinks:
             ensure_clsact(self.ipr, up.ifindex)
