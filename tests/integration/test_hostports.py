@@ -6,8 +6,10 @@ Porin still works."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from peers import WHOAMI, start, tcp, udp
@@ -17,14 +19,15 @@ NODE_IP = "198.18.0.31"
 EXT_IP = "198.18.0.130"
 
 
-@pytest.fixture(scope="module")
-def site():
+@contextlib.contextmanager
+def node_with_external_host(pod_cidr: str) -> Iterator[tuple[Node, Netns]]:
+    """A node with an uplink, its agent started, and an external host beside it."""
     underlay = Underlay(subnet="198.18.0.0/24")
     ext = Netns(kind="ext")
     node = None
     try:
         underlay.attach(ext, EXT_IP)
-        node = Node(pod_cidr="10.251.0.0/24", underlay=underlay, node_ip=NODE_IP, gateway=EXT_IP)
+        node = Node(pod_cidr=pod_cidr, underlay=underlay, node_ip=NODE_IP, gateway=EXT_IP)
         node.start_agent()
         yield node, ext
     finally:
@@ -32,6 +35,12 @@ def site():
             node.close()
         ext.close()
         underlay.close()
+
+
+@pytest.fixture(scope="module")
+def site():
+    with node_with_external_host("10.251.0.0/24") as s:
+        yield s
 
 
 def mapped_pod(node: Node, *mappings: dict) -> object:
@@ -166,19 +175,8 @@ def test_host_ports_survive_a_restart_and_go_with_a_pod_that_went(fresh_hostport
 
 @pytest.fixture
 def fresh_hostport_node():
-    underlay = Underlay(subnet="198.18.0.0/24")
-    ext = Netns(kind="ext")
-    node = None
-    try:
-        underlay.attach(ext, EXT_IP)
-        node = Node(pod_cidr="10.252.0.0/24", underlay=underlay, node_ip=NODE_IP, gateway=EXT_IP)
-        node.start_agent()
-        yield node, ext
-    finally:
-        if node is not None:
-            node.close()
-        ext.close()
-        underlay.close()
+    with node_with_external_host("10.252.0.0/24") as s:
+        yield s
 
 
 def test_portmap_chained_after_porin_still_works(site):
