@@ -25,7 +25,7 @@ from porin.daemon import links
 from porin.daemon.api import Api, ApiServer
 from porin.daemon.cluster import ClusterState, NodeInfo
 from porin.daemon.compiler import load_programs
-from porin.daemon.config import AgentConfig, ConfigError, load_config
+from porin.daemon.config import AgentConfig, ConfigError, load_config, parse_listen
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
@@ -33,7 +33,10 @@ from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemove
 from porin.daemon.host import HostDatapath
 from porin.daemon.hostports import HostPorts
 from porin.daemon.ipam import Ipam
-from porin.daemon.kvstore import open_store
+from porin.daemon.kvstore import EtcdStore, open_store
+from porin.daemon.map_pressure import MapPressure
+from porin.daemon.metrics import AgentMetrics, MetricsServer
+from porin.daemon.metrics_collect import ControlPlaneCollector, DatapathCollector
 from porin.daemon.monitor_watch import MonitorWatch
 from porin.daemon.policy import PolicyManager
 from porin.daemon.prefilter import Prefilter
@@ -72,6 +75,10 @@ class Agent:
     def start(self) -> None:
         cfg = self.cfg
         refuse_if_running(cfg.api_socket)
+        self.metrics = AgentMetrics()
+        listen = parse_listen(cfg.prometheus_listen)
+        # bound first: a taken port fails the start before anything is changed
+        self.metrics_server = MetricsServer(*listen, self.metrics) if listen else None
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.programs = load_programs(cfg)
@@ -129,6 +136,7 @@ class Agent:
             cfg.ct_gc_max_interval,
             nat=NatMap(cfg.bpffs_root) if self.host else None,
         )
+        self.ct_gc.on_pass = self.metrics.ct_gc_pass
         self.ct_gc.start()
         self.monitor_watch = MonitorWatch(cfg.bpffs_root)
         self.monitor_watch.start()
@@ -144,7 +152,9 @@ class Agent:
                 self.prefilter,
             ),
         )
+        self.server.api.observe = self.metrics.api_request
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
+        self._start_metrics()
         log.info(
             "porin-agent %s ready: node=%s podCIDR=%s gateway=%s socket=%s bpffs=%s endpoints=%d",
             __version__,
@@ -155,6 +165,25 @@ class Agent:
             cfg.bpffs_root,
             len(self.manager.list()),
         )
+
+    def _start_metrics(self) -> None:
+        """The scrape-time collectors, then /metrics (daemon/metrics.py)."""
+        cfg, gc = self.cfg, self.ct_gc
+        pressure = MapPressure(
+            cfg.bpffs_root,
+            counted_by_gc={
+                ConntrackMap.NAME: lambda: (gc.stats.last_alive, gc.stats.max_entries),
+                NatMap.NAME: lambda: (gc.nat_last_alive, cfg.nat_map_size),
+            },
+        )
+        self.collectors = [
+            DatapathCollector(cfg.bpffs_root, pressure, gc),
+            ControlPlaneCollector(self),
+        ]
+        for c in self.collectors:
+            self.metrics.registry.register(c)
+        if self.metrics_server is not None:
+            self.metrics_server.start()
 
     @staticmethod
     def _adopt_legacy_ct(ct: ConntrackMap, drop_legacy: bool) -> None:
@@ -172,6 +201,9 @@ class Agent:
         )
         self.tunnel.setup()
         self.store = open_store(cfg.kvstore, cfg.state_dir)
+        if isinstance(self.store, EtcdStore):
+            self.store.observe = self.metrics.kvstore_op
+            self.store.observe_event = self.metrics.kvstore_event
         self.cluster = ClusterState(
             self.store,
             IpcacheMap(cfg.bpffs_root),
@@ -296,6 +328,10 @@ class Agent:
             self.ct_gc.stop()
         if getattr(self, "monitor_watch", None) is not None:
             self.monitor_watch.stop()
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.stop()
+        for c in getattr(self, "collectors", []):
+            c.close()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -336,6 +372,13 @@ class Agent:
             "kvstore": self.cluster.status(),
             "policy": self.policy.status() if getattr(self, "policy", None) else {},
             "tunnel": {"mode": self.cfg.tunnel_mode, "podMTU": self.cfg.pod_mtu},
+            "metrics": {
+                "prometheus": (
+                    f"http://{self.metrics_server.address}/metrics"
+                    if self.metrics_server
+                    else "disabled"
+                )
+            },
         }
 
     def _host_status(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import os
 import re
 import socketserver
 import stat
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -78,6 +79,8 @@ class Api:
         self.ct = ct  # CtGarbageCollector
         self.status = status
         self.cluster = cluster  # ClusterState
+        # (route template, method, HTTP status, seconds) of every request: daemon/metrics.py
+        self.observe: Callable[[str, str, int, float], None] | None = None
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/healthz$"), self._healthz),
             ("GET", re.compile(r"^/v1/status$"), self._status),
@@ -110,18 +113,37 @@ class Api:
         self.routes += prefilter_routes(prefilter)
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
+        started = time.monotonic()
+        route, (status, payload) = self._route(method, target, body)
+        if self.observe is not None:
+            self.observe(route, method, status, time.monotonic() - started)
+        return status, payload
+
+    def refused(self, method: str, target: str, status: int, started: float) -> None:
+        """Count a request the transport refused before routing (bad body, too big)."""
+        if self.observe is None:
+            return
+        path = urlsplit(target).path
+        route = next((route_template(p) for _, p, _ in self.routes if p.match(path)), "unknown")
+        self.observe(route, method, status, time.monotonic() - started)
+
+    def _route(self, method: str, target: str, body: Any) -> tuple[str, tuple[int, Any]]:
+        """(the route's template, e.g. /v1/endpoints/{id}, or "unknown"; the reply)."""
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         allowed = []
+        route = "unknown"  # not the path itself: metrics labels stay few
         for m, pattern, fn in self.routes:
             match = pattern.match(url.path)
             if match:
+                route = route_template(pattern)
                 if m == method:
-                    return self._call(fn, query, body, match)
+                    return route, self._call(fn, query, body, match)
                 allowed.append(m)
         if allowed:
-            return 405, {"error": f"{method} not allowed on {url.path} (use {', '.join(allowed)})"}
-        return 404, {"error": f"no such API path {url.path}"}
+            why = f"{method} not allowed on {url.path} (use {', '.join(allowed)})"
+            return route, (405, {"error": why})
+        return route, (404, {"error": f"no such API path {url.path}"})
 
     def _call(
         self, fn: Handler, query: dict[str, Any], body: Any, m: re.Match[str]
@@ -301,24 +323,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def _serve(self, method: str) -> None:
-        body: Any = None
+        started = time.monotonic()
+        status, payload = self._read_body()
+        if status:
+            self.server.api.refused(method, self.path, status, started)
+        else:
+            status, payload = self.server.api.handle(method, self.path, payload)
+        self._reply(status, payload)
+
+    def _read_body(self) -> tuple[int, Any]:
+        """(0, the JSON body or None), or (a 4xx status, its error)."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            return self._reply(400, {"error": "bad Content-Length"})
+            return 400, {"error": "bad Content-Length"}
         if length > MAX_BODY:
-            return self._reply(413, {"error": f"request body over {MAX_BODY} bytes"})
-        if length:
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw)
-            except ValueError as e:
-                return self._reply(
-                    400,
-                    {"error": f"request body is not JSON: {e}", "cniCode": errors.DECODE_FAILURE},
-                )
-        status, payload = self.server.api.handle(method, self.path, body)
-        self._reply(status, payload)
+            return 413, {"error": f"request body over {MAX_BODY} bytes"}
+        if not length:
+            return 0, None
+        raw = self.rfile.read(length)
+        try:
+            return 0, json.loads(raw)
+        except ValueError as e:
+            return 400, {
+                "error": f"request body is not JSON: {e}",
+                "cniCode": errors.DECODE_FAILURE,
+            }
 
     def _reply(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
@@ -371,6 +401,12 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+
+
+def route_template(pattern: re.Pattern[str]) -> str:
+    """A route's path with its parameters named: ^/v1/services/(\\d+)$ -> /v1/services/{id}."""
+    path = pattern.pattern.strip("^$").replace(r"(\d+)", "{id}")
+    return re.sub(r"\([^)]*\)", "{name}", path)
 
 
 def _refuse_host_port_type(svc: Service) -> None:

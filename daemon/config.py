@@ -53,6 +53,7 @@ xdpMode: best-effort    # native, generic, best-effort (native, else generic) or
 prefilter: []           # source CIDRs XDP drops on the devices (also `porin prefilter add`)
 prefilterMapSize: 16384
 loopbackHostPorts: true # host ports also on 127.0.0.1 (cgroup socket hooks, bpf_sock.c)
+prometheusListen: 127.0.0.1:9962  # /metrics: HOST:PORT, :PORT for every address, "" off
 """
 
 
@@ -82,6 +83,7 @@ class AgentConfig:
     prefilter: list[str] = field(default_factory=list)
     prefilter_map_size: int = 16384
     loopback_host_ports: bool = True
+    prometheus_listen: str = "127.0.0.1:9962"
     ct_lifetime_tcp_syn: int = 60
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_close: int = 10
@@ -160,6 +162,7 @@ _KEYS = {
     "prefilter": "prefilter",
     "prefilterMapSize": "prefilter_map_size",
     "loopbackHostPorts": "loopback_host_ports",
+    "prometheusListen": "prometheus_listen",
     "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
     "ctLifetimeTCP": "ct_lifetime_tcp",
     "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
@@ -289,6 +292,12 @@ def _validate(cfg: AgentConfig) -> None:
             ipaddress.IPv4Network(str(c), strict=True)
         except ValueError as e:
             raise ConfigError(f"prefilter: {c!r} is not an IPv4 CIDR: {e}") from None
+    if cfg.prometheus_listen is None:
+        cfg.prometheus_listen = ""
+    try:
+        parse_listen(cfg.prometheus_listen)
+    except ValueError as e:
+        raise ConfigError(f"prometheusListen: {e}") from None
     _validate_host(cfg)
     _validate_cluster(cfg)
 
@@ -359,6 +368,27 @@ def _validate_cluster(cfg: AgentConfig) -> None:
     ttl = cfg.node_lease_ttl
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
         raise ConfigError(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """A listen address: "HOST:PORT", "[V6]:PORT" or ":PORT" (every address);
+    empty: None (disabled). HOST is an IP address."""
+    if not isinstance(text, str):
+        raise ValueError(f"must be a string like 127.0.0.1:9962, got {text!r}")
+    text = text.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9962, or :9962 for all)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IP address") from None
+    return host, int(port)
 
 
 def _port_range(text: str, name: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
@@ -84,6 +85,8 @@ class CtGarbageCollector:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # the duration of each pass in seconds: the agent's metrics (daemon/metrics.py)
+        self.on_pass: Callable[[float], None] = lambda seconds: None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ct-gc", daemon=True)
@@ -131,7 +134,9 @@ class CtGarbageCollector:
             s.last_deleted = deleted
             s.deleted_total += deleted
             s.last_alive = n - deleted
-            s.last_duration_ms = round((time.monotonic() - started) * 1000, 1)
+            took = time.monotonic() - started
+            self.on_pass(took)
+            s.last_duration_ms = round(took * 1000, 1)
             s.last_run_at = time.time()
             s.interval_seconds = round(
                 next_interval(s.interval_seconds, deleted, n, self.min_interval, self.max_interval),

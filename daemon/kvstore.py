@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,17 +143,26 @@ class EtcdStore:
             api_path="/v3/",
         )
 
+        # (operation, succeeded, seconds) of every call, and (scope) of every
+        # watch event: the agent's metrics (daemon/metrics.py)
+        self.observe: Callable[[str, bool, float], None] = lambda op, ok, secs: None
+        self.observe_event: Callable[[str], None] = lambda scope: None
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        started = time.monotonic()
         try:
-            return fn()
+            out = fn()
         except Exception as e:  # etcd3gw raises requests and its own errors
+            self.observe(what, False, time.monotonic() - started)
             raise KvStoreError(f"etcd {self.endpoint}: {what} failed: {e}") from None
+        self.observe(what, True, time.monotonic() - started)
+        return out
 
     def connected(self) -> bool:
         try:
-            self.client.status()
+            self._call("status", self.client.status)
             return True
-        except Exception:
+        except KvStoreError:
             return False
 
     def get_prefix(self, prefix: str) -> dict[str, Any]:
@@ -203,9 +213,12 @@ class EtcdStore:
     def watch_prefix(self, prefix: str, fn: WatchFn) -> Callable[[], None]:
         events, cancel = self._call("watch", lambda: self.client.watch_prefix(prefix))
 
+        scope = prefix[len(PREFIX) :].strip("/").split("/")[0] or "all"
+
         def pump() -> None:
             try:
                 for ev in events:
+                    self.observe_event(scope)
                     kv = ev.get("kv", {})
                     key = kv.get("key", b"").decode()
                     if ev.get("type") == "DELETE":

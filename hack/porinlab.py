@@ -39,8 +39,13 @@ def run(cmd: list[str] | str, check: bool = True, **kw: Any) -> subprocess.Compl
     return proc
 
 
+class ProcessExited(RuntimeError):
+    """What a condition waited on can no longer become true: its process is gone."""
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` until it returns a truthy value or the deadline passes."""
+    """Poll `cond` until it returns a truthy value or the deadline passes
+    (or `cond` raises ProcessExited: then at once)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -48,6 +53,8 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
             v = cond()
             if v:
                 return v
+        except ProcessExited:
+            raise
         except Exception as e:  # the condition may raise until it holds
             last_exc = e
         time.sleep(0.02)
@@ -307,6 +314,81 @@ class Etcd:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+class Prometheus:
+    """A real Prometheus server (Debian's `prometheus`) in a namespace of its own on
+    the underlay, scraping `targets` (HOST:PORT) every second; its own config
+    and data dir, nothing of the machine's Prometheus (if any) is used."""
+
+    def __init__(self, underlay: Underlay, ip: str, targets: list[str], port: int = 9090) -> None:
+        self.ip, self.port = ip, port
+        self.ns = Netns(kind="prom")
+        underlay.attach(self.ns, ip)
+        self.data_dir = tempfile.mkdtemp(prefix=f"{self.ns.name}-")
+        self.config_path = os.path.join(self.data_dir, "prometheus.yml")
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": "porin-agent", "static_configs": [{"targets": targets}]}
+            ],
+        }
+        Path(self.config_path).write_text(json.dumps(config))  # JSON is YAML
+        self.log_path = os.path.join(self.data_dir, "prometheus.log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "a")
+        self.proc = self.ns.popen(
+            [
+                "prometheus",
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={os.path.join(self.data_dir, 'data')}",
+                f"--web.listen-address={self.ip}:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.ready, timeout, "Prometheus to be ready")
+
+    def _get(self, path: str) -> tuple[int, str]:
+        r = self.ns.exec(
+            ["curl", "-s", "-m", "5", "-w", "\\n%{http_code}", f"{self.url}{path}"], check=False
+        )
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ProcessExited(f"prometheus exited:\n{Path(self.log_path).read_text()[-3000:]}")
+        return self._get("/-/ready")[0] == 200
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query through the HTTP API: [{metric: {labels}, value: float}]."""
+        from urllib.parse import quote
+
+        code, body = self._get(f"/api/v1/query?query={quote(expr)}")
+        data = json.loads(body)
+        if code != 200 or data.get("status") != "success":
+            raise RuntimeError(f"query {expr!r} failed ({code}): {body[:500]}")
+        return [
+            {"metric": r["metric"], "value": float(r["value"][1])} for r in data["data"]["result"]
+        ]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.ns.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 class Node:
     """A node namespace with its own porin-agent (optionally on an underlay)."""
 
@@ -361,7 +443,7 @@ class Node:
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"porin-agent exited with {self.proc.returncode}:\n{self.log()}")
+            raise ProcessExited(f"porin-agent exited with {self.proc.returncode}:\n{self.log()}")
         r = self.porin("status", "-o", "json", check=False)
         return r.returncode == 0
 

@@ -11,7 +11,7 @@ MODE=${2:-dev}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PKGS=(python3 python3-venv python3-pip python3-bpfcc bpftool iproute2 iptables
       containernetworking-plugins iperf3 tcpdump ipset ethtool procps util-linux kmod iputils-ping
-      curl linux-headers-cloud-amd64 etcd-server etcd-client)
+      curl linux-headers-cloud-amd64 etcd-server etcd-client prometheus)
 
 log() { echo "[setup] $*" >&2; }
 

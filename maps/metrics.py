@@ -129,7 +129,11 @@ class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
 
     def metrics(self) -> list[Metric]:
         """Every (reason, direction) that has counted a packet."""
-        out = [Metric(k.reason, k.dir, v.packets, v.bytes) for k, v in self.items() if v.packets]
+        out = []
+        for k, values in self.items_percpu_batch():
+            v = self.merge_percpu(values)
+            if v.packets:
+                out.append(Metric(k.reason, k.dir, v.packets, v.bytes))
         return sorted(out, key=lambda m: (m.reason, m.direction))
 
     def count(self, reason: int, direction: int) -> Metric:

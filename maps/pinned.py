@@ -184,10 +184,11 @@ class PinnedMap(Generic[K, V]):
         """All keys and values as two byte strings, read with BPF_MAP_LOOKUP_BATCH.
 
         Fast path for large maps (conntrack): callers slice the buffers
-        themselves. Per-CPU maps are not supported here.
+        themselves. The kernel packs values at value_size, except per-CPU
+        values: one 8-byte-aligned copy per possible CPU (`items_percpu_batch`).
         """
-        # the kernel packs batch values at value_size (no per-CPU rounding)
-        ksize, vsize = ctypes.sizeof(self.KEY), ctypes.sizeof(self.VALUE)
+        ksize = ctypes.sizeof(self.KEY)
+        vsize = self._stride * self._ncpu if self.percpu else ctypes.sizeof(self.VALUE)
         batch = self.BATCH
         keys_out, vals_out, total = [], [], 0
         cursor: ctypes.Array | None = None
@@ -224,6 +225,29 @@ class PinnedMap(Generic[K, V]):
             for i in range(n)
             if not (skip_zero and raw_vals[i * vs : (i + 1) * vs] == zero)
         ]
+
+    def items_percpu_batch(self) -> list[tuple[K, list[V]]]:
+        """Every key with its per-CPU values, in a few BPF_MAP_LOOKUP_BATCH calls
+        (a per-CPU array of 1,024 counters is one call, not 2,048)."""
+        raw_keys, raw_vals, n = self.dump_raw()
+        ks, vs = ctypes.sizeof(self.KEY), self._stride * self._ncpu
+        return [
+            (
+                self.KEY.from_buffer_copy(raw_keys, i * ks),
+                self._values_from(raw_vals[i * vs : (i + 1) * vs]),
+            )
+            for i in range(n)
+        ]
+
+    def count(self) -> int:
+        """How many entries the map holds: batch-read where the kernel can
+        (hash and LRU maps), else walked key by key (LPM tries)."""
+        try:
+            return self.dump_raw()[2]
+        except syscall.BpfError as e:
+            if e.errno not in (22, 95, 524):  # EINVAL, EOPNOTSUPP, ENOTSUPP
+                raise
+        return len(self)
 
     def keys(self) -> Iterator[K]:
         ksize = ctypes.sizeof(self.KEY)

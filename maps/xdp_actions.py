@@ -23,8 +23,8 @@ class XdpActionsMap(PinnedMap[U32Key, ActionCount]):
     VALUE = ActionCount
 
     def totals(self) -> dict[str, int]:
-        out = {}
-        for i, name in enumerate(ACTIONS):
-            values = self.get_percpu(U32Key(i)) or []
-            out[name] = sum(v.value for v in values)
+        out = dict.fromkeys(ACTIONS, 0)
+        for k, values in self.items_percpu_batch():
+            if k.index < len(ACTIONS):
+                out[ACTIONS[k.index]] = sum(v.value for v in values)
         return out
