@@ -142,6 +142,10 @@ class EndpointManager:
         eps = tuple(self._eps.values())
         return any(ep.ip == ip and ep.state == EndpointState.READY for ep in eps)
 
+    def snapshot(self) -> tuple[Endpoint, ...]:
+        """Every endpoint, without waiting for an ADD or DEL in progress (metrics)."""
+        return tuple(self._eps.values())  # copied atomically, as in has_ip
+
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
             for ep in self._eps.values():

@@ -184,12 +184,12 @@ class ControlPlaneCollector(Collector):
         )
         info.add_metric([__version__, a.cfg.node_name], 1)
         yield info
-        eps = a.manager.list()
+        eps = a.manager.snapshot()
         yield _by_label(
             "porin_endpoints",
             "Endpoints on this node by state",
             "state",
-            Tally(e.state.value for e in eps),
+            Tally(str(e.state) for e in eps),
             ("creating", "ready", "deleting"),
         )
         ipam = a.manager.ipam
@@ -200,18 +200,18 @@ class ControlPlaneCollector(Collector):
         fam.add_metric(["allocated"], allocated)
         fam.add_metric(["free"], max(0, ipam.capacity - allocated))
         yield fam
-        svcs = a.services.list()
+        by_type, backends = a.services.census()
         yield _by_label(
             "porin_services",
             "Services programmed on this node by type",
             "type",
-            Tally(s.type.value for s in svcs),
+            Tally(by_type),
             ("clusterip", "nodeport", "hostport"),
         )
         yield GaugeMetricFamily(
             "porin_service_backends",
             "Backends of all services programmed on this node",
-            value=sum(len(s.backends) for s in svcs),
+            value=backends,
         )
         yield from self._cluster(eps)
         policy = getattr(a, "policy", None)
@@ -226,7 +226,7 @@ class ControlPlaneCollector(Collector):
                 value=st["endpointsEnforced"],
             )
 
-    def _cluster(self, eps: list[Any]) -> Iterator[Metric]:
+    def _cluster(self, eps: tuple[Any, ...]) -> Iterator[Metric]:
         cluster = getattr(self.agent, "cluster", None)
         if cluster is None:
             return

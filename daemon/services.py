@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import reduce
+from operator import attrgetter
 from typing import Any
 
 from porin.daemon import maglev
@@ -115,6 +116,15 @@ class ServiceManager:
     def list(self) -> list[Service]:
         with self._lock:
             return [p.service for _, p in sorted(self._svcs.items())]
+
+    def census(self) -> tuple[dict[str, int], int]:
+        """(services by type, backends of all of them), cheaply, for metrics."""
+        with self._lock:
+            svcs = [p.service for p in self._svcs.values()]
+        by_type: dict[str, int] = {}
+        for t in map(attrgetter("type"), svcs):
+            by_type[t] = by_type.get(t, 0) + 1
+        return {str(t): n for t, n in by_type.items()}, sum(len(s.backends) for s in svcs)
 
     def get(self, sid: int) -> Service:
         with self._lock:
