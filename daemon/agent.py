@@ -30,6 +30,7 @@ from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
+from porin.daemon.flows import Enricher, FlowLog
 from porin.daemon.host import HostDatapath
 from porin.daemon.hostports import HostPorts
 from porin.daemon.ipam import Ipam
@@ -38,6 +39,7 @@ from porin.daemon.map_pressure import MapPressure
 from porin.daemon.metrics import AgentMetrics, MetricsServer
 from porin.daemon.metrics_collect import ControlPlaneCollector, DatapathCollector
 from porin.daemon.monitor_watch import MonitorWatch
+from porin.daemon.peer_api import PeerServer
 from porin.daemon.policy import PolicyManager
 from porin.daemon.prefilter import Prefilter
 from porin.daemon.service_file import ServiceFileError, load_service_file
@@ -54,7 +56,9 @@ from porin.daemon.tunnel import Tunnel
 from porin.daemon.xdp import XdpDatapath
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
+from porin.maps.flow_config import FlowConfigMap
 from porin.maps.ipcache import IpcacheMap
+from porin.maps.lb_reverse_nat import ReverseNatMap, RevNatId
 from porin.maps.metrics import MetricsMap
 from porin.maps.nat import NatMap
 from porin.models import EndpointState, Service, ServiceSource, ServiceType
@@ -140,6 +144,7 @@ class Agent:
         self.ct_gc.start()
         self.monitor_watch = MonitorWatch(cfg.bpffs_root)
         self.monitor_watch.start()
+        self._start_flows()
         self.server = ApiServer(
             cfg.api_socket,
             Api(
@@ -150,11 +155,13 @@ class Agent:
                 self.cluster,
                 self.policy,
                 self.prefilter,
+                self.flows,
             ),
         )
         self.server.api.observe = self.metrics.api_request
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         self._start_metrics()
+        self._start_peer_api()
         log.info(
             "porin-agent %s ready: node=%s podCIDR=%s gateway=%s socket=%s bpffs=%s endpoints=%d",
             __version__,
@@ -165,6 +172,41 @@ class Agent:
             cfg.bpffs_root,
             len(self.manager.list()),
         )
+
+    def _start_flows(self) -> None:
+        """The flow log (daemon/flows.py): the datapath's flow events, enriched."""
+        cfg = self.cfg
+        self.flows: FlowLog | None = None
+        if cfg.flow_capture == "off":
+            FlowConfigMap(cfg.bpffs_root).set(False, 0)  # a capture an older run left on
+            return
+        rev = ReverseNatMap(cfg.bpffs_root, read_only=True)
+
+        def frontend(rev_nat: int) -> str:
+            v = rev.get(RevNatId(rev_nat))
+            return f"{v.ip}:{v.host_port}" if v is not None else f"frontend {rev_nat}"
+
+        enricher = Enricher(self.manager.snapshot, lambda: self.cluster.remote_ips, frontend)
+        self.flows = FlowLog(
+            cfg.bpffs_root,
+            cfg.node_name,
+            enricher,
+            size=cfg.flow_buffer_size,
+            capture=cfg.flow_capture,
+            linger=cfg.flow_capture_linger,
+            rate=cfg.flow_rate_limit,
+        )
+        self.flows.start()
+
+    def _start_peer_api(self) -> None:
+        """The read-only API other nodes read (daemon/peer_api.py): only in a
+        cluster, only on the node IP."""
+        self.peer: PeerServer | None = None
+        uplink = self.host.uplinks[0] if self.host and self.host.uplinks else None
+        if not self.cluster.shared or uplink is None or not self.cfg.health_port:
+            return
+        self.peer = PeerServer(uplink.node_ip, self.cfg.health_port, self.cfg.node_name, self.flows)
+        self.peer.start()
 
     def _start_metrics(self) -> None:
         """The scrape-time collectors, then /metrics (daemon/metrics.py)."""
@@ -328,6 +370,10 @@ class Agent:
             self.ct_gc.stop()
         if getattr(self, "monitor_watch", None) is not None:
             self.monitor_watch.stop()
+        if getattr(self, "peer", None) is not None:
+            self.peer.stop()
+        if getattr(self, "flows", None) is not None:
+            self.flows.stop()
         if getattr(self, "metrics_server", None) is not None:
             self.metrics_server.stop()
         for c in getattr(self, "collectors", []):
@@ -372,6 +418,8 @@ class Agent:
             "kvstore": self.cluster.status(),
             "policy": self.policy.status() if getattr(self, "policy", None) else {},
             "tunnel": {"mode": self.cfg.tunnel_mode, "podMTU": self.cfg.pod_mtu},
+            "flows": self.flows.status() if self.flows else {"capture": "off"},
+            "peerAPI": f"http://{self.peer.address}" if getattr(self, "peer", None) else "",
             "metrics": {
                 "prometheus": (
                     f"http://{self.metrics_server.address}/metrics"

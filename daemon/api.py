@@ -18,6 +18,7 @@
                                              or {"upsert": [Service], "delete": [id]}
     DELETE /v1/services/{id}                 delete
     DELETE /v1/services                      delete every service
+    GET    /v1/flows?FILTERS[&follow=1]      the flow log (daemon/api_flows.py)
     GET    /v1/ct/gc                         conntrack GC statistics
     POST   /v1/ct/gc                         run a conntrack GC pass now
     POST   /v1/ct/flush                      delete every conntrack entry
@@ -42,6 +43,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from porin import errors
+from porin.daemon.api_flows import Stream
+from porin.daemon.api_flows import routes as flow_routes
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.services import ServiceManager
 from porin.errors import PorinError
@@ -73,6 +76,7 @@ class Api:
         cluster: Any = None,
         policy: Any = None,
         prefilter: Any = None,
+        flows: Any = None,
     ) -> None:
         self.manager = manager
         self.services = services
@@ -111,6 +115,7 @@ class Api:
         from porin.daemon.api_prefilter import routes as prefilter_routes
 
         self.routes += prefilter_routes(prefilter)
+        self.routes += flow_routes(flows)
 
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
         started = time.monotonic()
@@ -351,6 +356,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             }
 
     def _reply(self, status: int, payload: Any) -> None:
+        if isinstance(payload, Stream):
+            return payload.send(self)
         data = json.dumps(payload).encode()
         self.send_response(
             status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""

@@ -224,6 +224,8 @@ class ClusterState:
             "node": self.me.name,
             "nodeIP": self.me.ip,
         }
+        if ep.labels:  # the flow log's names for this end on other nodes
+            value["labels"] = ep.labels
         named = [p for p in ep.ports if p.get("name")]
         if named:  # for other nodes' egress rules with named ports
             value["ports"] = named

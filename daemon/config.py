@@ -54,11 +54,17 @@ prefilter: []           # source CIDRs XDP drops on the devices (also `porin pre
 prefilterMapSize: 16384
 loopbackHostPorts: true # host ports also on 127.0.0.1 (cgroup socket hooks, bpf_sock.c)
 prometheusListen: 127.0.0.1:9962  # /metrics: HOST:PORT, :PORT for every address, "" off
+flowCapture: on-demand  # flow log: on-demand (while observed), always, off
+flowBufferSize: 4096    # flows kept in memory for `porin observe`
+flowCaptureLinger: 300  # on-demand: seconds capture stays on after the last `porin observe`
+flowRateLimit: 5000     # flow events per second and CPU the datapath may write (0: no limit)
+healthPort: 4240        # read-only peer API on the node IP (flows for `porin observe --cluster`)
 """
 
 
 XDP_MODES = ("native", "generic", "best-effort", "disabled")
 NODE_PORT_MODES = ("snat", "dsr")
+FLOW_CAPTURE_MODES = ("on-demand", "always", "off")
 
 
 @dataclass
@@ -84,6 +90,11 @@ class AgentConfig:
     prefilter_map_size: int = 16384
     loopback_host_ports: bool = True
     prometheus_listen: str = "127.0.0.1:9962"
+    flow_capture: str = "on-demand"
+    flow_buffer_size: int = 4096
+    flow_capture_linger: float = 300.0
+    flow_rate_limit: int = 5000
+    health_port: int = 4240
     ct_lifetime_tcp_syn: int = 60
     ct_lifetime_tcp: int = 21600
     ct_lifetime_tcp_close: int = 10
@@ -163,6 +174,11 @@ _KEYS = {
     "prefilterMapSize": "prefilter_map_size",
     "loopbackHostPorts": "loopback_host_ports",
     "prometheusListen": "prometheus_listen",
+    "flowCapture": "flow_capture",
+    "flowBufferSize": "flow_buffer_size",
+    "flowCaptureLinger": "flow_capture_linger",
+    "flowRateLimit": "flow_rate_limit",
+    "healthPort": "health_port",
     "ctLifetimeTCPSyn": "ct_lifetime_tcp_syn",
     "ctLifetimeTCP": "ct_lifetime_tcp",
     "ctLifetimeTCPClose": "ct_lifetime_tcp_close",
@@ -298,8 +314,28 @@ def _validate(cfg: AgentConfig) -> None:
         parse_listen(cfg.prometheus_listen)
     except ValueError as e:
         raise ConfigError(f"prometheusListen: {e}") from None
+    _validate_flows(cfg)
     _validate_host(cfg)
     _validate_cluster(cfg)
+
+
+def _validate_flows(cfg: AgentConfig) -> None:
+    if cfg.flow_capture not in FLOW_CAPTURE_MODES:
+        raise ConfigError(
+            f"flowCapture: must be one of {', '.join(FLOW_CAPTURE_MODES)}, got {cfg.flow_capture!r}"
+        )
+    n = cfg.flow_buffer_size
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
+        raise ConfigError(f"flowBufferSize: must be an integer 1-1000000, got {n!r}")
+    v = cfg.flow_capture_linger
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ConfigError(f"flowCaptureLinger: must be a number of seconds >= 0, got {v!r}")
+    r = cfg.flow_rate_limit
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 1 << 31:
+        raise ConfigError(f"flowRateLimit: must be an integer >= 0 (0: no limit), got {r!r}")
+    p = cfg.health_port
+    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+        raise ConfigError(f"healthPort: must be a port 1-65535 (0: none), got {p!r}")
 
 
 def _validate_host(cfg: AgentConfig) -> None:

@@ -31,6 +31,10 @@ from porin.maps.conntrack import ConntrackMap
 from porin.maps.dsr4 import Dsr4Map
 from porin.maps.endpoint_slots import ENDPOINT_SLOT_BITS, EndpointSlotsMap
 from porin.maps.endpoints import EndpointsMap
+from porin.maps.flow_config import FlowConfigMap
+from porin.maps.flow_events import FlowRing
+from porin.maps.flow_lost import FlowLostMap
+from porin.maps.flow_rate import FlowRateMap
 from porin.maps.frag4 import Frag4Map
 from porin.maps.host_devices import HostDeviceSlotsMap, HostDevicesMap
 from porin.maps.ipcache import IpcacheMap
@@ -95,6 +99,9 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     TunnelConfigMap,
     MonitorConfigMap,
     MonitorLostMap,
+    FlowConfigMap,
+    FlowRateMap,
+    FlowLostMap,
 ]
 
 
@@ -143,7 +150,8 @@ def map_specs(cfg: AgentConfig) -> list[MapSpec]:
             MaglevMap.FLAGS,
         )
     )
-    specs.append(MapSpec(RingBuffer.NAME, RingBuffer.TYPE, 0, 0, RingBuffer.SIZE))
+    for ring in (RingBuffer, FlowRing):
+        specs.append(MapSpec(ring.NAME, ring.TYPE, 0, 0, ring.SIZE))
     return specs
 
 
@@ -156,6 +164,7 @@ def size_flags(cfg: AgentConfig) -> list[str]:
         MaglevMap.SIZE_FLAG: MaglevMap.SIZE,
         "LB_MAGLEV_TABLE_SIZE": cfg.maglev_table_size,
         RingBuffer.SIZE_FLAG: RingBuffer.SIZE,
+        FlowRing.SIZE_FLAG: FlowRing.SIZE,
     }
     return [f"-D{k}={v}" for k, v in sizes.items()]
 

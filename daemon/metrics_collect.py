@@ -11,6 +11,7 @@ control plane from the agent's own records.
     porin_xdp_actions_total{action}               what bpf_xdp.c returned
     porin_nat_port_exhaustion_total               new flows refused for lack of an SNAT port
     porin_monitor_events_lost_total               events the datapath found the ring full for
+    porin_flow_events_lost_total{reason}          flow events not written (ring_full, rate_limited)
     porin_bpf_map_pressure{map_name}              entries / capacity (daemon/map_pressure.py)
     porin_bpf_map_entries{map_name}, porin_bpf_map_capacity{map_name}
     porin_conntrack_gc_runs_total, porin_conntrack_gc_entries_deleted_total,
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from porin import __version__
 from porin.daemon.map_pressure import MapPressure
+from porin.maps.flow_lost import FlowLostMap
 from porin.maps.metrics import MetricsMap, direction_name, reasons
 from porin.maps.monitor_lost import MonitorLostMap
 from porin.maps.pinned import MapNotFound, PinnedMap
@@ -108,6 +110,15 @@ class DatapathCollector(Collector):
             "New masqueraded or NodePort flows refused: no free SNAT port towards the peer",
             value=exhausted,
         )
+        flow_lost = self._map(FlowLostMap)
+        fam = CounterMetricFamily(
+            "porin_flow_events_lost",
+            "Flow events the datapath did not write: ring buffer full, or over flowRateLimit",
+            labels=["reason"],
+        )
+        for why, n in (flow_lost.totals() if flow_lost is not None else {}).items():
+            fam.add_metric(["ring_full" if why == "ringFull" else "rate_limited"], n)
+        yield fam
         lost = self._map(MonitorLostMap)
         yield CounterMetricFamily(
             "porin_monitor_events_lost",

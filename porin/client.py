@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 DEFAULT_SOCKET = "/var/run/porin/porin.sock"
 
@@ -88,6 +90,45 @@ class AgentClient:
 
     def get(self, path: str) -> object:
         return self.request("GET", path)
+
+    def stream(self, path: str) -> Iterator[Any]:
+        """GET a streamed reply (application/x-ndjson): each line's JSON as it comes."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                self._connect(sock)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise AgentUnavailable(
+                    f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
+                    "is porin-agent running?"
+                ) from None
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: porin\r\n\r\n".encode())
+            yield from read_stream(sock.makefile("rb"))
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"porin-agent at {self.socket_path} went silent for {self.timeout:g}s"
+            ) from None
+        finally:
+            sock.close()
+
+
+def read_stream(f: BinaryIO) -> Iterator[Any]:
+    """The JSON lines of an HTTP/1.0 reply read from `f`; a 4xx/5xx raises ApiError."""
+    status_line = f.readline().decode(errors="replace")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise AgentUnavailable(f"malformed status line: {status_line.strip()!r}") from None
+    while f.readline().strip():
+        pass  # headers
+    if status >= 400:
+        body = f.read()
+        data = json.loads(body) if body.strip() else {}
+        raise ApiError(status, data.get("error", status_line.strip()), data.get("cniCode"))
+    for line in f:
+        if line.strip():
+            yield json.loads(line)
 
 
 def _parse_response(raw: bytes) -> object:

@@ -74,14 +74,17 @@ static __always_inline int policy_new_flow(struct __sk_buff *ctx, const struct f
 /* A reply of a tracked flow (`e` the entry it matched swapped): counted,
  * and a service flow's translated back to its frontend. */
 static __always_inline int ct_reply(struct __sk_buff *ctx, struct flow *f, struct ct4_entry *e,
-				    __u32 len)
+				    __u32 len, struct verdict *v)
 {
 	struct lb4_reverse_nat *rn;
 	int ret;
 
 	ct_account(e, f, len, 1);
+	if (e->rx_packets == 1)
+		v->flags |= VERDICT_F_FIRST_REPLY;
 	if (!e->rev_nat)
 		return CTX_GO_ON;
+	v->rev_nat = e->rev_nat;
 	rn = lb4_frontend_of(e->rev_nat);
 	if (!rn)
 		return CTX_GO_ON;
@@ -174,7 +177,7 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 	}
 	if (status == CT_REPLY) {
 		v->policy |= VERDICT_P_DONE;
-		return ct_reply(ctx, f, e, len);
+		return ct_reply(ctx, f, e, len, v);
 	}
 	if (status == CT_ESTABLISHED && !lb) {
 		/* untranslated here: whatever service the tuple served, it is a
@@ -238,6 +241,7 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 			}
 		}
 		fresh.rev_nat = svc->rev_nat;
+		v->rev_nat = svc->rev_nat;
 		if (!flow_entry) {
 			fresh.backend_id = b->id;
 			orig = *f;
@@ -290,7 +294,7 @@ decide:
 		ct_account(e, f, len, 0);
 		return CTX_GO_ON;
 	default:
-		return ct_reply(ctx, f, e, len);
+		return ct_reply(ctx, f, e, len, v);
 	}
 
 established:

@@ -6,7 +6,7 @@
  * outcome. Every return from the program goes through verdict_exit(),
  * which turns the helpers' return convention (lib/common.h) into a TC
  * action and records the verdict exactly once: the metrics map and, while
- * someone listens, a `porin monitor` event.
+ * someone listens, a `porin monitor` event and a flow event (lib/flowlog.h).
  *
  * One packet is recorded twice only when it crosses two endpoints of this
  * node: a pod's packet redirected into another local pod is FORWARDED on
@@ -21,9 +21,11 @@
 #include "identity.h"
 #include "metrics.h"
 #include "monitor.h"
+#include "flowlog.h"
 
 #define VERDICT_F_LOCAL_PEER 1 /* delivered into another local endpoint */
 #define VERDICT_F_VIA_VETH 2   /* deliver through the veth, not straight in (lib/lxc.h) */
+#define VERDICT_F_FIRST_REPLY 4 /* the first reply of its connection (the flow log's) */
 
 /* verdict.policy: where the packet stands with network policy (lib/policy.h) */
 #define VERDICT_P_EGRESS_DONE 1   /* nothing left to decide for the sender's egress */
@@ -61,7 +63,7 @@ struct verdict {
 	__u8 dir;            /* DIR_*, seen from the endpoint */
 	__u8 ct_status;      /* CT_* */
 	__u8 flags;          /* VERDICT_F_* */
-	__u16 pad;
+	__u16 rev_nat;       /* the service frontend the packet was translated for, 0: none */
 	/* VERDICT_P_*, a whole 8-byte slot: the verifier keeps the value of a
 	 * full stack slot (and so follows only the branches it allows), not of
 	 * a byte written alone */
@@ -93,8 +95,11 @@ static __always_inline void verdict_policy(struct verdict *v, __u8 dir, __u16 ep
 }
 
 /* The policy-verdict events of the packet, and the rule of a policy drop
- * (XDP decides no policy: nothing to look at). */
-static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struct verdict *v)
+ * (XDP decides no policy: nothing to look at). *decided gets the
+ * directions decided (bit 0 ingress, bit 1 egress), *last the rule that
+ * decided last (the receiver's over the sender's). */
+static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struct verdict *v,
+						   __u8 *decided, __u32 *last)
 {
 #ifdef PORIN_CTX_XDP
 	return 0;
@@ -104,10 +109,12 @@ static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struc
 
 	if (!ps || !ps->decided)
 		return 0;
+	*decided = ps->decided;
 	if (ps->decided & 2) {
 		monitor_notify(ctx, MONITOR_TYPE_POLICY, ps->reason[1], DIR_EGRESS,
 			       v->src_identity, v->dst_identity, ps->ep_id[1], v->ct_status,
 			       ps->rule[1]);
+		*last = ps->rule[1];
 		if (ps->reason[1])
 			rule = ps->rule[1];
 	}
@@ -115,6 +122,7 @@ static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struc
 		monitor_notify(ctx, MONITOR_TYPE_POLICY, ps->reason[0], DIR_INGRESS,
 			       v->src_identity, v->dst_identity, ps->ep_id[0], v->ct_status,
 			       ps->rule[0]);
+		*last = ps->rule[0];
 		if (ps->reason[0])
 			rule = ps->rule[0];
 	}
@@ -122,10 +130,30 @@ static __always_inline __u32 verdict_policy_notify(struct __ctx_buff *ctx, struc
 	return rule;
 }
 
+/* The flow log's view of the verdict (lib/flowlog.h): drops, first packets
+ * and first replies; everything else is an established packet. */
+static __always_inline void verdict_flowlog(struct __ctx_buff *ctx, struct verdict *v,
+					    __u8 decided, __u32 rule)
+{
+	__u8 type;
+
+	if (v->reason >= FIRST_DROP_REASON)
+		type = FLOW_DROP;
+	else if (v->ct_status == CT_NEW)
+		type = FLOW_NEW;
+	else if (v->flags & VERDICT_F_FIRST_REPLY)
+		type = FLOW_REPLY;
+	else
+		return;
+	flowlog_notify(ctx, type, v->reason, v->dir, v->src_identity, v->dst_identity, v->ep_id,
+		       v->ct_status, v->rev_nat, decided, rule);
+}
+
 /* The end of every entry program: `ret` is a helper's result (lib/common.h). */
 static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct verdict *v)
 {
-	__u32 len = ctx_len(ctx), rule = 0;
+	__u32 len = ctx_len(ctx), rule = 0, last = 0;
+	__u8 decided = 0;
 
 	if (IS_ERR(ret)) {
 		v->reason = -ret;
@@ -136,10 +164,11 @@ static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct 
 	update_metrics(len, v->reason, v->dir);
 	if (v->flags & VERDICT_F_LOCAL_PEER)
 		update_metrics(len, v->reason, DIR_INGRESS);
-	rule = verdict_policy_notify(ctx, v);
+	rule = verdict_policy_notify(ctx, v, &decided, &last);
 	monitor_notify(ctx, v->reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP,
 		       v->reason, v->dir, v->src_identity, v->dst_identity, v->ep_id,
 		       v->ct_status, rule);
+	verdict_flowlog(ctx, v, decided, rule ?: last);
 	return ret;
 }
 

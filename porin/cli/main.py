@@ -11,7 +11,17 @@ import os
 
 import click
 
-from porin.cli import bpf, cluster, endpoints, metrics, monitor, policy, prefilter, services
+from porin.cli import (
+    bpf,
+    cluster,
+    endpoints,
+    metrics,
+    monitor,
+    observe,
+    policy,
+    prefilter,
+    services,
+)
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json
 from porin.client import DEFAULT_SOCKET
@@ -110,11 +120,23 @@ def status(ctx: Context, output: str) -> None:
         ),
         ("Nodes", st["kvstore"]["nodes"]),
         ("Tunnel", f"{st['tunnel']['mode']} (pod MTU {st['tunnel']['podMTU']})"),
+        ("Flow log", _flows_line(st.get("flows", {}))),
+        ("Metrics", st.get("metrics", {}).get("prometheus", "")),
         ("BPF fs root", st["bpffsRoot"]),
         ("API socket", st["apiSocket"]),
     ]
     for k, v in rows:
         click.echo(f"{k + ':':<17}{v}")
+
+
+def _flows_line(f: dict) -> str:
+    if f.get("capture", "off") == "off":
+        return "off"
+    state = "capturing" if f.get("enabled") else "idle"
+    missed = sum((f.get("lost") or {}).values())
+    return f"{f['capture']}, {state}: {f.get('kept', 0)}/{f.get('bufferSize', 0)} kept" + (
+        f", {missed} missed" if missed else ""
+    )
 
 
 for group in (
@@ -129,6 +151,7 @@ for group in (
     policy.apply,
     policy.delete,
     prefilter.prefilter,
+    observe.observe,
 ):
     cli.add_command(group)
 endpoints.endpoint.add_command(policy.endpoint_label)
