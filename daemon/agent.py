@@ -20,9 +20,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import generate_latest
+
 from porin import __version__
 from porin.daemon import links
 from porin.daemon.api import Api, ApiServer
+from porin.daemon.api_debug import routes as debug_routes
 from porin.daemon.cluster import ClusterState, NodeInfo
 from porin.daemon.compiler import load_programs
 from porin.daemon.config import AgentConfig, ConfigError, load_config, parse_listen
@@ -159,6 +162,9 @@ class Agent:
             ),
         )
         self.server.api.observe = self.metrics.api_request
+        self.server.api.routes += debug_routes(
+            cfg, lambda: generate_latest(self.metrics.registry).decode()
+        )
         threading.Thread(target=self.server.serve_forever, name="api", daemon=True).start()
         self._start_metrics()
         self._start_peer_api()
@@ -211,7 +217,7 @@ class Agent:
     def _start_metrics(self) -> None:
         """The scrape-time collectors, then /metrics (daemon/metrics.py)."""
         cfg, gc = self.cfg, self.ct_gc
-        pressure = MapPressure(
+        self.pressure = pressure = MapPressure(
             cfg.bpffs_root,
             counted_by_gc={
                 ConntrackMap.NAME: lambda: (gc.stats.last_alive, gc.stats.max_entries),
@@ -387,7 +393,59 @@ class Agent:
                 pass
         log.info("porin-agent stopped; the datapath keeps forwarding")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, verbose: bool = False) -> dict[str, Any]:
+        out = self._summary()
+        if verbose:
+            out["verbose"] = {
+                "devices": self._devices(),
+                "maps": [
+                    {
+                        "name": f.name,
+                        "entries": f.entries,
+                        "capacity": f.capacity,
+                        "pressure": round(f.pressure, 4),
+                    }
+                    for f in self.pressure.sample()
+                ],
+                "controllers": [c.controller.to_json() for c in self._controlled()],
+            }
+        return out
+
+    def _controlled(self) -> list[Any]:
+        """Every component with a background loop (daemon/controllers.py)."""
+        parts = [self.ct_gc, self.cluster, self.monitor_watch, self.flows]
+        return [p for p in parts if p is not None and hasattr(p, "controller")]
+
+    def _devices(self) -> list[dict[str, Any]]:
+        """Which programs run where, and XDP's mode per uplink."""
+        xdp = {s["device"]: s["mode"] for s in (self.xdp.status() if self.xdp else [])}
+        out = []
+        for u in self.host.uplinks if self.host else []:
+            progs = ["tc ingress from_netdev", "tc egress to_netdev"]
+            if u.name in xdp:
+                progs.insert(0, f"xdp from_xdp ({xdp[u.name]})")
+            out.append({"device": u.name, "programs": progs})
+        if self.host:
+            out.append({"device": "lo", "programs": ["tc ingress from_host_lo"]})
+        if self.tunnel.mode == "vxlan":
+            out.append({"device": "porin_vxlan", "programs": ["tc ingress from_overlay"]})
+        eps = self.manager.snapshot()
+        out.append(
+            {
+                "device": f"lxc* ({len(eps)} endpoints)",
+                "programs": ["tc ingress from_container", "tc egress to_container"],
+            }
+        )
+        if self.sock and self.sock.state.cgroup:
+            out.append(
+                {
+                    "device": f"cgroup {self.sock.state.cgroup}",
+                    "programs": sorted(self.sock.programs),
+                }
+            )
+        return out
+
+    def _summary(self) -> dict[str, Any]:
         eps = self.manager.list()
         drops = sum(m.packets for m in self.metrics_map.metrics() if m.is_drop)
         return {
@@ -495,6 +553,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from porin.daemon.log_ring import RING
+
+    RING.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(RING)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)

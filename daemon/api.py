@@ -1,7 +1,8 @@
 """The agent's JSON API over a unix socket (HTTP/1.0, one request per connection).
 
     GET    /v1/healthz                       readiness (CNI STATUS)
-    GET    /v1/status                        node, datapath and endpoint summary
+    GET    /v1/status[?verbose=1]            node, datapath and endpoint summary (verbose:
+                                             programs per device, map fill, controllers)
     GET    /v1/endpoints?containerID=&ifname=   the endpoint of one attachment (a list)
     GET    /v1/endpoints                     list endpoints
     GET    /v1/endpoints/{id}                one endpoint
@@ -19,6 +20,8 @@
     DELETE /v1/services/{id}                 delete
     DELETE /v1/services                      delete every service
     GET    /v1/flows?FILTERS[&follow=1]      the flow log (daemon/api_flows.py)
+    GET    /v1/config, /v1/debug/log, /v1/metrics/prometheus   for `porin sysdump`
+                                             (daemon/api_debug.py)
     GET    /v1/ct/gc                         conntrack GC statistics
     POST   /v1/ct/gc                         run a conntrack GC pass now
     POST   /v1/ct/flush                      delete every conntrack entry
@@ -167,6 +170,8 @@ class Api:
         return 200, {"status": "ok"}
 
     def _status(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        if q.get("verbose", "") in ("1", "true", "yes"):
+            return 200, self.status(verbose=True)
         return 200, self.status()
 
     def _list(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:

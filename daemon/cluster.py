@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from porin.daemon.controllers import Controller
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
 from porin.daemon.policy_compile import NamedPort
 from porin.maps.ipcache import (
@@ -146,6 +147,7 @@ class ClusterState:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.controller = Controller("kvstore-keepalive")
 
     # ---------- lifecycle ----------
 
@@ -201,7 +203,8 @@ class ClusterState:
         while not self._stop.is_set():
             if not self.connected:
                 try:
-                    self._connect()
+                    with self.controller.run():
+                        self._connect()
                     backoff = 1.0
                 except KvStoreError as e:
                     self._degrade(e)
@@ -212,7 +215,8 @@ class ClusterState:
             if self._stop.is_set():
                 break
             try:
-                self.store.refresh_lease(self._lease)
+                with self.controller.run():
+                    self.store.refresh_lease(self._lease)
             except KvStoreError as e:
                 self._degrade(e)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from porin.daemon.controllers import Controller
 from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
 from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap, counterpart
 from porin.models import camel_keys
@@ -87,6 +88,7 @@ class CtGarbageCollector:
         self._thread: threading.Thread | None = None
         # the duration of each pass in seconds: the agent's metrics (daemon/metrics.py)
         self.on_pass: Callable[[float], None] = lambda seconds: None
+        self.controller = Controller("conntrack-gc")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ct-gc", daemon=True)
@@ -104,7 +106,8 @@ class CtGarbageCollector:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                with self.controller.run():
+                    self.run_once()
             except Exception:
                 log.exception("conntrack GC pass failed")
             self._wake.wait(self.stats.interval_seconds)

@@ -13,6 +13,7 @@ everything.
     protocol=tcp|udp|icmp             verdict=forwarded|dropped|translated
     label=k=v,...   either end has each label
     follow=1        keep the reply open and stream new flows (one JSON object per line)
+    peek=1          read what is kept without switching capture on (porin sysdump)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ KNOWN = {
     "verdict",
     "label",
     "follow",
+    "peek",
 }
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 
@@ -84,6 +86,7 @@ class FlowFilter:
     verdict: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     follow: bool = False
+    peek: bool = False
 
     @classmethod
     def from_query(cls, one: dict[str, str]) -> FlowFilter:
@@ -125,6 +128,7 @@ class FlowFilter:
                 raise ValidationError("label", f"{item!r} is not KEY=VALUE")
             f.labels[k] = v
         f.follow = one.get("follow", "") in ("1", "true", "yes")
+        f.peek = one.get("peek", "") in ("1", "true", "yes")
         return f
 
     def matches(self, flow: dict[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from porin.daemon.controllers import Controller
 from porin.daemon.flow_filter import FlowFilter
 from porin.maps.flow_config import FlowConfigMap
 from porin.maps.flow_events import FLOW_DROP, FLOW_REPLY, FlowEventC, FlowRing
@@ -177,6 +178,7 @@ class FlowLog:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.controller = Controller("flow-log")
 
     # ---------- capture switch ----------
 
@@ -228,9 +230,10 @@ class FlowLog:
         while not self._stop.is_set():
             try:
                 self._ring.wait(0.5)
-                self.read_once()
-                with self._cond:
-                    self._switch()
+                with self.controller.run():
+                    self.read_once()
+                    with self._cond:
+                        self._switch()
             except Exception:
                 log.exception("flow log reader failed")
                 self._stop.wait(1.0)
@@ -267,7 +270,8 @@ class FlowLog:
 
     def query(self, f: FlowFilter) -> dict[str, Any]:
         was_on = self.enabled
-        self.touch()
+        if not f.peek:
+            self.touch()
         with self._cond:
             flows = list(self.flows)
         out = [fl for fl in flows if f.matches(fl)]

@@ -19,6 +19,7 @@ control plane from the agent's own records.
     porin_endpoints{state}, porin_services{type}, porin_service_backends,
     porin_identities, porin_policies, porin_policy_endpoints_enforced,
     porin_nodes{health}, porin_kvstore_connected, porin_ipam_addresses{state},
+    porin_controller_runs_total{name,outcome}, porin_controller_consecutive_failures{name},
     porin_agent_info{version,node}
 """
 
@@ -188,6 +189,9 @@ class ControlPlaneCollector(Collector):
     def describe(self) -> list[Metric]:
         return []
 
+    def close(self) -> None:
+        return None  # holds nothing of its own
+
     def collect(self) -> Iterator[Metric]:
         a = self.agent
         info = GaugeMetricFamily(
@@ -225,6 +229,7 @@ class ControlPlaneCollector(Collector):
             value=backends,
         )
         yield from self._cluster(eps)
+        yield from self._controllers()
         policy = getattr(a, "policy", None)
         if policy is not None:
             st = policy.status()
@@ -236,6 +241,24 @@ class ControlPlaneCollector(Collector):
                 "Local endpoints under at least one policy",
                 value=st["endpointsEnforced"],
             )
+
+    def _controllers(self) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "porin_controller_runs",
+            "Passes of the agent's background loops (daemon/controllers.py), by outcome",
+            labels=["name", "outcome"],
+        )
+        failing = GaugeMetricFamily(
+            "porin_controller_consecutive_failures",
+            "Failed passes in a row of each background loop (0: its last pass worked)",
+            labels=["name"],
+        )
+        for part in self.agent._controlled():
+            c = part.controller.to_json()
+            runs.add_metric([c["name"], "success"], c["runs"] - c["failures"])
+            runs.add_metric([c["name"], "failure"], c["failures"])
+            failing.add_metric([c["name"]], c["consecutiveFailures"])
+        yield from (runs, failing)
 
     def _cluster(self, eps: tuple[Any, ...]) -> Iterator[Metric]:
         cluster = getattr(self.agent, "cluster", None)

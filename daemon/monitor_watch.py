@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 
+from porin.daemon.controllers import Controller
 from porin.maps.monitor_config import MonitorConfigMap, lock_path
 
 log = logging.getLogger("porin.monitor")
@@ -28,6 +29,7 @@ class MonitorWatch:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.controller = Controller("monitor-watch")
 
     def check_once(self) -> bool:
         """Turn the switch off if it is on and no monitor holds the lock: True if it did."""
@@ -67,6 +69,7 @@ class MonitorWatch:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.check_once()
+                with self.controller.run():
+                    self.check_once()
             except Exception:
                 log.exception("monitor watch failed")

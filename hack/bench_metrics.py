@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Lab, fmt_table, median, record  # noqa: E402
+from benchlib import Lab, fmt_table, median, record, run_bench  # noqa: E402
 from porinlab import Node  # noqa: E402
 
 from porin.client import AgentClient  # noqa: E402
@@ -110,74 +110,68 @@ def datapath_read_ms(node: Node, n: int) -> float:
     return median(times)
 
 
+def measure(lab: Lab, problems: list[str], args: argparse.Namespace) -> None:
+    scrapes, stretch, rounds = (10, 5, 1) if args.quick else (40, 15, 3)
+    node = Node(
+        pod_cidr="10.200.0.0/20",
+        prometheusListen=f"127.0.0.1:{PORT}",
+        ctGCInterval=300,
+        ctGCMaxInterval=300,
+    )
+    lab.on_close(node.close)
+    node.start_agent()
+    assert node.proc is not None
+    pid = node.proc.pid  # nsenter execs the agent
+    t = time.perf_counter()
+    populate(node, lab, args.endpoints, args.services)
+    setup_s = time.perf_counter() - t
+    status = node.porin_json("status")
+    print(
+        f"node with {status['endpoints']['ready']} endpoints and {status['services']} "
+        f"services (set up in {setup_s:.0f} s)"
+    )
+    scrape(node, 3, 0)  # warm
+    whole = scrape(node, scrapes, 0)
+    scrape_ms = median(whole["ms"])
+    dp_ms = datapath_read_ms(node, scrapes)
+    # agent CPU: stretches without and with one scrape per second, interleaved
+    idle, busy = [], []
+    for _ in range(rounds):
+        c0 = agent_cpu_seconds(pid)
+        time.sleep(stretch)
+        idle.append((agent_cpu_seconds(pid) - c0) / stretch)
+        c0, t0 = agent_cpu_seconds(pid), time.monotonic()
+        scrape(node, stretch, 1.0)
+        busy.append((agent_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
+    idle_pct, busy_pct = 100 * median(idle), 100 * median(busy)
+    rows = [
+        [
+            "scrape of /metrics, median",
+            f"{scrape_ms:.1f} ms",
+            f"target < {SCRAPE_TARGET_MS:.0f}",
+        ],
+        ["  p90", f"{sorted(whole['ms'])[int(0.9 * len(whole['ms'])) - 1]:.1f} ms", ""],
+        ["  datapath part (maps, fill)", f"{dp_ms:.1f} ms", ""],
+        ["  body", f"{whole['bytes'] / 1024:.0f} KiB, {whole['series']} series", ""],
+        ["agent CPU, no scrapes", f"{idle_pct:.2f} % of a CPU", ""],
+        ["agent CPU, 1 scrape/s", f"{busy_pct:.2f} % of a CPU", ""],
+        ["  cost of scraping", f"{busy_pct - idle_pct:.2f} % of a CPU", ""],
+    ]
+    print(fmt_table(["measure", "value", ""], rows, {1}))
+    record("metrics_scrape_ms", scrape_ms)
+    record("metrics_datapath_ms", dp_ms)
+    record("metrics_scrape_cpu_pct", busy_pct - idle_pct)
+    if scrape_ms >= SCRAPE_TARGET_MS:
+        problems.append(f"scrape took {scrape_ms:.1f} ms (target < {SCRAPE_TARGET_MS:.0f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer scrapes and shorter stretches")
     ap.add_argument("--endpoints", type=int, default=1000)
     ap.add_argument("--services", type=int, default=10000)
     args = ap.parse_args()
-    scrapes, stretch, rounds = (10, 5, 1) if args.quick else (40, 15, 3)
-    lab = Lab()
-    problems: list[str] = []
-    try:
-        node = Node(
-            pod_cidr="10.200.0.0/20",
-            prometheusListen=f"127.0.0.1:{PORT}",
-            ctGCInterval=300,
-            ctGCMaxInterval=300,
-        )
-        lab.on_close(node.close)
-        node.start_agent()
-        assert node.proc is not None
-        pid = node.proc.pid  # nsenter execs the agent
-        t = time.perf_counter()
-        populate(node, lab, args.endpoints, args.services)
-        setup_s = time.perf_counter() - t
-        status = node.porin_json("status")
-        print(
-            f"node with {status['endpoints']['ready']} endpoints and {status['services']} "
-            f"services (set up in {setup_s:.0f} s)"
-        )
-        scrape(node, 3, 0)  # warm
-        whole = scrape(node, scrapes, 0)
-        scrape_ms = median(whole["ms"])
-        dp_ms = datapath_read_ms(node, scrapes)
-        # agent CPU: stretches without and with one scrape per second, interleaved
-        idle, busy = [], []
-        for _ in range(rounds):
-            c0 = agent_cpu_seconds(pid)
-            time.sleep(stretch)
-            idle.append((agent_cpu_seconds(pid) - c0) / stretch)
-            c0, t0 = agent_cpu_seconds(pid), time.monotonic()
-            scrape(node, stretch, 1.0)
-            busy.append((agent_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
-        idle_pct, busy_pct = 100 * median(idle), 100 * median(busy)
-        rows = [
-            [
-                "scrape of /metrics, median",
-                f"{scrape_ms:.1f} ms",
-                f"target < {SCRAPE_TARGET_MS:.0f}",
-            ],
-            ["  p90", f"{sorted(whole['ms'])[int(0.9 * len(whole['ms'])) - 1]:.1f} ms", ""],
-            ["  datapath part (maps, fill)", f"{dp_ms:.1f} ms", ""],
-            ["  body", f"{whole['bytes'] / 1024:.0f} KiB, {whole['series']} series", ""],
-            ["agent CPU, no scrapes", f"{idle_pct:.2f} % of a CPU", ""],
-            ["agent CPU, 1 scrape/s", f"{busy_pct:.2f} % of a CPU", ""],
-            ["  cost of scraping", f"{busy_pct - idle_pct:.2f} % of a CPU", ""],
-        ]
-        print(fmt_table(["measure", "value", ""], rows, {1}))
-        record("metrics_scrape_ms", scrape_ms)
-        record("metrics_datapath_ms", dp_ms)
-        record("metrics_scrape_cpu_pct", busy_pct - idle_pct)
-        if scrape_ms >= SCRAPE_TARGET_MS:
-            problems.append(f"scrape took {scrape_ms:.1f} ms (target < {SCRAPE_TARGET_MS:.0f})")
-    except Exception as e:  # a benchmark reports, it does not trace back
-        problems.append(f"{type(e).__name__}: {e}")
-    finally:
-        lab.close()
-    for p in problems:
-        print(f"PROBLEM: {p}")
-    return 1 if problems else 0
+    return run_bench(lambda lab, problems: measure(lab, problems, args))
 
 
 if __name__ == "__main__":

@@ -201,3 +201,19 @@ def tune_client(ns: Netns) -> None:
     """Room for many short connections: wide port range, TIME_WAIT ports reusable."""
     ns.exec(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])
     ns.exec(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+
+
+def run_bench(measure: Callable[[Lab, list[str]], None]) -> int:
+    """Run `measure(lab, problems)`, remove what it made, print each problem it
+    noted (an exception is one): the exit status, 0 when every target was met."""
+    lab = Lab()
+    problems: list[str] = []
+    try:
+        measure(lab, problems)
+    except Exception as e:  # a benchmark reports, it does not trace back
+        problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        lab.close()
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    return 1 if problems else 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: porin-agent on its embedded single-node default, three pods
 # created through the CNI plugin exactly as a runtime would, shown talking;
-# then a host port, and the agent restarted with an uplink to show XDP.
+# then a service, porin monitor, network policy with the flow log and
+# Prometheus metrics, a host port, and the agent restarted with an uplink to show XDP.
 #
 # The node runs in its own network namespace (porin-demo-node) so the demo
 # never touches this machine's own interfaces; everything is removed on exit.
@@ -166,6 +167,7 @@ YAML
 cat "$POLICY"
 porin apply -f "$POLICY"
 porin policy list
+porin observe --last 1 >/dev/null 2>&1  # the flow log captures on demand: on from here
 ip netns exec ${PODS[2]} python3 -c "$WHOAMI" "$IP3" pod3 >/dev/null 2>&1 &
 SRV3=$!
 for _ in $(seq 1 100); do
@@ -186,6 +188,10 @@ for p in 1 2; do
   fi
 done
 wait $MON || true
+say "porin observe --to-pod demo/pod3 --port 8080: the flow log, both pods named"
+porin observe --to-pod demo/pod3 --port 8080
+say "Prometheus (/metrics on 127.0.0.1:9962 in the node): the drops by reason"
+in_node curl -s http://127.0.0.1:9962/metrics | grep '^porin_drop_count_total' || true
 say "porin policy explain --from demo/pod1 --to demo/pod3 --port 8080/tcp"
 porin policy explain --from demo/pod1 --to demo/pod3 --port 8080/tcp
 say "porin bpf policy get demo/pod3"

@@ -21,9 +21,10 @@ from porin.cli import (
     policy,
     prefilter,
     services,
+    sysdump,
 )
 from porin.cli.context import Context, fail
-from porin.cli.output import output_option, print_json
+from porin.cli.output import output_option, print_json, print_table
 from porin.client import DEFAULT_SOCKET
 from porin.maps.pinned import DEFAULT_BPFFS_ROOT
 
@@ -60,11 +61,14 @@ def cli(ctx: click.Context, config: str | None, socket: str | None, bpffs_root: 
 
 
 @cli.command()
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Also programs per device, map fill and controllers."
+)
 @output_option
 @click.pass_obj
-def status(ctx: Context, output: str) -> None:
+def status(ctx: Context, verbose: bool, output: str) -> None:
     """Agent, datapath and endpoint summary."""
-    st = ctx.api("GET", "/v1/status")
+    st = ctx.api("GET", "/v1/status" + ("?verbose=1" if verbose else ""))
     if output == "json":
         return print_json(st)
     rows = [
@@ -127,6 +131,44 @@ def status(ctx: Context, output: str) -> None:
     ]
     for k, v in rows:
         click.echo(f"{k + ':':<17}{v}")
+    if verbose:
+        _print_verbose(st["verbose"])
+
+
+def _ago(t: float | None, now: float) -> str:
+    return f"{now - t:.0f}s ago" if t else "never"
+
+
+def _print_verbose(v: dict) -> None:
+    import time
+
+    now = time.time()
+    click.echo("\nDatapath programs:")
+    for d in v["devices"]:
+        click.echo(f"  {d['device']}: {', '.join(d['programs'])}")
+    click.echo("\nBPF maps that fill up:")
+    print_table(
+        ("  MAP", "ENTRIES", "CAPACITY", "FILL"),
+        [
+            (f"  {m['name']}", m["entries"], m["capacity"], f"{100 * m['pressure']:.1f}%")
+            for m in v["maps"]
+        ],
+    )
+    click.echo("\nControllers:")
+    print_table(
+        ("  NAME", "RUNS", "FAILURES", "LAST RUN", "LAST SUCCESS", "LAST ERROR"),
+        [
+            (
+                f"  {c['name']}",
+                c["runs"],
+                f"{c['failures']} ({c['consecutiveFailures']} in a row)",
+                _ago(c["lastRun"], now),
+                _ago(c["lastSuccess"], now),
+                c["lastError"] or "-",
+            )
+            for c in v["controllers"]
+        ],
+    )
 
 
 def _flows_line(f: dict) -> str:
@@ -152,6 +194,7 @@ for group in (
     policy.delete,
     prefilter.prefilter,
     observe.observe,
+    sysdump.sysdump,
 ):
     cli.add_command(group)
 endpoints.endpoint.add_command(policy.endpoint_label)

@@ -334,3 +334,64 @@ def test_on_demand_capture_goes_off_when_nobody_observes():
             assert m.current().enabled == 0  # the datapath writes nothing again
     finally:
         node.close()
+
+
+# ---------------- status --verbose and sysdump ----------------
+
+
+def test_verbose_status_shows_programs_map_fill_and_controllers(cluster):
+    n1 = cluster.nodes[0]
+    v = n1.porin_json("status", "--verbose")["verbose"]
+    devices = {d["device"]: d["programs"] for d in v["devices"]}
+    assert "tc ingress from_netdev" in devices["eth0"]
+    assert any(p.startswith("xdp from_xdp (") for p in devices["eth0"])
+    assert devices["porin_vxlan"] == ["tc ingress from_overlay"]
+    fill = {m["name"]: m for m in v["maps"]}
+    assert fill["endpoints"]["entries"] == len(n1.porin_json("bpf", "endpoint", "list"))
+    controllers = {c["name"]: c for c in v["controllers"]}
+    assert set(controllers) == {"conntrack-gc", "kvstore-keepalive", "monitor-watch", "flow-log"}
+    keepalive = controllers["kvstore-keepalive"]
+    wait_for(
+        lambda: (
+            {c["name"]: c for c in n1.porin_json("status", "-v")["verbose"]["controllers"]}[
+                "kvstore-keepalive"
+            ]["runs"]
+            > keepalive["runs"]
+        ),
+        10,
+        "the kvstore keepalive to run again",
+    )
+    assert keepalive["consecutiveFailures"] == 0 and keepalive["lastError"] == ""
+
+
+def test_sysdump_is_one_archive_of_everything(cluster, tmp_path):
+    import tarfile
+
+    n1 = cluster.nodes[0]
+    path = tmp_path / "bundle.tar.gz"
+    r = n1.porin("sysdump", "-o", str(path))
+    assert str(path) in r.stdout
+    with tarfile.open(path) as tar:
+        files = {m.name.split("/", 1)[1]: m for m in tar.getmembers()}
+        for want in (
+            "versions.json",
+            "config.json",
+            "status.json",
+            "endpoints.json",
+            "services.json",
+            "nodes.json",
+            "flows.json",
+            "agent.log",
+            "metrics/prometheus.txt",
+            "maps/ct4_global.json",
+            "maps/ipcache.json",
+        ):
+            assert want in files, (want, sorted(files))
+        read = lambda name: tar.extractfile(files[name]).read().decode()  # noqa: E731
+        config = json.loads(read("config.json"))
+        assert config["kvstore"] == {"endpoints": [cluster.etcd.endpoint]}
+        assert "porin_drop_count_total" in read("metrics/prometheus.txt")
+        assert "porin-agent" in read("agent.log")
+        nodes = json.loads(read("nodes.json"))
+        assert {n["name"] for n in nodes} == {n.cfg.node_name for n in cluster.nodes}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

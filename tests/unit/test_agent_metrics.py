@@ -179,3 +179,23 @@ def test_taken_port_is_an_error_naming_the_setting():
             MetricsServer("127.0.0.1", port, AgentMetrics())
         assert f"prometheusListen 127.0.0.1:{port}" in str(e.value)
         assert "in use" in str(e.value)
+
+
+def test_sysdump_config_leaves_secrets_out():
+    from porin.daemon.api_debug import REDACTED, config_json
+
+    cfg = from_mapping(
+        {
+            "kvstore": {
+                "endpoints": ["https://porin:hunter2@10.0.0.5:2379"],
+                "password": "hunter2",
+                "tlsKeyFile": "/etc/porin/key.pem",
+            }
+        }
+    )
+    out = config_json(cfg)
+    assert out["kvstore"]["password"] == REDACTED
+    assert out["kvstore"]["tlsKeyFile"] == REDACTED
+    assert out["kvstore"]["endpoints"] == [f"https://{REDACTED}@10.0.0.5:2379"]
+    assert "hunter2" not in str(out)
+    assert out["podCIDR"] == cfg.pod_cidr  # everything else, under its YAML name
