@@ -255,7 +255,7 @@ class Agent:
         self.cluster = ClusterState(
             self.store,
             IpcacheMap(cfg.bpffs_root),
-            NodeInfo(cfg.node_name, node_ip, cfg.pod_cidr, cfg.tunnel_mode),
+            NodeInfo(cfg.node_name, node_ip, cfg.pod_cidr, cfg.tunnel_mode, cfg.gateway),
             cfg.node_lease_ttl,
             local_endpoints=lambda: [
                 e for e in self.manager.list() if e.state == EndpointState.READY
@@ -267,6 +267,9 @@ class Agent:
             ],
         )
         self.cluster.host_ips = [cfg.gateway]
+        self.cluster.on_nodes = lambda nodes: self.tunnel.sync_routes(
+            {n.pod_cidr for n in nodes if n.tunnel == self.tunnel.mode}
+        )
         self.manager.identity_for = self.cluster.identities.allocate
         self.events.subscribe(EndpointAdded, lambda e: self.cluster.endpoint_added(e.endpoint))
         self.events.subscribe(EndpointRemoved, lambda e: self.cluster.endpoint_removed(e.endpoint))

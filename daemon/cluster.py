@@ -56,13 +56,23 @@ class NodeInfo:
     ip: str
     pod_cidr: str
     tunnel: str
+    gateway: str = ""  # the node's pod gateway: its own address in the overlay
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "ip": self.ip, "podCIDR": self.pod_cidr, "tunnel": self.tunnel}
+        out = {"name": self.name, "ip": self.ip, "podCIDR": self.pod_cidr, "tunnel": self.tunnel}
+        if self.gateway:
+            out["gateway"] = self.gateway
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NodeInfo:
-        return cls(str(d["name"]), str(d["ip"]), str(d["podCIDR"]), str(d.get("tunnel", "")))
+        return cls(
+            str(d["name"]),
+            str(d["ip"]),
+            str(d["podCIDR"]),
+            str(d.get("tunnel", "")),
+            str(d.get("gateway", "")),  # nodes of older builds publish none
+        )
 
 
 def canonical_labels(labels: dict[str, str]) -> str:
@@ -135,6 +145,8 @@ class ClusterState:
         self.host_ips: list[str] = []
         # called after every (re)connection to the kvstore
         self.on_connected: Callable[[], None] = lambda: None
+        # called with the remote nodes after every change of the ipcache (routes, health)
+        self.on_nodes: Callable[[list[NodeInfo]], None] = lambda nodes: None
         # the embedded store has no peers: endpoints and services need no publishing
         self.shared = isinstance(store, EtcdStore)
         self.nodes: dict[str, NodeInfo] = {}
@@ -372,6 +384,10 @@ class ClusterState:
         for n in self.nodes.values():
             want[f"{n.ip}/32"] = IpcacheEntry(f"{n.ip}/32", IDENTITY_REMOTE_NODE, "", node=True)
             want[n.pod_cidr] = IpcacheEntry(n.pod_cidr, IDENTITY_UNKNOWN, n.ip)
+            if n.gateway:  # the node's own traffic through the overlay comes from there
+                want[f"{n.gateway}/32"] = IpcacheEntry(
+                    f"{n.gateway}/32", IDENTITY_REMOTE_NODE, n.ip
+                )
         by_name = {n.name: n for n in self.nodes.values()}
         for ip, v in self.remote_ips.items():
             node = by_name.get(v.get("node", ""))
@@ -389,6 +405,10 @@ class ClusterState:
                 self.ipcache.upsert(e)
         for prefix in have.keys() - want.keys():
             self.ipcache.remove(prefix)
+        try:
+            self.on_nodes(list(self.nodes.values()))
+        except Exception:
+            log.exception("reacting to the node list failed")
 
     # ---------- views ----------
 

@@ -50,8 +50,9 @@ def entries_for(cfg: AgentConfig) -> dict[str, list[str]]:
     entries = {"bpf_lxc.c": ["from_container", "to_container"]}
     if cfg.devices:
         entries["bpf_host.c"] = ["from_netdev", "to_netdev", "from_host_lo"]
-    if cfg.tunnel_mode == "vxlan":
-        entries["bpf_overlay.c"] = ["from_overlay"]
+    if cfg.tunnel_mode != "disabled":
+        vxlan = ["from_overlay"] if cfg.tunnel_mode == "vxlan" else []
+        entries["bpf_overlay.c"] = [*vxlan, "host_to_overlay"]
     if cfg.devices and cfg.xdp_mode != "disabled":
         entries["bpf_xdp.c"] = ["from_xdp"]
     if cfg.loopback_host_ports:

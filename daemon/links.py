@@ -159,6 +159,20 @@ def set_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
+def loosen_rp_filter(device: str) -> None:
+    """Reverse-path filtering on `device` at most loose (2): packets from pods of
+    other nodes arrive there, and their way back leaves through porin_host.
+    The kernel applies the larger of `all` and the device's value, so a
+    strict (1) `all` becomes loose for this device only."""
+    conf = "net/ipv4/conf"
+    with open(os.path.join("/proc/sys", conf, "all", "rp_filter")) as f:
+        strict_all = f.read().strip() == "1"
+    with open(os.path.join("/proc/sys", conf, device, "rp_filter")) as f:
+        mine = f.read().strip()
+    if strict_all or mine == "1":
+        set_sysctl(f"{conf}/{device}/rp_filter", "2")
+
+
 def ensure_host_device(ipr: IPRoute, gateway: str, pod_cidr: str, mtu: int) -> int:
     """The node's porin_host/porin_net veth pair, holding the pods' gateway address.
 

@@ -148,6 +148,29 @@ def test_nodes_and_ipcache(cluster):
     assert {1, 2, 6} <= {i["id"] for i in ids} and any(i["id"] >= 256 for i in ids)
 
 
+def test_the_node_itself_reaches_every_remote_pod_through_the_overlay(cluster):
+    """Host-network processes of a node reach pods of other nodes; the pods see
+    the node's gateway address (its own in the overlay), their replies come back."""
+    c = cluster
+    n1 = c.nodes[0]
+    gateway = n1.porin_json("status")["gateway"]
+    for other in c.nodes[1:3]:
+        for p in other.pods.values():
+            assert n1.ns.exec(["ping", "-c", "1", "-W", "2", p.ip], check=False).returncode == 0
+            answered = n1.ns.exec(["python3", "-c", TCP_CLIENT, p.ip]).stdout.split(":")
+            assert answered[0] == p.ip
+            # the pod's node tracked the connection as from this node's gateway
+            flows = other.porin_json("bpf", "ct", "list", "global", "--src", gateway)
+            assert any(f["dst"] == p.ip and f["proto"] == "TCP" for f in flows), flows
+        route = n1.ns.exec(["ip", "route", "show", other.cfg.pod_cidr]).stdout
+        want_mtu = 1450 if c.tunnel == "vxlan" else 1480
+        assert f"dev porin_host proto 211 src {gateway} mtu {want_mtu}" in route
+    # the other nodes know the gateway as this node (the remote-node identity)
+    cache = ipcache(c.nodes[1])
+    assert cache[f"{gateway}/32"]["identity"] == 6
+    assert cache[f"{gateway}/32"]["tunnel_endpoint"] == n1.node_ip
+
+
 def test_pod_mtu_accounts_for_the_tunnel(cluster):
     pod = next(iter(cluster.nodes[0].pods.values()))
     want = 1450 if cluster.tunnel == "vxlan" else 1480
