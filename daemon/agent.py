@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -34,6 +35,7 @@ from porin.daemon.datapath import DatapathError, LxcDatapath
 from porin.daemon.endpoints import EndpointManager
 from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
 from porin.daemon.flows import Enricher, FlowLog
+from porin.daemon.health import HealthProber
 from porin.daemon.host import HostDatapath
 from porin.daemon.hostports import HostPorts
 from porin.daemon.ipam import Ipam
@@ -57,6 +59,7 @@ from porin.daemon.sock import SockDatapath
 from porin.daemon.store import EndpointStore
 from porin.daemon.tunnel import Tunnel
 from porin.daemon.xdp import XdpDatapath
+from porin.errors import PorinError
 from porin.maps.conntrack import ConntrackMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.flow_config import FlowConfigMap
@@ -161,6 +164,9 @@ class Agent:
                 self.flows,
             ),
         )
+        self.server.api.routes.append(
+            ("GET", re.compile(r"^/v1/health$"), lambda q, b, m: (200, self._health()))
+        )
         self.server.api.observe = self.metrics.api_request
         self.server.api.routes += debug_routes(
             cfg, lambda: generate_latest(self.metrics.registry).decode()
@@ -205,14 +211,25 @@ class Agent:
         self.flows.start()
 
     def _start_peer_api(self) -> None:
-        """The read-only API other nodes read (daemon/peer_api.py): only in a
-        cluster, only on the node IP."""
+        """The read-only API other nodes read (daemon/peer_api.py) and the
+        probes of them (daemon/health.py): only in a cluster, only on the node
+        IP (and /healthz on the pod gateway, the overlay probe's target)."""
         self.peer: PeerServer | None = None
+        self.peer_gw: PeerServer | None = None
+        self.health: HealthProber | None = None
+        cfg = self.cfg
         uplink = self.host.uplinks[0] if self.host and self.host.uplinks else None
-        if not self.cluster.shared or uplink is None or not self.cfg.health_port:
+        if not self.cluster.shared or uplink is None or not cfg.health_port:
             return
-        self.peer = PeerServer(uplink.node_ip, self.cfg.health_port, self.cfg.node_name, self.flows)
+        self.peer = PeerServer(uplink.node_ip, cfg.health_port, cfg.node_name, self.flows)
         self.peer.start()
+        if self.tunnel.mode != "disabled":
+            self.peer_gw = PeerServer(
+                cfg.gateway, cfg.health_port, cfg.node_name, None, serve_flows=False
+            )
+            self.peer_gw.start()
+        self.health = HealthProber(lambda: list(self.cluster.nodes.values()), cfg.health_port)
+        self.health.start()
 
     def _start_metrics(self) -> None:
         """The scrape-time collectors, then /metrics (daemon/metrics.py)."""
@@ -379,8 +396,11 @@ class Agent:
             self.ct_gc.stop()
         if getattr(self, "monitor_watch", None) is not None:
             self.monitor_watch.stop()
-        if getattr(self, "peer", None) is not None:
-            self.peer.stop()
+        if getattr(self, "health", None) is not None:
+            self.health.stop()
+        for name in ("peer", "peer_gw"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).stop()
         if getattr(self, "flows", None) is not None:
             self.flows.stop()
         if getattr(self, "metrics_server", None) is not None:
@@ -414,9 +434,20 @@ class Agent:
             }
         return out
 
+    def _health(self) -> list[dict[str, Any]]:
+        prober = getattr(self, "health", None)
+        if prober is None:
+            raise PorinError(
+                "node health is probed only in a cluster (kvstore and devices): "
+                "this node has no peers",
+                http_status=409,
+            )
+        return prober.status()
+
     def _controlled(self) -> list[Any]:
         """Every component with a background loop (daemon/controllers.py)."""
         parts = [self.ct_gc, self.cluster, self.monitor_watch, self.flows]
+        parts.append(getattr(self, "health", None))
         return [p for p in parts if p is not None and hasattr(p, "controller")]
 
     def _devices(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ control plane from the agent's own records.
     porin_identities, porin_policies, porin_policy_endpoints_enforced,
     porin_nodes{health}, porin_kvstore_connected, porin_ipam_addresses{state},
     porin_controller_runs_total{name,outcome}, porin_controller_consecutive_failures{name},
+    porin_node_reachable{node,path}, porin_node_probe_latency_seconds{node,path},
     porin_agent_info{version,node}
 """
 
@@ -230,6 +231,7 @@ class ControlPlaneCollector(Collector):
         )
         yield from self._cluster(eps)
         yield from self._controllers()
+        yield from self._node_health()
         policy = getattr(a, "policy", None)
         if policy is not None:
             st = policy.status()
@@ -241,6 +243,33 @@ class ControlPlaneCollector(Collector):
                 "Local endpoints under at least one policy",
                 value=st["endpointsEnforced"],
             )
+
+    def _node_health(self) -> Iterator[Metric]:
+        prober = getattr(self.agent, "health", None)
+        if prober is None:
+            return
+        up = GaugeMetricFamily(
+            "porin_node_reachable",
+            "1 if the last probe of the node over the path worked (icmp, http, overlay)",
+            labels=["node", "path"],
+        )
+        latency = GaugeMetricFamily(
+            "porin_node_probe_latency_seconds",
+            "Latency of the last successful probe of the node over the path",
+            labels=["node", "path"],
+        )
+        for n in prober.status():
+            paths = {
+                **n["nodeNetwork"],
+                **({"overlay": n["overlay"]["http"]} if n["overlayIP"] else {}),
+            }
+            for path, p in paths.items():
+                if p["reachable"] is None:
+                    continue
+                up.add_metric([n["name"], path], 1 if p["reachable"] else 0)
+                if p["latencyMs"] is not None:
+                    latency.add_metric([n["name"], path], p["latencyMs"] / 1000)
+        yield from (up, latency)
 
     def _controllers(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(

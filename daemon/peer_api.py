@@ -3,11 +3,15 @@
     GET /healthz          {"status": "ok", "node": NAME}
     GET /v1/flows?...     this node's flow log, as on the unix socket (daemon/api_flows.py)
 
-It is what `porin observe --cluster` reads from every node. It is bound to
-the node's address on the node network (never 0.0.0.0), answers GET only,
-and nothing it serves changes the node; it carries what the flow log
-carries (addresses, pod names, labels), so keep the node network private
-as you would the kvstore.
+It is what `porin observe --cluster` and the other nodes' health probes
+(daemon/health.py) read. It is bound to the node's address on the node
+network (never 0.0.0.0), answers GET only, and nothing it serves changes
+the node; it carries what the flow log carries (addresses, pod names,
+labels), so keep the node network private as you would the kvstore.
+
+A second listener on the node's pod gateway (its address in the overlay)
+answers /healthz only: the overlay probe's target. Pods can reach that
+address, so it serves no flows.
 """
 
 from __future__ import annotations
@@ -70,9 +74,11 @@ class PeerServer(ThreadingHTTPServer):
     allow_reuse_address = True
     address_family = socket.AF_INET
 
-    def __init__(self, node_ip: str, port: int, node: str, flows: Any) -> None:
+    def __init__(
+        self, node_ip: str, port: int, node: str, flows: Any, serve_flows: bool = True
+    ) -> None:
         self.node = node
-        self.routes = flow_routes(flows)
+        self.routes = flow_routes(flows) if serve_flows else []
         try:
             super().__init__((node_ip, port), _Handler)
         except OSError as e:
@@ -80,12 +86,14 @@ class PeerServer(ThreadingHTTPServer):
                 e.errno, f"healthPort {node_ip}:{port}: cannot listen: {e.strerror}"
             ) from None
         self.address = f"{node_ip}:{self.server_address[1]}"
+        self.serve_flows = serve_flows
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="peer-api", daemon=True)
         self._thread.start()
-        log.info("read-only peer API on http://%s (/healthz, /v1/flows)", self.address)
+        paths = "/healthz, /v1/flows" if self.serve_flows else "/healthz"
+        log.info("read-only peer API on http://%s (%s)", self.address, paths)
 
     def stop(self) -> None:
         if self._thread is not None:

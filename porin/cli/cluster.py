@@ -58,3 +58,42 @@ def identity_list(ctx: Context, output: str) -> None:
             for i in ids
         ],
     )
+
+
+# ---------------- health ----------------
+
+
+@click.group()
+def health() -> None:
+    """Whether this node reaches the others (daemon/health.py)."""
+
+
+def _path(p: dict) -> str:
+    if p["reachable"] is None:
+        return "not probed yet"
+    if p["reachable"]:
+        return f"ok {p['latencyMs']:.2f}ms"
+    return f"FAILED ({p['lastError']})"
+
+
+@health.command("status")
+@output_option
+@click.pass_obj
+def health_status(ctx: Context, output: str) -> None:
+    """Per node: the node network (ICMP, HTTP) and the overlay, latency, last error."""
+    nodes = ctx.api("GET", "/v1/health")
+    if output == "json":
+        return print_json(nodes)
+    print_table(
+        ("NODE", "IP", "ICMP", "HTTP", "OVERLAY"),
+        [
+            (
+                n["name"],
+                n["ip"],
+                _path(n["nodeNetwork"]["icmp"]),
+                _path(n["nodeNetwork"]["http"]),
+                _path(n["overlay"]["http"]) if n["overlayIP"] else "no overlay address",
+            )
+            for n in nodes
+        ],
+    )

@@ -188,6 +188,7 @@ for group in (
     bpf.bpf,
     cluster.node,
     cluster.identity,
+    cluster.health,
     monitor.monitor,
     policy.policy,
     policy.apply,

@@ -332,6 +332,9 @@ def test_on_demand_capture_goes_off_when_nobody_observes():
 
         with FlowConfigMap(node.cfg.bpffs_root) as m:
             assert m.current().enabled == 0  # the datapath writes nothing again
+        # one node has nobody to probe, and says so
+        r = node.porin("health", "status", check=False)
+        assert r.returncode == 1 and "only in a cluster" in r.stderr
     finally:
         node.close()
 
@@ -349,7 +352,13 @@ def test_verbose_status_shows_programs_map_fill_and_controllers(cluster):
     fill = {m["name"]: m for m in v["maps"]}
     assert fill["endpoints"]["entries"] == len(n1.porin_json("bpf", "endpoint", "list"))
     controllers = {c["name"]: c for c in v["controllers"]}
-    assert set(controllers) == {"conntrack-gc", "kvstore-keepalive", "monitor-watch", "flow-log"}
+    assert set(controllers) == {
+        "conntrack-gc",
+        "kvstore-keepalive",
+        "monitor-watch",
+        "flow-log",
+        "node-health",
+    }
     keepalive = controllers["kvstore-keepalive"]
     wait_for(
         lambda: (
@@ -395,3 +404,49 @@ def test_sysdump_is_one_archive_of_everything(cluster, tmp_path):
         nodes = json.loads(read("nodes.json"))
         assert {n["name"] for n in nodes} == {n.cfg.node_name for n in cluster.nodes}
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+# ---------------- node health ----------------
+
+VXLAN_DROP = ["INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"]
+
+
+def health_of(node: Node, other: Node) -> dict:
+    (h,) = [h for h in node.porin_json("health", "status") if h["name"] == other.cfg.node_name]
+    return h
+
+
+def paths(h: dict) -> dict[str, bool | None]:
+    return {
+        "icmp": h["nodeNetwork"]["icmp"]["reachable"],
+        "http": h["nodeNetwork"]["http"]["reachable"],
+        "overlay": h["overlay"]["http"]["reachable"],
+    }
+
+
+def test_every_node_probes_the_others_over_the_node_network_and_the_overlay(cluster):
+    n1, n2 = cluster.nodes
+    ok = {"icmp": True, "http": True, "overlay": True}
+    wait_for(lambda: paths(health_of(n1, n2)) == ok, 15, "node 1 to reach node 2 every way")
+    wait_for(lambda: paths(health_of(n2, n1)) == ok, 15, "node 2 to reach node 1 every way")
+    h = health_of(n1, n2)
+    assert h["ip"] == n2.node_ip and h["overlayIP"] == n2.porin_json("status")["gateway"]
+    assert h["healthy"] and h["nodeNetwork"]["icmp"]["latencyMs"] > 0
+
+
+def test_a_broken_overlay_shows_while_the_node_network_works(cluster):
+    n1, n2 = cluster.nodes
+    wait_for(lambda: health_of(n1, n2)["healthy"], 15, "a healthy start")
+    n2.ns.exec(["iptables", "-I", *VXLAN_DROP])  # node 2 takes no VXLAN any more
+    try:
+        broken = {"icmp": True, "http": True, "overlay": False}
+        started = time.monotonic()
+        wait_for(lambda: paths(health_of(n1, n2)) == broken, 10, "the broken overlay to show")
+        assert time.monotonic() - started < 10
+        h = health_of(n1, n2)
+        assert not h["healthy"] and h["overlay"]["http"]["lastError"]
+        reachable = sel("porin_node_reachable", n1, node=n2.cfg.node_name, path="overlay")
+        wait_for(lambda: cluster.prom.query(reachable)[0]["value"] == 0, 15, "Prometheus to see it")
+    finally:
+        n2.ns.exec(["iptables", "-D", *VXLAN_DROP])
+    wait_for(lambda: health_of(n1, n2)["healthy"], 15, "the overlay to recover")
