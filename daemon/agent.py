@@ -164,9 +164,10 @@ class Agent:
                 self.flows,
             ),
         )
-        self.server.api.routes.append(
-            ("GET", re.compile(r"^/v1/health$"), lambda q, b, m: (200, self._health()))
-        )
+        self.server.api.routes += [
+            ("GET", re.compile(r"^/v1/health$"), lambda q, b, m: (200, self._health())),
+            ("GET", re.compile(r"^/v1/cluster/peer-token$"), self._peer_token),
+        ]
         self.server.api.observe = self.metrics.api_request
         self.server.api.routes += debug_routes(
             cfg, lambda: generate_latest(self.metrics.registry).decode()
@@ -221,7 +222,13 @@ class Agent:
         uplink = self.host.uplinks[0] if self.host and self.host.uplinks else None
         if not self.cluster.shared or uplink is None or not cfg.health_port:
             return
-        self.peer = PeerServer(uplink.node_ip, cfg.health_port, cfg.node_name, self.flows)
+        self.peer = PeerServer(
+            uplink.node_ip,
+            cfg.health_port,
+            cfg.node_name,
+            self.flows,
+            token=lambda: self.cluster.peer_token,
+        )
         self.peer.start()
         if self.tunnel.mode != "disabled":
             self.peer_gw = PeerServer(
@@ -433,6 +440,15 @@ class Agent:
                 "controllers": [c.controller.to_json() for c in self._controlled()],
             }
         return out
+
+    def _peer_token(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        """For `porin observe --cluster` (the socket is root's only)."""
+        if not self.cluster.peer_token:
+            raise PorinError(
+                "no cluster peer token: this node has not reached a shared kvstore",
+                http_status=409,
+            )
+        return 200, {"token": self.cluster.peer_token}
 
     def _health(self) -> list[dict[str, Any]]:
         prober = getattr(self, "health", None)

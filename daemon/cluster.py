@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ IPCACHE = "/porin/ipcache/"
 IDENTITIES = "/porin/identities/"
 IDENTITY_LABELS = "/porin/identity-labels/"
 SERVICES = "/porin/services/"
+# the secret the nodes' peer APIs ask of each other (daemon/peer_api.py): the first
+# node makes it, every node reads it; whoever can read the kvstore has it
+PEER_TOKEN = "/porin/cluster/peer-token"
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class ClusterState:
         self.nodes: dict[str, NodeInfo] = {}
         self.remote_ips: dict[str, dict[str, Any]] = {}  # ip -> {identity, node}
         self.connected = False
+        self.peer_token = ""  # "" until the kvstore was reached once
         self.last_error = ""
         self.resyncs = 0
         self._lease: object = None
@@ -180,6 +185,9 @@ class ClusterState:
         with self._lock:
             self._cancel_watches()
             if self.shared:
+                self.store.create(PEER_TOKEN, secrets.token_hex(24))  # if absent
+                token = self.store.get_prefix(PEER_TOKEN).get(PEER_TOKEN)
+                self.peer_token = token if isinstance(token, str) else ""
                 self._lease = self.store.grant_lease(self.lease_ttl)
                 self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
                 for ep in self.local_endpoints():

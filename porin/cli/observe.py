@@ -80,8 +80,20 @@ def _lost_note(node: str, lost: dict[str, int]) -> None:
 
 
 def _peers(ctx: Context) -> list[dict[str, Any]]:
-    nodes = ctx.api("GET", "/v1/nodes")
-    return [n for n in nodes if not n.get("self")]
+    """The other nodes, each with the cluster's peer token its API asks for."""
+    nodes = [n for n in ctx.api("GET", "/v1/nodes") if not n.get("self")]
+    if nodes:
+        token = ctx.api("GET", "/v1/cluster/peer-token")["token"]
+        for n in nodes:
+            n["token"] = token
+    return nodes
+
+
+def _open_peer(node: dict[str, Any], port: int, query: str, timeout: float) -> Any:
+    req = urllib.request.Request(
+        _peer_url(node, port, query), headers={"Authorization": f"Bearer {node['token']}"}
+    )
+    return urllib.request.urlopen(req, timeout=timeout)
 
 
 def _peer_url(node: dict[str, Any], port: int, query: str) -> str:
@@ -90,7 +102,7 @@ def _peer_url(node: dict[str, Any], port: int, query: str) -> str:
 
 def _from_peer(node: dict[str, Any], port: int, query: str) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(_peer_url(node, port, query), timeout=10) as r:
+        with _open_peer(node, port, query, 10) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise ApiError(e.code, json.loads(e.read() or b"{}").get("error", str(e))) from None
@@ -100,7 +112,7 @@ def _from_peer(node: dict[str, Any], port: int, query: str) -> dict[str, Any]:
 
 def _follow_peer(node: dict[str, Any], port: int, query: str) -> Iterator[Any]:
     try:
-        r = urllib.request.urlopen(_peer_url(node, port, query), timeout=30)
+        r = _open_peer(node, port, query, 30)
     except urllib.error.HTTPError as e:
         raise ApiError(e.code, json.loads(e.read() or b"{}").get("error", str(e))) from None
     except OSError as e:

@@ -310,6 +310,16 @@ def test_the_peer_api_is_read_only_on_the_node_ip(cluster):
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", f"{url}/v1/flows"]
     ).stdout
     assert code == "405"
+    # flows only for the cluster's nodes: the peer token is asked for
+    r = n1.ns.exec(["curl", "-s", "-w", "\n%{http_code}", f"{url}/v1/flows"]).stdout
+    assert r.endswith("401") and "peer token" in r
+    from porin.client import AgentClient
+
+    tokens = {AgentClient(n.cfg.socket).get("/v1/cluster/peer-token")["token"] for n in (n1, n2)}
+    assert len(tokens) == 1  # one secret for the cluster, from the kvstore
+    auth = f"Authorization: Bearer {tokens.pop()}"
+    got = json.loads(n1.ns.exec(["curl", "-s", "-H", auth, f"{url}/v1/flows?last=1"]).stdout)
+    assert "flows" in got and got["bufferSize"] > 0
     # bound to the node IP only: not on the node's loopback
     r = n2.ns.exec(["curl", "-s", "-m", "2", "http://127.0.0.1:4240/healthz"], check=False)
     assert r.returncode != 0
