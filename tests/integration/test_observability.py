@@ -75,9 +75,9 @@ def instance(node: Node) -> str:
     return f"{node.node_ip}:{PORT}"
 
 
-def sel(name: str, node: Node, **labels: str) -> str:
-    """A PromQL selector of `name` on `node`'s agent."""
-    inner = ",".join(f'{k}="{v}"' for k, v in {**labels, "instance": instance(node)}.items())
+def sel(name: str, of: Node, **labels: str) -> str:
+    """A PromQL selector of `name` on the agent of node `of`."""
+    inner = ",".join(f'{k}="{v}"' for k, v in {**labels, "instance": instance(of)}.items())
     return f"{name}{{{inner}}}"
 
 
