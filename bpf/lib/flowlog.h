@@ -5,9 +5,11 @@
  * only the agent reads (`porin monitor` has its own ring):
  *
  *   - every drop;
- *   - the first packet of a connection (conntrack said CT_NEW), with its
+ *   - the first packet of a connection (conntrack said CT_NEW, or a SYN
+ *     reuses the tuple of a closed one: VERDICT_F_REOPENED), with its
  *     policy decision and the service it was balanced through;
- *   - the first reply of a connection (VERDICT_F_FIRST_REPLY).
+ *   - the first reply of a connection (VERDICT_F_FIRST_REPLY: the reply
+ *     entry's first packet, or a SYN-ACK).
  *
  * Established packets are not reported: one connection is two events, as
  * Cilium's monitor aggregation "medium" does. A per-CPU budget of

@@ -80,7 +80,9 @@ static __always_inline int ct_reply(struct __sk_buff *ctx, struct flow *f, struc
 	int ret;
 
 	ct_account(e, f, len, 1);
-	if (e->rx_packets == 1)
+	/* a SYN-ACK answers a connection (also one reusing an old tuple) */
+	if (e->rx_packets == 1 ||
+	    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK))
 		v->flags |= VERDICT_F_FIRST_REPLY;
 	if (!e->rev_nat)
 		return CTX_GO_ON;
@@ -171,6 +173,9 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 	v->ct_status = status;
 	if (status != CT_NEW) {
 		v->ct = e;
+		if (status == CT_ESTABLISHED && e->state >= CT_STATE_FIN_WAIT &&
+		    e->state <= CT_STATE_CLOSED && flow_is_syn(f))
+			v->flags |= VERDICT_F_REOPENED;
 		ct_note_bulk_cpu(e, ctx->gso_segs);
 		if (e->flags & CT_F_MULTI_CPU)
 			v->flags |= VERDICT_F_VIA_VETH;

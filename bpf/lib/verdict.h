@@ -26,6 +26,7 @@
 #define VERDICT_F_LOCAL_PEER 1 /* delivered into another local endpoint */
 #define VERDICT_F_VIA_VETH 2   /* deliver through the veth, not straight in (lib/lxc.h) */
 #define VERDICT_F_FIRST_REPLY 4 /* the first reply of its connection (the flow log's) */
+#define VERDICT_F_REOPENED 8    /* a SYN reusing the tuple of a closed connection: a new one */
 
 /* verdict.policy: where the packet stands with network policy (lib/policy.h) */
 #define VERDICT_P_EGRESS_DONE 1   /* nothing left to decide for the sender's egress */
@@ -139,7 +140,7 @@ static __always_inline void verdict_flowlog(struct __ctx_buff *ctx, struct verdi
 
 	if (v->reason >= FIRST_DROP_REASON)
 		type = FLOW_DROP;
-	else if (v->ct_status == CT_NEW)
+	else if (v->ct_status == CT_NEW || (v->flags & VERDICT_F_REOPENED))
 		type = FLOW_NEW;
 	else if (v->flags & VERDICT_F_FIRST_REPLY)
 		type = FLOW_REPLY;

@@ -99,7 +99,8 @@ def test_a_connection_is_its_first_packet_and_its_first_reply(lxc, flows):
     (reply,) = flows.events()
     assert (reply.type, reply.ep_id) == (FLOW_REPLY, POD_B.endpoint_id)
     assert Ether(reply.packet)[TCP].flags == "SA"
-    lxc.run("from_container", frame(POD_B, synack))
+    data = IP(src=POD_B.ip, dst=POD_A.ip) / TCP(sport=8080, dport=41001, flags="PA", ack=2)
+    lxc.run("from_container", frame(POD_B, data))
     assert flows.events() == []
 
 
@@ -141,3 +142,27 @@ def test_beyond_the_budget_a_counter_not_a_ring_write(lxc, flows):
     after = flows.lost()
     assert after["rateLimited"] - before["rateLimited"] == 7
     assert after["ringFull"] == before["ringFull"]
+
+
+def test_a_connection_reusing_a_closed_ones_tuple_is_new_again(lxc, flows):
+    """Under a high connection rate clients reuse ports within conntrack's
+    lifetime of a closed entry: each connection is still two events."""
+    sending(lxc, POD_A)
+    flows.on()
+
+    def tcp(src, dst, sport, dport, flags):
+        return IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags)
+
+    for round_ in range(2):
+        sending(lxc, POD_A)
+        lxc.run("from_container", frame(POD_A, syn(41010)))
+        sending(lxc, POD_B)
+        lxc.run("from_container", frame(POD_B, tcp(POD_B.ip, POD_A.ip, 8080, 41010, "SA")))
+        kinds = [e.type for e in flows.events()]
+        assert kinds == [FLOW_NEW, FLOW_REPLY], (round_, kinds)
+        # both sides close
+        sending(lxc, POD_A)
+        lxc.run("from_container", frame(POD_A, tcp(POD_A.ip, POD_B.ip, 41010, 8080, "FA")))
+        sending(lxc, POD_B)
+        lxc.run("from_container", frame(POD_B, tcp(POD_B.ip, POD_A.ip, 8080, 41010, "FA")))
+        assert flows.events() == []  # a close is no flow of its own
