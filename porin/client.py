@@ -41,20 +41,8 @@ class AgentClient:
             f"{method} {path} HTTP/1.0\r\nHost: porin\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         ).encode()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock = self._open()
         try:
-            try:
-                self._connect(sock)
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                raise AgentUnavailable(
-                    f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
-                    "is porin-agent running?"
-                ) from None
-            except PermissionError:
-                raise AgentUnavailable(
-                    f"permission denied on {self.socket_path}; run as root"
-                ) from None
             sock.sendall(head + payload)
             chunks = []
             while True:
@@ -71,6 +59,30 @@ class AgentClient:
         finally:
             sock.close()
         return _parse_response(b"".join(chunks))
+
+    def _open(self) -> socket.socket:
+        """A socket connected to the agent; AgentUnavailable says why not."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            self._connect(sock)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            raise AgentUnavailable(
+                f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
+                "is porin-agent running?"
+            ) from None
+        except PermissionError:
+            sock.close()
+            raise AgentUnavailable(
+                f"permission denied on {self.socket_path}; run as root"
+            ) from None
+        except TimeoutError:
+            sock.close()
+            raise AgentUnavailable(
+                f"porin-agent at {self.socket_path} did not answer within {self.timeout:g}s"
+            ) from None
+        return sock
 
     def _connect(self, sock: socket.socket) -> None:
         """Connect, waiting while the agent's listen backlog is full: a unix
@@ -93,16 +105,8 @@ class AgentClient:
 
     def stream(self, path: str) -> Iterator[Any]:
         """GET a streamed reply (application/x-ndjson): each line's JSON as it comes."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock = self._open()
         try:
-            try:
-                self._connect(sock)
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                raise AgentUnavailable(
-                    f"cannot reach porin-agent at {self.socket_path}: {e.strerror}; "
-                    "is porin-agent running?"
-                ) from None
             sock.sendall(f"GET {path} HTTP/1.0\r\nHost: porin\r\n\r\n".encode())
             yield from read_stream(sock.makefile("rb"))
         except TimeoutError:

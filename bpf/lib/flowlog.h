@@ -22,8 +22,9 @@
 
 #include "common.h"
 #include "reasons.h"
+#include "capture.h"
 
-#define FLOW_CAPTURE 128
+#define FLOW_CAPTURE CAPTURE_BYTES
 #ifndef FLOW_RING_SIZE
 #error "FLOW_RING_SIZE must be defined (daemon/map_specs.py:size_flags passes it)"
 #endif
@@ -119,7 +120,7 @@ static __always_inline void flowlog_notify(struct __ctx_buff *ctx, __u8 type, __
 					   __u16 ep_id, __u8 ct_status, __u16 rev_nat, __u8 policy,
 					   __u32 rule)
 {
-	__u32 zero = 0, cap = ctx_len(ctx);
+	__u32 zero = 0;
 	struct flow_config *cfg = flow_config.lookup(&zero);
 	struct flow_event *ev;
 
@@ -148,15 +149,7 @@ static __always_inline void flowlog_notify(struct __ctx_buff *ctx, __u8 type, __
 	ev->ct_status = ct_status;
 	ev->policy = policy;
 	ev->pad = 0;
-	ev->cap_len = 0;
-	if (cap >= FLOW_CAPTURE) {
-		cap = FLOW_CAPTURE;
-	} else {
-		/* 1..FLOW_CAPTURE-1 in a form the verifier can bound (len >= 14) */
-		cap = ((cap - 1) & (FLOW_CAPTURE - 1)) + 1;
-	}
-	if (ctx_load_bytes(ctx, 0, ev->data, cap) == 0)
-		ev->cap_len = cap;
+	ev->cap_len = capture_head(ctx, ev->data);
 	flow_events.ringbuf_submit(ev, 0);
 }
 

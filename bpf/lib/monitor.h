@@ -18,12 +18,13 @@
 
 #include "common.h"
 #include "reasons.h"
+#include "capture.h"
 
 #define MONITOR_F_DROPS 1
 #define MONITOR_F_TRACE 2
 #define MONITOR_F_POLICY 4  /* policy verdicts of new connections */
 
-#define MONITOR_CAPTURE 128
+#define MONITOR_CAPTURE CAPTURE_BYTES
 #ifndef MONITOR_RING_SIZE
 #error "MONITOR_RING_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
@@ -74,7 +75,7 @@ static __always_inline void monitor_notify(struct __ctx_buff *skb, __u8 type, __
 					   __u8 dir, __u32 src_identity, __u32 dst_identity,
 					   __u16 ep_id, __u8 ct_status, __u32 rule_id)
 {
-	__u32 zero = 0, cap = ctx_len(skb);
+	__u32 zero = 0;
 	struct monitor_config *cfg = monitor_config.lookup(&zero);
 	struct monitor_event *ev;
 	__u64 *lost;
@@ -107,15 +108,7 @@ static __always_inline void monitor_notify(struct __ctx_buff *skb, __u8 type, __
 	ev->ct_status = ct_status;
 	ev->rule_id = rule_id;
 	ev->pad = 0;
-	ev->cap_len = 0;
-	if (cap >= MONITOR_CAPTURE) {
-		cap = MONITOR_CAPTURE;
-	} else {
-		/* 1..MONITOR_CAPTURE-1 in a form the verifier can bound (len >= 14) */
-		cap = ((cap - 1) & (MONITOR_CAPTURE - 1)) + 1;
-	}
-	if (ctx_load_bytes(skb, 0, ev->data, cap) == 0)
-		ev->cap_len = cap;
+	ev->cap_len = capture_head(skb, ev->data);
 	monitor_events.ringbuf_submit(ev, 0);
 }
 
