@@ -57,6 +57,9 @@ from porin.daemon.services import (
 )
 from porin.daemon.sock import SockDatapath
 from porin.daemon.store import EndpointStore
+from porin.daemon.trace import Tracer, TraceRequest
+from porin.daemon.trace import Uplink as TraceUplink
+from porin.daemon.trace_explain import Explainer
 from porin.daemon.tunnel import Tunnel
 from porin.daemon.xdp import XdpDatapath
 from porin.errors import PorinError
@@ -164,7 +167,9 @@ class Agent:
                 self.flows,
             ),
         )
+        self.tracer = self._make_tracer()
         self.server.api.routes += [
+            ("POST", re.compile(r"^/v1/trace$"), self._trace),
             ("GET", re.compile(r"^/v1/health$"), lambda q, b, m: (200, self._health())),
             ("GET", re.compile(r"^/v1/cluster/peer-token$"), self._peer_token),
         ]
@@ -185,6 +190,34 @@ class Agent:
             cfg.bpffs_root,
             len(self.manager.list()),
         )
+
+    def _make_tracer(self) -> Tracer:
+        """`porin trace` (daemon/trace.py): its build is made on first use."""
+
+        def uplinks() -> list[TraceUplink]:
+            xdp = {st.ifindex for st in self.xdp.state} if self.xdp else set()
+            return [
+                TraceUplink(u.name, u.ifindex, _link_mac(u.name), u.ifindex in xdp)
+                for u in (self.host.uplinks if self.host else [])
+            ]
+
+        def node_by_ip(ip: str) -> str:
+            if self.host and any(u.node_ip == ip for u in self.host.uplinks):
+                return self.cfg.node_name
+            for n in list(self.cluster.nodes.values()):
+                if ip in (n.ip, n.gateway):
+                    return n.name
+            return str(self.cluster.remote_ips.get(ip, {}).get("node", ""))
+
+        def rules() -> dict[str, Any]:
+            policy = getattr(self, "policy", None)
+            return policy.rule_table() if policy is not None else {}
+
+        explain = Explainer(self.manager.snapshot, node_by_ip, rules)
+        return Tracer(self.cfg, self.manager.snapshot, uplinks, explain)
+
+    def _trace(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
+        return 200, self.tracer.trace(TraceRequest.from_json(body))
 
     def _start_flows(self) -> None:
         """The flow log (daemon/flows.py): the datapath's flow events, enriched."""
@@ -410,6 +443,8 @@ class Agent:
                 getattr(self, name).stop()
         if getattr(self, "flows", None) is not None:
             self.flows.stop()
+        if getattr(self, "tracer", None) is not None:
+            self.tracer.close()
         if getattr(self, "metrics_server", None) is not None:
             self.metrics_server.stop()
         for c in getattr(self, "collectors", []):
@@ -649,3 +684,11 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _link_mac(name: str) -> str:
+    try:
+        with open(f"/sys/class/net/{name}/address") as f:
+            return f.read().strip()
+    except OSError:
+        return "02:00:00:00:00:02"

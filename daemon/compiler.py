@@ -21,6 +21,7 @@ device live on until they are replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -42,6 +43,8 @@ from porin.maps import syscall
 log = logging.getLogger(__name__)
 
 PROGRAMS_DIR = "programs"
+TRACE_DIR = "trace"  # the trace build's maps and programs, under the bpffs root
+TRACE_MAPS = ("trace_notes",)  # maps only the trace build has (bpf/lib/trace.h)
 COMPILE_TIMEOUT = 300  # seconds: three entry files take about 5 s here
 
 
@@ -85,35 +88,59 @@ def build_id(entries: dict[str, list[str]], cflags: list[str]) -> str:
 
 def load_programs(cfg: AgentConfig) -> dict[str, Program]:
     """Every program `cfg` needs, from this build's pins or freshly built."""
+    return _load(cfg, entries_for(cfg), build_flags(cfg), "datapath")
+
+
+def trace_config(cfg: AgentConfig) -> AgentConfig:
+    """The trace build's config: the same settings, its maps and programs
+    under <bpffsRoot>/trace (bpf/lib/trace.h, daemon/trace.py)."""
+    return dataclasses.replace(cfg, bpffs_root=os.path.join(cfg.bpffs_root, TRACE_DIR))
+
+
+def load_trace_programs(cfg: AgentConfig) -> dict[str, Program]:
+    """The trace build of the entry programs `cfg` runs (not the socket
+    programs: a trace starts at a device), built on first use and kept
+    pinned like the live build, so a restart reuses it."""
+    tcfg = trace_config(cfg)
+    entries = {e: names for e, names in entries_for(cfg).items() if e != "bpf_sock.c"}
+    cflags = [*build_flags(tcfg), "-DPORIN_TRACE=1"]
+    return _load(tcfg, entries, cflags, "trace", extra_maps=TRACE_MAPS)
+
+
+def _load(
+    cfg: AgentConfig,
+    entries: dict[str, list[str]],
+    cflags: list[str],
+    what: str,
+    extra_maps: tuple[str, ...] = (),
+) -> dict[str, Program]:
     os.makedirs(cfg.bpffs_root, exist_ok=True)
     try:
         reconcile_pins(cfg)  # bcc would reuse a pin of the wrong shape as it is
     except OSError as e:
         raise DatapathError(f"cannot check the pinned maps under {cfg.bpffs_root}: {e}") from e
-    entries = entries_for(cfg)
-    cflags = build_flags(cfg)
     bid = build_id(entries, cflags)
     pin_dir = os.path.join(cfg.bpffs_root, PROGRAMS_DIR, bid)
     names = [n for ns in entries.values() for n in ns]
     started = time.monotonic()
-    progs = _open_pinned(pin_dir, names, cfg)
+    progs = _open_pinned(pin_dir, names, cfg, extra_maps)
     if progs is None:
         _build_in_child(cfg, entries, cflags, pin_dir)
-        progs = _open_pinned(pin_dir, names, cfg)
+        progs = _open_pinned(pin_dir, names, cfg, extra_maps)
         if progs is None:
             raise DatapathError(f"the compiled programs under {pin_dir} cannot be opened")
-        log.info("datapath build %s compiled in %.2fs", bid, time.monotonic() - started)
+        log.info("%s build %s compiled in %.2fs", what, bid, time.monotonic() - started)
     else:
-        log.info("datapath build %s unchanged: pinned programs reused", bid)
+        log.info("%s build %s unchanged: pinned programs reused", what, bid)
     _remove_other_builds(cfg, bid)
     return progs
 
 
-def _pinned_map_ids(cfg: AgentConfig) -> set[int]:
+def _pinned_map_ids(cfg: AgentConfig, extra_maps: tuple[str, ...] = ()) -> set[int]:
     ids = set()
-    for spec in map_specs(cfg):
+    for name in [*(spec.name for spec in map_specs(cfg)), *extra_maps]:
         try:
-            fd = syscall.obj_get(os.path.join(cfg.bpffs_root, spec.name), read_only=True)
+            fd = syscall.obj_get(os.path.join(cfg.bpffs_root, name), read_only=True)
         except syscall.BpfError:
             continue
         try:
@@ -123,12 +150,14 @@ def _pinned_map_ids(cfg: AgentConfig) -> set[int]:
     return ids
 
 
-def _open_pinned(pin_dir: str, names: list[str], cfg: AgentConfig) -> dict[str, Program] | None:
+def _open_pinned(
+    pin_dir: str, names: list[str], cfg: AgentConfig, extra_maps: tuple[str, ...] = ()
+) -> dict[str, Program] | None:
     """The programs pinned in `pin_dir`, when all are there and use the pinned maps."""
     if not os.path.isdir(pin_dir):
         return None
     progs: dict[str, Program] = {}
-    maps = _pinned_map_ids(cfg)
+    maps = _pinned_map_ids(cfg, extra_maps)
     try:
         for name in names:
             fd = syscall.obj_get(os.path.join(pin_dir, name))

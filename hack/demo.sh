@@ -190,6 +190,8 @@ done
 wait $MON || true
 say "porin observe --to-pod demo/pod3 --port 8080: the flow log, both pods named"
 porin observe --to-pod demo/pod3 --port 8080
+say "porin trace --from demo/pod1 --to $IP3:8080/tcp: the node's programs asked, nothing live changed"
+porin trace --from demo/pod1 --to "$IP3":8080/tcp
 say "Prometheus (/metrics on 127.0.0.1:9962 in the node): the drops by reason"
 in_node curl -s http://127.0.0.1:9962/metrics | grep '^porin_drop_count_total' || true
 say "porin policy explain --from demo/pod1 --to demo/pod3 --port 8080/tcp"

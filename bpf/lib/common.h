@@ -50,5 +50,6 @@
 #endif
 
 #include "ctx.h"
+#include "trace.h"
 
 #endif /* PORIN_COMMON_H */

@@ -208,6 +208,7 @@ static __always_inline struct lb4_backend *lb4_select_backend(const struct flow 
 		if (aff && now - aff->last_used <= svc->affinity_timeout) {
 			b = lb4_backend_usable(aff->backend_id, 1);
 			if (b) {
+				trace_note(TRACE_LB, svc->rev_nat, aff->backend_id, TRACE_LB_AFFINITY, 0, 0);
 				aff->last_used = now;
 				return b;
 			}
@@ -215,6 +216,7 @@ static __always_inline struct lb4_backend *lb4_select_backend(const struct flow 
 	}
 	id = lb4_svc_is_maglev(svc) ? lb4_pick_maglev(f, svc) : lb4_pick_random(f, svc);
 	b = lb4_backend_usable(id, 1);
+	trace_note(TRACE_LB, svc->rev_nat, id, TRACE_LB_PICKED, 0, 0);
 	if (b && lb4_svc_has_affinity(svc)) {
 		struct lb4_affinity_val val = { .backend_id = id, .last_used = now };
 
@@ -262,8 +264,10 @@ static __always_inline struct lb4_backend *lb4_flow_backend(const struct flow *f
 
 	if (known && known->rev_nat == svc->rev_nat) {
 		b = lb4_backend_usable(known->backend_id, 0);
-		if (b)
+		if (b) {
+			trace_note(TRACE_LB, svc->rev_nat, known->backend_id, TRACE_LB_FLOW, 0, 0);
 			return b;
+		}
 	}
 	b = lb4_select_backend(f, svc);
 	if (!b)

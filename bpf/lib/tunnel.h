@@ -25,8 +25,15 @@
 #define PORIN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 
 /* bcc 0.26 declares bpf_redirect_neigh with 3 arguments; the kernel's has 4 */
-static long (*porin_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
-				    __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+static long (*porin_redirect_neigh_)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
+				     __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
+static __always_inline long porin_redirect_neigh(__u32 ifindex, struct bpf_redir_neigh *params,
+						 int plen, __u64 flags)
+{
+	TRACE_NEIGH(ifindex); /* lib/trace.h: the trace build's note of where it went */
+	return porin_redirect_neigh_(ifindex, params, plen, flags);
+}
 
 struct tunnel_config {
 	__u32 mode;           /* TUNNEL_* */

@@ -17,12 +17,12 @@ class Context:
     socket: str
     bpffs_root: str
 
-    def client(self) -> AgentClient:
-        return AgentClient(self.socket, timeout=30)
+    def client(self, timeout: float = 30) -> AgentClient:
+        return AgentClient(self.socket, timeout=timeout)
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         try:
-            return self.client().request(method, path, body)
+            return self.client(timeout).request(method, path, body)
         except AgentUnavailable as e:
             fail(str(e))
         except ApiError as e:

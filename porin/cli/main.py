@@ -22,6 +22,7 @@ from porin.cli import (
     prefilter,
     services,
     sysdump,
+    trace,
 )
 from porin.cli.context import Context, fail
 from porin.cli.output import output_option, print_json, print_table
@@ -196,6 +197,7 @@ for group in (
     prefilter.prefilter,
     observe.observe,
     sysdump.sysdump,
+    trace.trace,
 ):
     cli.add_command(group)
 endpoints.endpoint.add_command(policy.endpoint_label)
