@@ -133,9 +133,6 @@ class Explainer:
         for note in run.notes:
             if note.kind == TRACE_LB:
                 decisions.append(self._lb(note, run.frame_in, mirror, by_ip))
-        for ev in run.events:
-            if ev.type == 3:  # policy
-                decisions.append(self._policy(ev, by_ip, rules))
         verdicts = [ev for ev in run.events if ev.type in (1, 2)]
         for ev in verdicts[:1]:
             decisions.append(
@@ -145,6 +142,9 @@ class Explainer:
                     "text": f"conntrack: {CT_STATUS_NAMES.get(ev.ct_status) or 'not looked up'}",
                 }
             )
+        for ev in run.events:
+            if ev.type == 3:  # policy
+                decisions.append(self._policy(ev, by_ip, rules))
         nat_d = self._rewrites(run.frame_in, run.frame_out)
         if nat_d:
             decisions.append(nat_d)

@@ -154,3 +154,74 @@ def test_a_fragmented_datagram_arrives_whole(site):
         assert any(d["dport"] == NODE_PORT for d in nodes[0].porin_json("bpf", "frag", "list"))
     finally:
         ext.exec(["ip", "route", "del", f"{NODE1}/32"])
+
+
+# ---------- porin trace on the same site: its answer against the real packet ----------
+
+
+def stage_reasons(res: dict) -> list[str]:
+    return [d["reason"] for st in res["stages"] for d in st["decisions"] if d["kind"] == "verdict"]
+
+
+def test_trace_of_an_outside_packet_to_the_node_port(site):
+    mode, nodes, ext, backend = site
+    res = nodes[0].porin_json("trace", "--from", EXT_IP, "--to", f"{NODE1}:{NODE_PORT}/tcp")
+    programs = [st["program"] for st in res["stages"]]
+    reason = "NODEPORT_DSR" if mode == "dsr" else "NODEPORT_SNAT"
+    if mode == "dsr":  # balanced and encapsulated in XDP
+        assert programs == ["from_xdp"]
+        assert res["stages"][0]["verdict"]["return"] in ("XDP_TX", "XDP_REDIRECT")
+        assert f"-> {NODE2} " in res["stages"][0]["packetOut"]["summary"]
+    else:  # XDP passes it, tc translates it
+        assert programs == ["from_xdp", "from_netdev"]
+        assert res["stages"][0]["verdict"]["return"] == "XDP_PASS"
+    assert res["verdict"]["reason"] == reason
+    svc = [d for st in res["stages"] for d in st["decisions"] if d["kind"] == "service"]
+    assert svc and svc[0]["backend"] == f"{backend.ip}:8080"
+    # the real packet takes the path the trace gave
+    before = count(nodes[0], reason)
+    tcp(ext, NODE1, NODE_PORT)
+    assert count(nodes[0], reason) > before
+
+
+def test_trace_to_a_remote_pod_names_its_node(site):
+    _, nodes, _, backend = site
+    client = nodes[0].add_pod()
+    try:
+        res = nodes[0].porin_json("trace", "--from", client.ip, "--to", f"{backend.ip}:8080/tcp")
+        assert res["verdict"]["reason"] == "TUNNELED"
+        (st,) = res["stages"]
+        tunnel = [d for d in st["decisions"] if d["kind"] == "tunnel"]
+        if tunnel:  # VXLAN: the tunnel key the program set
+            assert tunnel[0]["remote"] == NODE2 and tunnel[0]["node"] == nodes[1].ns.name
+        else:  # IPIP: the outer header the program wrote
+            assert f"-> {NODE2} " in st["packetOut"]["summary"]
+            assert f"carrying {client.ip}:" in st["packetOut"]["summary"]
+        before = count(nodes[0], "TUNNELED")
+        seen, _, _ = tcp(client, backend.ip, 8080).stdout.split()
+        assert seen == client.ip
+        assert count(nodes[0], "TUNNELED") > before
+    finally:
+        nodes[0].del_pod(client)
+
+
+def test_trace_to_an_outside_host_shows_the_masquerade(site):
+    _, nodes, ext, _ = site
+    server = start(ext, WHOAMI, "8181")
+    client = nodes[0].add_pod()
+    try:
+        res = nodes[0].porin_json("trace", "--from", client.ip, "--to", f"{EXT_IP}:8181/tcp")
+        assert res["verdict"]["reason"] == "MASQUERADED"
+        nat = [d for st in res["stages"] for d in st["decisions"] if d["kind"] == "nat"]
+        (rw,) = [r for r in nat[0]["rewrites"] if r["field"] == "source"]
+        assert rw["to"].startswith(f"{NODE1}:")
+        assert any(
+            t["direction"] == "OUT" and t["xlate_addr"] == NODE1 for t in res["changes"]["nat"]
+        ), res["changes"]
+        # for real: the outside host sees the node's address
+        seen, _, _ = tcp(client, EXT_IP, 8181).stdout.split()
+        assert seen == NODE1
+    finally:
+        nodes[0].del_pod(client)
+        server.kill()
+        server.wait()
