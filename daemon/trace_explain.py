@@ -100,6 +100,10 @@ class Explainer:
         for run in runs:
             steps.append(self._stage(run, mirror, by_ifindex, by_ip, rules))
         changes = self._changes(mirror)
+        if steps and not any(d["kind"] == "service" for st in steps for d in st["decisions"]):
+            known = self._existing_flow(changes, mirror, by_ip)
+            if known is not None:
+                steps[0]["decisions"].insert(0, known)
         text, pkt = summarize(runs[0].frame_in) if runs else ("", {})
         last = steps[-1] if steps else {}
         return {
@@ -109,6 +113,34 @@ class Explainer:
             "changes": changes,
             "verdict": last.get("verdict", {}),
         }
+
+    def _existing_flow(
+        self, changes: dict[str, list[dict[str, Any]]], mirror: MapMirror, by_ip: dict
+    ) -> dict[str, Any] | None:
+        """A packet of a service flow conntrack knows: its backend came from
+        the flow's entry, not from a choice (no note was written)."""
+        for c in changes["conntrack"]:
+            if c["change"] != "matched" or not c["backend_id"]:
+                continue
+            b = self._backend(mirror, c["backend_id"])
+            if b is None:
+                continue
+            raw = mirror.lookup("lb4_reverse_nat", int(c["rev_nat"]).to_bytes(2, "little"))
+            fe = Lb4ReverseNat.from_buffer_copy(raw) if raw else None
+            frontend = f"{fe.ip}:{fe.host_port}" if fe else f"frontend {c['rev_nat']}"
+            where = self._endpoint(by_ip.get(b.ip)) or self.node_by_ip(b.ip)
+            return {
+                "kind": "service",
+                "revNat": c["rev_nat"],
+                "frontend": frontend,
+                "backendId": b.id,
+                "backend": f"{b.ip}:{b.host_port}",
+                "how": "existing-flow",
+                "text": f"service {frontend}: backend {b.id} {b.ip}:{b.host_port}"
+                + (f" ({where})" if where else "")
+                + ", the existing flow's (conntrack)",
+            }
+        return None
 
     def _rules(self) -> dict[str, Any]:
         if self.rule_table is None:

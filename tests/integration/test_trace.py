@@ -146,6 +146,14 @@ def test_service_trace_names_the_backend_a_real_connection_reaches(site):
             assert connect(client, VIP, 80, sport) == expected, (sport, svc)
             seen.add(expected)
         assert seen == {w.ip for w in webs}  # ten flows: both backends, each as traced
+        # a later packet of the last flow: its backend is the one conntrack holds
+        res = trace(
+            node, "--from", "shop/client", "--to", f"{VIP}:80/tcp", "--sport", str(sport),
+            "--flags", "A",
+        )  # fmt: skip
+        (svc,) = decisions(res, "service")
+        assert svc["how"] == "existing-flow" and svc["backend"].split(":")[0] == expected
+        assert decisions(res, "conntrack")[0]["status"] == "established"
     finally:
         node.porin("service", "delete", "71")
 
