@@ -27,6 +27,7 @@ their maps are copies. Traces run one at a time.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import time
@@ -150,19 +151,33 @@ class Tracer:
                     r.close()
             if self._mirror is not None:
                 self._mirror.close()
+            for p in (self._progs or {}).values():
+                os.close(p.fd)
             self._notes = self._monitor = self._mirror = None
+            self._progs = None
 
     def _ready(self) -> tuple[dict[str, Program], MapMirror, TraceNotesRing, RingBuffer]:
         if self._progs is None:
             started = time.monotonic()
             try:
-                self._progs = load_trace_programs(self.cfg)
+                progs = load_trace_programs(self.cfg)
             except DatapathError as e:
                 raise PorinError(f"the trace build cannot be made: {e}", http_status=500) from e
             root = trace_config(self.cfg).bpffs_root
-            self._mirror = MapMirror(map_specs(self.cfg), self.cfg.bpffs_root, root)
-            self._notes = TraceNotesRing(root)
-            self._monitor = RingBuffer(root)
+            mirror = MapMirror(map_specs(self.cfg), self.cfg.bpffs_root, root)
+            try:
+                notes = TraceNotesRing(root)
+                try:
+                    monitor = RingBuffer(root)
+                except BaseException:
+                    notes.close()
+                    raise
+            except BaseException:
+                mirror.close()
+                raise
+            # all or nothing: a failed start leaves the next trace to try again
+            self._mirror, self._notes, self._monitor = mirror, notes, monitor
+            self._progs = progs
             log.info("trace build ready in %.1fs", time.monotonic() - started)
         assert self._mirror and self._notes and self._monitor
         return self._progs, self._mirror, self._notes, self._monitor
