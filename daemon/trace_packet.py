@@ -25,7 +25,8 @@ class TraceInputError(PorinError, ValueError):
     http_status = 400
 
 
-def _csum(data: bytes) -> int:
+def inet_csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -100,13 +101,13 @@ class TracePacket:
             l4 = struct.pack("!BBHHH", 8, 0, 0, self.sport or 0x7A11, 1) + self.payload
         if proto in (6, 17):
             pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(l4))
-            c = _csum(pseudo + l4)
+            c = inet_csum(pseudo + l4)
             if proto == 17 and c == 0:
                 c = 0xFFFF
             off = 16 if proto == 6 else 6
             l4 = l4[:off] + struct.pack("!H", c) + l4[off + 2 :]
         else:
-            l4 = l4[:2] + struct.pack("!H", _csum(l4)) + l4[4:]
+            l4 = l4[:2] + struct.pack("!H", inet_csum(l4)) + l4[4:]
         ip = struct.pack(
             "!BBHHHBBH4s4s",
             0x45,
@@ -120,7 +121,7 @@ class TracePacket:
             saddr,
             daddr,
         )
-        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", inet_csum(ip)) + ip[12:]
         eth = _mac(self.dst_mac) + _mac(self.src_mac) + struct.pack("!H", ETH_P_IP)
         return eth + ip + l4
 

@@ -82,6 +82,7 @@ from benchlib import (
 from porinlab import Netns, Node, Pod, run
 
 from porin.client import AgentClient
+from porin.daemon.trace_packet import inet_csum
 
 OTHER_CPUS = ["cpu0"]  # the rest: agents and this script; set with CPU by set_cpu()
 FOREIGN_EVERY_S = 0.025  # how often the sampler looks for other processes on CPU
@@ -704,15 +705,6 @@ MB_SPORT, MB_BPORT = 40000, 8080
 CHUNKS = 5
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_frame(
     src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int, flags: int
 ) -> bytes:
@@ -720,9 +712,9 @@ def tcp_frame(
     saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 1, 5 << 4, flags, 65535, 0, 0)
     pseudo = saddr + daddr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", inet_csum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, saddr, daddr)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", inet_csum(ip)) + ip[12:]
     eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
     return eth + b"\x08\x00" + ip + tcp
 
