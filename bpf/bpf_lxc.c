@@ -8,7 +8,8 @@
  *   1. Ethernet header present, else DROP_TRUNCATED
  *   2. ARP  -> sender must be this endpoint; requests answered with the
  *              host veth MAC (REASON_ARP_REPLY), the rest to the stack
- *   3. IPv6 -> to the stack (REASON_IPV6_PASS)
+ *   3. IPv6 -> dropped until Porin routes it (lib/ipv6.h): neighbour
+ *              discovery DROP_IPV6_NDP, the rest DROP_IPV6_NOT_ROUTED
  *   4. other ethertypes -> DROP_UNKNOWN_L3
  *   5. IPv4 -> header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
  *   6. source IP must be an endpoint on this very interface (DROP_INVALID_SIP)
@@ -46,6 +47,7 @@
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
 #include "lib/arp.h"
+#include "lib/ipv6.h"
 #include "lib/icmp.h"
 #include "lib/nat.h"
 #include "lib/conntrack.h"
@@ -232,8 +234,7 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx, struct v
 	case const_htons(ETH_P_ARP):
 		return handle_arp_from_endpoint(ctx, v);
 	case const_htons(ETH_P_IPV6):
-		v->reason = REASON_IPV6_PASS;
-		return TC_ACT_OK;
+		return DROP(ipv6_pod_drop_reason(ctx));
 	default:
 		return DROP(DROP_UNKNOWN_L3);
 	}
@@ -249,7 +250,9 @@ int from_container(struct __sk_buff *ctx)
 
 /* What the host stack sends to a pod: replies to the pod's own
  * connections (translated back if they belong to a service flow), ICMP
- * errors about them, and connections initiated towards the pod. A packet
+ * errors about them, and connections initiated towards the pod; IPv6
+ * is dropped as it is in from_container (the node's side of the veth has
+ * IPv6 disabled, so only a raw socket could send it). A packet
  * local_delivery sent through the veth (MARK_DELIVERED) passes as it is,
  * unrecorded: from_container recorded it. */
 static __always_inline int handle_to_container(struct __sk_buff *ctx, struct verdict *v)
@@ -262,6 +265,8 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx, struct ver
 	v->reason = REASON_TO_STACK;
 	if ((void *)(eth + 1) > ctx_data_end(ctx))
 		return DROP(DROP_TRUNCATED);
+	if (eth->h_proto == const_htons(ETH_P_IPV6))
+		return DROP(ipv6_pod_drop_reason(ctx));
 	if (eth->h_proto != const_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	ret = flow_parse4(ctx, &f);

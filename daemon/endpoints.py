@@ -404,6 +404,10 @@ class EndpointManager:
                 f"host interface {ep.host_ifname} has ifindex {idx}, expected {ep.host_ifindex}"
             )
         problems += LxcDatapath.attached(self.ipr, idx)
+        problems += [
+            f"host interface {ep.host_ifname}: {p}"
+            for p in links.host_veth_problems(ep.host_ifname)
+        ]
         if not links.has_host_route(self.ipr, ep.ip, idx):
             problems.append(f"host route {ep.ip}/32 dev {ep.host_ifname} is missing")
         entry = self.map.lookup(ep.ip)
@@ -470,6 +474,8 @@ class EndpointManager:
             log.warning("endpoint %d lost its veth %s; removing it", ep.id, ep.host_ifname)
             self._teardown(ep)
             return
+        # veths of an agent from before pods' IPv6 was closed, or reopened by hand
+        links.harden_host_veth(ep.host_ifname)
         self.datapath.attach(self.ipr, idx)
         links.add_host_route(self.ipr, ep.ip, idx)
         if self.map.lookup(ep.ip) != self._map_entry(ep):

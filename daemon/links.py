@@ -106,9 +106,7 @@ def _configure(
     if host_idx is None or pod_idx is None:
         raise LinkError(f"veth {host_ifname}/{ifname} vanished while configuring it")
     try:
-        # replies of NodePort flows from the node itself carry a node address as
-        # source once translated back: accept them on the pod's veth
-        set_sysctl(f"net/ipv4/conf/{host_ifname}/accept_local", "1")
+        harden_host_veth(host_ifname)
         ipr.link("set", index=host_idx, state="up")
         pod.link("set", index=pod_idx, state="up")
         pod.addr("add", index=pod_idx, address=str(address.ip), prefixlen=address.network.prefixlen)
@@ -152,6 +150,50 @@ def has_host_route(ipr: IPRoute, ip: str, ifindex: int) -> bool:
         if r.get_attr("RTA_OIF") == ifindex:
             return True
     return False
+
+
+# What the node's side of a pod veth must and must not do. IPv4: accept
+# replies carrying a node address (NodePort flows from the node itself,
+# translated back), take no ICMP redirect from the pod and send none. IPv6,
+# until Porin routes it: no address of its own (so no stack behind it), no
+# router advertisements, no forwarding: a pod's router advertisement would
+# give the node an address from the pod's prefix, or the pod as its router.
+# The datapath drops pods' IPv6 too (bpf/lib/ipv6.h); these hold even while
+# no program is attached. Order matters: IPv6 is disabled before the link
+# comes up, so it never gets a link-local address.
+HOST_VETH_IPV4 = (("accept_local", "1"), ("accept_redirects", "0"), ("send_redirects", "0"))
+HOST_VETH_IPV6 = (("disable_ipv6", "1"), ("accept_ra", "0"), ("forwarding", "0"))
+
+
+def _host_veth_settings(host_ifname: str) -> list[tuple[str, str]]:
+    out = [(f"net/ipv4/conf/{host_ifname}/{k}", v) for k, v in HOST_VETH_IPV4]
+    if os.path.isdir("/proc/sys/net/ipv6"):  # a kernel booted without IPv6 has none
+        out += [(f"net/ipv6/conf/{host_ifname}/{k}", v) for k, v in HOST_VETH_IPV6]
+    return out
+
+
+def harden_host_veth(host_ifname: str) -> None:
+    """Set what the node's side of a pod veth must hold, before it comes up."""
+    try:
+        for path, value in _host_veth_settings(host_ifname):
+            set_sysctl(path, value)
+    except OSError as e:
+        raise LinkError(f"cannot set {e.filename}: {e.strerror}") from e
+
+
+def host_veth_problems(host_ifname: str) -> list[str]:
+    """Which of harden_host_veth's settings do not hold (CNI CHECK)."""
+    problems = []
+    for path, value in _host_veth_settings(host_ifname):
+        try:
+            with open(os.path.join("/proc/sys", path)) as f:
+                actual = f.read().strip()
+        except OSError as e:
+            problems.append(f"cannot read {path}: {e.strerror}")
+            continue
+        if actual != value:
+            problems.append(f"{path.replace('/', '.')} is {actual}, expected {value}")
+    return problems
 
 
 def set_sysctl(path: str, value: str) -> None:

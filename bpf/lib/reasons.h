@@ -13,7 +13,7 @@
 #define REASON_TO_STACK 1          // passed to the host stack
 #define REASON_ARP_REPLY 2         // ARP request answered by the datapath
 #define REASON_ARP_PASS 3          // ARP reply or announcement passed to the stack
-#define REASON_IPV6_PASS 4         // IPv6 passed to the stack unprocessed
+/* 4 was REASON_IPV6_PASS: pods' IPv6 is dropped now (lib/ipv6.h) */
 #define REASON_TTL_EXPIRED 5       // TTL exhausted, stack sends time-exceeded
 #define REASON_MASQUERADED 6       // source translated to the node address
 #define REASON_REV_SNAT 7          // reply to a masqueraded flow delivered to its pod
@@ -56,6 +56,8 @@
 #define DROP_POD_TO_OVERLAY 153    // a pod sent to the overlay's port of a node
 #define DROP_PREFILTER 154         // XDP: source on the prefilter deny list
 #define DROP_DSR_NO_BACKEND 155    // DSR packet for a backend that is not on this node
+#define DROP_IPV6_NDP 156          // IPv6 neighbour discovery (RS, RA, NS, NA, redirect) on a pod's veth
+#define DROP_IPV6_NOT_ROUTED 157   // IPv6 on a pod's veth: Porin does not route IPv6 yet
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from lxc_harness import POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
+from lxc_harness import DIR_INGRESS, POD_A, POD_B, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6ND_RS,
+    ICMPv6NDOptPrefixInfo,
+    IPv6,
+    IPv6ExtHdrHopByHop,
+)
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
@@ -162,12 +172,53 @@ def test_bad_ip_header_length_dropped(pods):
     assert pods.count("IP_OPTIONS_BAD") == before + 1
 
 
-def test_ipv6_passes_unprocessed(pods):
-    before = pods.count("IPV6_PASS")
-    pkt = bytes(Ether(src=POD_A.mac, dst=POD_A.node_mac) / IPv6(dst="fe80::1") / ICMP())
-    ret, out = pods.run("from_container", pkt)
-    assert ret == TC_ACT_OK and out == pkt
-    assert pods.count("IPV6_PASS") == before + 1
+IPV6_ND = {
+    "router solicitation": ICMPv6ND_RS(),
+    "router advertisement": ICMPv6ND_RA() / ICMPv6NDOptPrefixInfo(prefix="2001:db8:bad::"),
+    "neighbour solicitation": ICMPv6ND_NS(tgt="fe80::1"),
+    "neighbour advertisement": ICMPv6ND_NA(tgt="fe80::1", R=1, O=1),
+    "redirect": ICMPv6ND_Redirect(tgt="fe80::1", dst="2001:db8::1"),
+}
+
+
+@pytest.mark.parametrize("kind", IPV6_ND)
+def test_ipv6_neighbour_discovery_from_pod_dropped(pods, kind):
+    before = pods.count("IPV6_NDP"), pods.count("IPV6_NOT_ROUTED")
+    pkt = from_a(IPv6(src="fe80::bad", dst="ff02::1", hlim=255) / IPV6_ND[kind])
+    ret, _ = pods.run("from_container", pkt)
+    assert ret == TC_ACT_SHOT
+    assert (pods.count("IPV6_NDP"), pods.count("IPV6_NOT_ROUTED")) == (before[0] + 1, before[1])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        IPv6(dst="2001:db8::1") / UDP(dport=53),
+        IPv6(dst="2001:db8::1") / TCP(flags="S"),
+        IPv6(src="::", dst="ff02::1:ff00:1") / ICMPv6EchoRequest(),
+        # neighbour discovery behind an extension header is still IPv6: dropped
+        IPv6(dst="ff02::1") / IPv6ExtHdrHopByHop() / ICMPv6ND_RA(),
+        IPv6(dst="ff02::1", nh=58),  # ICMPv6 with no body
+    ],
+    ids=["udp", "tcp", "echo", "ra behind hop-by-hop", "empty icmpv6"],
+)
+def test_other_ipv6_from_pod_dropped(pods, payload):
+    before = pods.count("IPV6_NOT_ROUTED")
+    ret, _ = pods.run("from_container", from_a(payload))
+    assert ret == TC_ACT_SHOT
+    assert pods.count("IPV6_NOT_ROUTED") == before + 1
+
+
+def test_ipv6_to_pod_dropped(pods):
+    def counts():
+        return pods.count("IPV6_NDP", DIR_INGRESS), pods.count("IPV6_NOT_ROUTED", DIR_INGRESS)
+
+    before = counts()
+    ra = Ether(src=POD_A.node_mac, dst=POD_A.mac) / IPv6(dst="ff02::1") / ICMPv6ND_RA()
+    udp = Ether(src=POD_A.node_mac, dst=POD_A.mac) / IPv6(dst="fe80::2") / UDP()
+    assert pods.run("to_container", bytes(ra))[0] == TC_ACT_SHOT
+    assert pods.run("to_container", bytes(udp))[0] == TC_ACT_SHOT
+    assert counts() == (before[0] + 1, before[1] + 1)
 
 
 def test_unknown_ethertype_dropped(pods):

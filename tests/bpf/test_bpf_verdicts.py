@@ -145,12 +145,12 @@ CASES = {
         TC_ACT_SHOT,
         [("INVALID_ARP", OUT)],
     ),
-    "IPv6 passed": (
+    "IPv6 not routed": (
         pod_node,
         "from_container",
         from_a(IPv6(dst="fe80::1") / UDP()),
-        TC_ACT_OK,
-        [("IPV6_PASS", OUT)],
+        TC_ACT_SHOT,
+        [("IPV6_NOT_ROUTED", OUT)],
     ),
     "unknown ethertype": (
         pod_node,
@@ -251,9 +251,16 @@ CASES = {
     "host stack, not IPv4": (
         pod_node,
         "to_container",
-        bytes(Ether() / IPv6(dst="fe80::1") / UDP()),
+        bytes(Ether(type=0x0806) / (b"x" * 28)),
         TC_ACT_OK,
         [("TO_STACK", IN)],
+    ),
+    "host stack, IPv6": (
+        pod_node,
+        "to_container",
+        bytes(Ether() / IPv6(dst="fe80::1") / UDP()),
+        TC_ACT_SHOT,
+        [("IPV6_NOT_ROUTED", IN)],
     ),
     "host stack, truncated": (
         pod_node,

@@ -459,3 +459,70 @@ def test_a_killed_monitor_does_not_leave_events_on(node):
         if mon.poll() is None:
             mon.kill()
             mon.wait()
+
+
+SEND_RA = """
+import sys
+from scapy.all import Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr
+from scapy.all import ICMPv6ND_NA, ICMPv6ND_Redirect, get_if_hwaddr, sendp
+mac = get_if_hwaddr("eth0")
+ll = "fe80::bad:1"
+frames = [
+    # the attack reported: the pod offers a prefix and itself as the node's router
+    Ether(src=mac, dst="33:33:00:00:00:01")
+    / IPv6(src=ll, dst="ff02::1", hlim=255)
+    / ICMPv6ND_RA(routerlifetime=1800, prf=1)
+    / ICMPv6NDOptPrefixInfo(prefix="2001:db8:bad::", prefixlen=64, L=1, A=1)
+    / ICMPv6NDOptSrcLLAddr(lladdr=mac),
+    # and claims the node's router and redirects it
+    Ether(src=mac, dst="33:33:00:00:00:01")
+    / IPv6(src=ll, dst="ff02::1", hlim=255)
+    / ICMPv6ND_NA(tgt="fe80::1", R=1, O=1),
+    Ether(src=mac, dst="33:33:00:00:00:01")
+    / IPv6(src=ll, dst="ff02::1", hlim=255)
+    / ICMPv6ND_Redirect(tgt=ll, dst="2001:db8::1"),
+]
+sendp(frames, iface="eth0", verbose=False)
+"""
+
+
+def ndp_drops(node) -> int:
+    return sum(
+        m["packets"]
+        for m in node.porin_json("metrics", "list")
+        if m["reasonName"] == "IPV6_NDP" and m["direction"] == "egress"
+    )
+
+
+def test_pod_router_advertisement_does_not_reach_node(node):
+    pod = node.add_pod()
+    lxc = pod.result["interfaces"][0]["name"]
+    before = ndp_drops(node)
+    pod.exec([str(VENV_BIN / "python"), "-c", SEND_RA])
+    wait_for(lambda: ndp_drops(node) >= before + 3, timeout=10, what="NDP drops counted")
+    # the node took no address, route or router from the pod, and its side of
+    # the veth has no IPv6 at all, so even without the programs the stack drops it
+    addrs = node.ns.exec(["ip", "-6", "-o", "addr", "show"]).stdout
+    assert "2001:db8:bad" not in addrs and lxc not in addrs
+    routes = node.ns.exec(["ip", "-6", "route", "show", "table", "all"]).stdout
+    assert "2001:db8:bad" not in routes and "default" not in routes
+    neigh = node.ns.exec(["ip", "-6", "neigh", "show"]).stdout
+    assert "fe80::1" not in neigh
+    settings = {
+        key: Path(f"/proc/sys/net/ipv6/conf/{lxc}/{key}")
+        for key in ("disable_ipv6", "accept_ra", "forwarding")
+    }
+    values = node.ns.exec(["cat", *(str(p) for p in settings.values())]).stdout.split()
+    assert values == ["1", "0", "0"]
+    node.del_pod(pod)
+
+
+def test_check_reports_ipv6_reopened_on_host_veth(node):
+    pod = node.add_pod()
+    lxc = pod.result["interfaces"][0]["name"]
+    conf = node.netconf(prevResult=pod.result)
+    node.ns.exec(["sysctl", "-qw", f"net.ipv6.conf.{lxc}.disable_ipv6=0"])
+    rc, out = node.cni("CHECK", pod.container_id, pod.ns.path, conf=conf)
+    assert rc != 0 and out["code"] == 105
+    assert f"net.ipv6.conf.{lxc}.disable_ipv6 is 0, expected 1" in out["msg"]
+    node.del_pod(pod)
