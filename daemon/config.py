@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import ipaddress
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -11,7 +14,12 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """The agent configuration is invalid; the message names the field."""
+    """The agent configuration is invalid; the message names the field of
+    each problem (`problems`, one per line when there are several)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 DEFAULT_CONFIG_YAML = """\
@@ -224,28 +232,118 @@ def load_config(path: str | None = None) -> AgentConfig:
 
 
 def from_mapping(data: dict[str, Any]) -> AgentConfig:
+    """The configuration `data` describes; ConfigError lists every problem."""
     cfg = AgentConfig()
     known = {f.name for f in fields(AgentConfig)}
+    p = _Problems()
     for key, value in data.items():
         attr = _KEYS.get(key)
         if attr is None:
-            cfg.extra[key] = value
+            p.add(f"{key}: unknown setting{_did_you_mean(str(key))}")
             continue
         assert attr in known
         setattr(cfg, attr, value)
-    _validate(cfg)
+    for check in _CHECKS:
+        with p.check():
+            check(cfg)
+    p.raise_any()
     return cfg
 
 
-def _validate(cfg: AgentConfig) -> None:
+class _Problems:
+    """Problems of one configuration, gathered so that all are reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as e:
+            self.items.extend(e.problems)
+
+    def raise_any(self) -> None:
+        if len(self.items) == 1:
+            raise ConfigError(self.items[0])
+        if self.items:
+            raise ConfigError(
+                f"{len(self.items)} problems:\n" + "\n".join(f"  {m}" for m in self.items),
+                problems=self.items,
+            )
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in _KEYS if k.lower() == key.lower()]
+    return (
+        f" (did you mean {close[0]}?)"
+        if close
+        else " (porin-agent --print-default-config lists them)"
+    )
+
+
+def _check_paths(cfg: AgentConfig) -> None:
+    p = _Problems()
     for name in ("state_dir", "bpffs_root", "api_socket"):
         v = getattr(cfg, name)
-        if not isinstance(v, str) or not v.startswith("/"):
-            raise ConfigError(f"{_yaml_name(name)}: must be an absolute path, got {v!r}")
+        with p.check():
+            if not isinstance(v, str) or not v.startswith("/"):
+                raise ConfigError(f"{_yaml_name(name)}: must be an absolute path, got {v!r}")
+    if isinstance(cfg.bpffs_root, str) and cfg.bpffs_root.startswith("/"):
+        with p.check():
+            _check_bpffs_root(cfg.bpffs_root)
+    with p.check():
+        if not isinstance(cfg.services_file, str) or (
+            cfg.services_file and not cfg.services_file.startswith("/")
+        ):
+            raise ConfigError("servicesFile: must be an absolute path (or empty)")
+    p.raise_any()
+
+
+def _check_bpffs_root(root: str) -> None:
+    """bpffs refuses names with a dot (the kernel keeps them for its own
+    files): a pin directory below the mount point must not have one."""
+    mount = _bpffs_mount_of(root)
+    below = root[len(mount) :] if mount else root
+    bad = [c for c in below.split("/") if "." in c]
+    if bad:
+        raise ConfigError(
+            f"bpffsRoot: {root!r} has {bad[0]!r} below the bpffs mount "
+            f"{mount or '(none found)'}: bpffs refuses names with a dot"
+        )
+
+
+def _bpffs_mount_of(path: str) -> str:
+    """The bpffs mount point holding `path` ('' if none is mounted above it)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return ""
+    best = ""
+    for m in mounts:
+        if len(m) >= 3 and m[2] == "bpf":
+            point = m[1].rstrip("/") or "/"
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(
+                best
+            ):
+                best = point
+    return best
+
+
+def _check_node(cfg: AgentConfig) -> None:
     if not isinstance(cfg.node_name, str):
         raise ConfigError("nodeName: must be a string")
     if not cfg.node_name:
         cfg.node_name = os.uname().nodename
+
+
+def _check_pod_network(cfg: AgentConfig) -> None:
     try:
         net = ipaddress.IPv4Network(str(cfg.pod_cidr), strict=True)
     except ValueError as e:
@@ -262,19 +360,31 @@ def _validate(cfg: AgentConfig) -> None:
     if gw not in net or gw in (net.network_address, net.broadcast_address):
         raise ConfigError(f"gateway: {gw} is not a host address of podCIDR {net}")
     cfg.gateway = str(gw)
-    if isinstance(cfg.mtu, bool) or not isinstance(cfg.mtu, int) or not 576 <= cfg.mtu <= 65535:
-        raise ConfigError(f"mtu: must be an integer between 576 and 65535, got {cfg.mtu!r}")
-    if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"logLevel: must be debug, info, warning or error, got {cfg.log_level!r}")
-    if not isinstance(cfg.endpoints_map_size, int) or cfg.endpoints_map_size < 16:
-        raise ConfigError("endpointsMapSize: must be an integer >= 16")
-    if not isinstance(cfg.services_file, str) or (
-        cfg.services_file and not cfg.services_file.startswith("/")
-    ):
-        raise ConfigError("servicesFile: must be an absolute path (or empty)")
-    m = cfg.maglev_table_size
-    if isinstance(m, bool) or not isinstance(m, int) or not 7 <= m <= 131071 or not _is_prime(m):
-        raise ConfigError(f"maglevTableSize: must be a prime between 7 and 131071, got {m!r}")
+
+
+def _check_basics(cfg: AgentConfig) -> None:
+    p = _Problems()
+    with p.check():
+        if isinstance(cfg.mtu, bool) or not isinstance(cfg.mtu, int) or not 576 <= cfg.mtu <= 65535:
+            raise ConfigError(f"mtu: must be an integer between 576 and 65535, got {cfg.mtu!r}")
+    with p.check():
+        if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"logLevel: must be debug, info, warning or error, got {cfg.log_level!r}"
+            )
+    with p.check():
+        n = cfg.endpoints_map_size
+        if isinstance(n, bool) or not isinstance(n, int) or n < 16:
+            raise ConfigError(f"endpointsMapSize: must be an integer >= 16, got {n!r}")
+    with p.check():
+        m = cfg.maglev_table_size
+        if (
+            isinstance(m, bool)
+            or not isinstance(m, int)
+            or not 7 <= m <= 131071
+            or not _is_prime(m)
+        ):
+            raise ConfigError(f"maglevTableSize: must be a prime between 7 and 131071, got {m!r}")
     for attr in (
         "ct_map_size",
         "policy_map_size",
@@ -288,79 +398,135 @@ def _validate(cfg: AgentConfig) -> None:
     ):
         v = getattr(cfg, attr)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{_yaml_name(attr)}: must be a positive integer, got {v!r}")
+            p.add(f"{_yaml_name(attr)}: must be a positive integer, got {v!r}")
+    intervals_ok = True
     for attr in ("ct_gc_interval", "ct_gc_min_interval", "ct_gc_max_interval"):
         v = getattr(cfg, attr)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
-    if not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
-        raise ConfigError("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
+            p.add(f"{_yaml_name(attr)}: must be a positive number, got {v!r}")
+            intervals_ok = False
+    if intervals_ok and not cfg.ct_gc_min_interval <= cfg.ct_gc_interval <= cfg.ct_gc_max_interval:
+        p.add("ctGCInterval: must lie between ctGCMinInterval and ctGCMaxInterval")
     if cfg.node_port_mode not in NODE_PORT_MODES:
-        raise ConfigError(
+        p.add(
             f"nodePortMode: must be one of {', '.join(NODE_PORT_MODES)}, got {cfg.node_port_mode!r}"
         )
     if cfg.xdp_mode not in XDP_MODES:
-        raise ConfigError(f"xdpMode: must be one of {', '.join(XDP_MODES)}, got {cfg.xdp_mode!r}")
-    if not isinstance(cfg.prefilter, list):
-        raise ConfigError("prefilter: must be a list of CIDRs")
-    for c in cfg.prefilter:
-        try:
-            ipaddress.IPv4Network(str(c), strict=True)
-        except ValueError as e:
-            raise ConfigError(f"prefilter: {c!r} is not an IPv4 CIDR: {e}") from None
+        p.add(f"xdpMode: must be one of {', '.join(XDP_MODES)}, got {cfg.xdp_mode!r}")
     if cfg.prometheus_listen is None:
         cfg.prometheus_listen = ""
     try:
         parse_listen(cfg.prometheus_listen)
     except ValueError as e:
-        raise ConfigError(f"prometheusListen: {e}") from None
-    _validate_flows(cfg)
-    _validate_host(cfg)
-    _validate_cluster(cfg)
+        p.add(f"prometheusListen: {e}")
+    p.raise_any()
 
 
-def _validate_flows(cfg: AgentConfig) -> None:
+def _check_prefilter(cfg: AgentConfig) -> None:
+    if not isinstance(cfg.prefilter, list):
+        raise ConfigError("prefilter: must be a list of CIDRs")
+    p = _Problems()
+    seen: dict[ipaddress.IPv4Network, int] = {}
+    ours = _own_networks(cfg)
+    for i, c in enumerate(cfg.prefilter):
+        try:
+            net = ipaddress.IPv4Network(str(c), strict=True)
+        except ValueError as e:
+            p.add(f"prefilter[{i}]: {c!r} is not an IPv4 CIDR: {e}")
+            continue
+        if net in seen:
+            p.add(f"prefilter[{i}]: {net} is listed twice (also prefilter[{seen[net]}])")
+        seen.setdefault(net, i)
+        for what, own in ours:
+            if net.overlaps(own):
+                p.add(f"prefilter[{i}]: {net} overlaps {what} {own}: it would cut off pods")
+    p.raise_any()
+
+
+def _own_networks(cfg: AgentConfig) -> list[tuple[str, ipaddress.IPv4Network]]:
+    out = []
+    for what, text in (("podCIDR", cfg.pod_cidr), ("clusterCIDR", cfg.cluster_cidr)):
+        try:
+            if text:
+                out.append((what, ipaddress.IPv4Network(str(text))))
+        except ValueError:
+            pass  # reported by its own check
+    return out
+
+
+def _check_flows(cfg: AgentConfig) -> None:
+    p = _Problems()
     if cfg.flow_capture not in FLOW_CAPTURE_MODES:
-        raise ConfigError(
+        p.add(
             f"flowCapture: must be one of {', '.join(FLOW_CAPTURE_MODES)}, got {cfg.flow_capture!r}"
         )
     n = cfg.flow_buffer_size
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
-        raise ConfigError(f"flowBufferSize: must be an integer 1-1000000, got {n!r}")
+        p.add(f"flowBufferSize: must be an integer 1-1000000, got {n!r}")
     v = cfg.flow_capture_linger
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ConfigError(f"flowCaptureLinger: must be a number of seconds >= 0, got {v!r}")
+        p.add(f"flowCaptureLinger: must be a number of seconds >= 0, got {v!r}")
     r = cfg.flow_rate_limit
     if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 1 << 31:
-        raise ConfigError(f"flowRateLimit: must be an integer >= 0 (0: no limit), got {r!r}")
-    p = cfg.health_port
-    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
-        raise ConfigError(f"healthPort: must be a port 1-65535 (0: none), got {p!r}")
+        p.add(f"flowRateLimit: must be an integer >= 0 (0: no limit), got {r!r}")
+    port = cfg.health_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        p.add(f"healthPort: must be a port 1-65535 (0: none), got {port!r}")
+    p.raise_any()
 
 
-def _validate_host(cfg: AgentConfig) -> None:
-    if not isinstance(cfg.devices, list) or not all(
+def _check_host(cfg: AgentConfig) -> None:
+    p = _Problems()
+    devices_ok = isinstance(cfg.devices, list) and all(
         isinstance(d, str) and d and len(d) <= 15 for d in cfg.devices
-    ):
-        raise ConfigError("devices: must be a list of interface names")
+    )
+    if not devices_ok:
+        p.add(f"devices: must be a list of interface names, got {cfg.devices!r}")
     if not isinstance(cfg.node_ips, dict):
-        raise ConfigError("nodeIPs: must map device names to IPv4 addresses")
-    for dev, ip in cfg.node_ips.items():
-        if dev not in cfg.devices:
-            raise ConfigError(f"nodeIPs: {dev} is not in devices")
-        try:
-            cfg.node_ips[dev] = str(ipaddress.IPv4Address(str(ip)))
-        except ValueError:
-            raise ConfigError(f"nodeIPs.{dev}: {ip!r} is not an IPv4 address") from None
+        p.add("nodeIPs: must map device names to IPv4 addresses")
+    else:
+        for dev, ip in cfg.node_ips.items():
+            if devices_ok and dev not in cfg.devices:
+                p.add(f"nodeIPs: {dev} is not in devices")
+                continue
+            try:
+                cfg.node_ips[dev] = str(ipaddress.IPv4Address(str(ip)))
+            except ValueError:
+                p.add(f"nodeIPs.{dev}: {ip!r} is not an IPv4 address")
     if not isinstance(cfg.enable_masquerade, bool):
-        raise ConfigError("enableMasquerade: must be true or false")
+        p.add(f"enableMasquerade: must be true or false, got {cfg.enable_masquerade!r}")
     if not isinstance(cfg.loopback_host_ports, bool):
-        raise ConfigError("loopbackHostPorts: must be true or false")
+        p.add(f"loopbackHostPorts: must be true or false, got {cfg.loopback_host_ports!r}")
+    with p.check():
+        _check_cidrs(cfg)
+    ranges = []
+    for name in ("snatPortRange", "nodePortRange"):
+        with p.check():
+            ranges.append(_port_range(getattr(cfg, _KEYS[name]), name))
+    if len(ranges) == 2:
+        (slo, shi), (nlo, nhi) = ranges
+        if slo <= nhi and nlo <= shi:
+            p.add("snatPortRange: must not overlap nodePortRange")
+        for name, (lo, hi) in zip(("snatPortRange", "nodePortRange"), ranges, strict=True):
+            if lo <= 8472 <= hi:
+                p.add(f"{name}: must not include 8472, the VXLAN port")
+    n = cfg.nat_map_size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 16:
+        p.add(f"natMapSize: must be an integer >= 16, got {n!r}")
+    p.raise_any()
+
+
+def _check_cidrs(cfg: AgentConfig) -> None:
+    p = _Problems()
     if cfg.cluster_cidr:
         try:
-            cfg.cluster_cidr = str(ipaddress.IPv4Network(str(cfg.cluster_cidr)))
+            cluster = ipaddress.IPv4Network(str(cfg.cluster_cidr))
+            cfg.cluster_cidr = str(cluster)
+            pod = ipaddress.IPv4Network(cfg.pod_cidr)
+            if not pod.subnet_of(cluster):
+                p.add(f"clusterCIDR: {cluster} does not contain podCIDR {pod}")
         except ValueError as e:
-            raise ConfigError(f"clusterCIDR: {e}") from None
+            p.add(f"clusterCIDR: {e}")
     if not isinstance(cfg.non_masquerade_cidrs, list):
         raise ConfigError("nonMasqueradeCIDRs: must be a list of CIDRs")
     cidrs = []
@@ -368,42 +534,50 @@ def _validate_host(cfg: AgentConfig) -> None:
         try:
             cidrs.append(str(ipaddress.IPv4Network(str(c))))
         except ValueError as e:
-            raise ConfigError(f"nonMasqueradeCIDRs[{i}]: {e}") from None
+            p.add(f"nonMasqueradeCIDRs[{i}]: {e}")
+    p.raise_any()
     if not cidrs:
         cidrs = [cfg.pod_cidr] + ([cfg.cluster_cidr] if cfg.cluster_cidr else [])
     cfg.non_masquerade_cidrs = cidrs
-    snat, nodeport = cfg.snat_ports, cfg.node_ports
-    if snat[0] <= nodeport[1] and nodeport[0] <= snat[1]:
-        raise ConfigError("snatPortRange: must not overlap nodePortRange")
-    if (
-        isinstance(cfg.nat_map_size, bool)
-        or not isinstance(cfg.nat_map_size, int)
-        or (cfg.nat_map_size < 16)
-    ):
-        raise ConfigError("natMapSize: must be an integer >= 16")
 
 
-def _validate_cluster(cfg: AgentConfig) -> None:
+def _check_cluster(cfg: AgentConfig) -> None:
+    p = _Problems()
     if cfg.kvstore is None:
         cfg.kvstore = {}
     if not isinstance(cfg.kvstore, dict):
-        raise ConfigError("kvstore: must be a mapping like {endpoints: [http://IP:2379]}")
-    if cfg.kvstore:
+        p.add("kvstore: must be a mapping like {endpoints: [http://IP:2379]}")
+    elif cfg.kvstore:
+        unknown = sorted(set(cfg.kvstore) - {"endpoints"})
+        if unknown:
+            p.add(f"kvstore: unknown setting {unknown[0]!r} (only endpoints)")
         eps = cfg.kvstore.get("endpoints")
         if (
             not isinstance(eps, list)
             or not eps
             or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps)
         ):
-            raise ConfigError("kvstore.endpoints: must be a list of http(s)://HOST:PORT URLs")
+            p.add("kvstore.endpoints: must be a list of http(s)://HOST:PORT URLs")
     if cfg.tunnel not in ("vxlan", "ipip", "disabled"):
-        raise ConfigError(f"tunnel: must be vxlan, ipip or disabled, got {cfg.tunnel!r}")
-    for name, (lo, hi) in (("snatPortRange", cfg.snat_ports), ("nodePortRange", cfg.node_ports)):
-        if lo <= 8472 <= hi:
-            raise ConfigError(f"{name}: must not include 8472, the VXLAN port")
+        p.add(f"tunnel: must be vxlan, ipip or disabled, got {cfg.tunnel!r}")
     ttl = cfg.node_lease_ttl
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
-        raise ConfigError(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")
+        p.add(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")
+    p.raise_any()
+
+
+# Each check reports all it finds; one failing does not hide the others.
+# The pod network comes before the checks that compare CIDRs with it.
+_CHECKS = (
+    _check_paths,
+    _check_node,
+    _check_pod_network,
+    _check_basics,
+    _check_flows,
+    _check_host,
+    _check_prefilter,
+    _check_cluster,
+)
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:

@@ -194,6 +194,24 @@ def test_invalid_config_is_rejected_with_its_line(tmp_path):
         [str(VENV_BIN / "porin-agent"), "--config", str(cfg)], capture_output=True, text=True
     )
     assert r.returncode == 2 and "podCIDR" in r.stderr
+    # every problem at once, before anything is touched; a dotted bpffs root
+    # used to stop start-up with a bare "Operation not permitted"
+    root = f"/sys/fs/bpf/{tmp_path.name}.bad"
+    cfg.write_text(f"bpffsRoot: {root}\nmtu: huge\ngateway: 10.9.9.1\nxdpMod: native\n")
+    r = subprocess.run(
+        [str(VENV_BIN / "porin-agent"), "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "porin-agent: invalid configuration: 4 problems:"
+    assert [x.split(":")[0].strip() for x in lines[1:5]] == [
+        "xdpMod",
+        "bpffsRoot",
+        "gateway",
+        "mtu",
+    ]
+    assert "did you mean xdpMode?" in lines[1] and "refuses names with a dot" in lines[2]
+    assert not os.path.exists(root)
 
 
 def test_uninstall_removes_everything(fresh_node):

@@ -130,10 +130,59 @@ def test_empty_file_means_defaults(tmp_path: Path, text: str) -> None:
     assert load_config(write(tmp_path, text)) == load_config()
 
 
-def test_unknown_keys_are_kept_in_extra(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "futureKnob: 3\nmtu: 1450\n"))
-    assert cfg.extra == {"futureKnob": 3}
-    assert cfg.mtu == 1450
+def test_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, "futureKnob: 3\nmtu: 1450\n"))
+    assert str(excinfo.value).startswith("futureKnob: unknown setting")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, "podCidr: 10.1.0.0/24\n"))
+    assert str(excinfo.value) == "podCidr: unknown setting (did you mean podCIDR?)"
+    with pytest.raises(ConfigError, match=r"^kvstore: unknown setting 'password'"):
+        from_mapping({"kvstore": {"endpoints": ["http://10.0.0.5:2379"], "password": "x"}})
+
+
+def test_every_problem_is_listed_not_the_first_only(tmp_path: Path) -> None:
+    text = (
+        "mtu: big\n"  # wrong type
+        "podCIDR: 10.244.0.0/24\n"
+        "gateway: 10.9.9.1\n"  # outside the pod CIDR
+        "clusterCIDR: 10.250.0.0/16\n"  # does not contain the pod CIDR
+        "prefilter: [10.244.0.0/16, nonsense]\n"  # covers the pods; not a CIDR
+        "ctGCInterval: -1\n"
+        "xdpMode: fast\n"
+        "bpffsRoot: /sys/fs/bpf/porin.test\n"  # bpffs refuses a dot
+        "snatPortRange: 30000-40000\n"  # overlaps the NodePort range
+        "kvstore: {endpoints: [etcd:2379]}\n"
+        "flowCapture: sometimes\n"
+        "devices: eth0\n"
+        "tunnel: gre\n"
+        "unknownThing: 1\n"
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, text))
+    e = excinfo.value
+    fields_named = [p.split(":")[0].split("[")[0] for p in e.problems]
+    assert fields_named == [
+        "unknownThing",
+        "bpffsRoot",
+        "gateway",
+        "mtu",
+        "ctGCInterval",
+        "xdpMode",
+        "flowCapture",
+        "devices",
+        "clusterCIDR",
+        "snatPortRange",
+        "prefilter",
+        "prefilter",
+        "kvstore.endpoints",
+        "tunnel",
+    ], e.problems
+    msg = str(e)
+    assert msg.startswith(f"{len(e.problems)} problems:\n")
+    assert all(f"  {p}" in msg.splitlines() for p in e.problems)
+    assert "bpffs refuses names with a dot" in msg
+    assert "prefilter[0]: 10.244.0.0/16 overlaps podCIDR 10.244.0.0/24" in msg
 
 
 def test_missing_file(tmp_path: Path) -> None:
