@@ -38,8 +38,10 @@ import os
 import re
 import socketserver
 import stat
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -63,6 +65,16 @@ from porin.models import (
 log = logging.getLogger("porin.api")
 
 MAX_BODY = 32 << 20  # a batch of 100,000 services fits
+# a client has this long for each read or write of its request and reply: a
+# slow or stalled client loses its connection, it does not keep a thread
+CLIENT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 512  # beyond this many at once: 503 at once, not a thread each
+# Handlers run on a fixed pool, not on the connection's own thread: pyroute2
+# gives every thread that touches an IPRoute a netlink socket of its own,
+# released only when the IPRoute closes, so a thread per request leaked one
+# socket per CNI ADD. The connection threads only read requests and write
+# replies (a slow client holds one of those, never a handler).
+API_WORKERS = 16
 
 Handler = Callable[[dict[str, Any], Any, re.Match[str]], tuple[int, Any]]
 
@@ -331,6 +343,7 @@ class Api:
 class _RequestHandler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.0"
+    timeout = CLIENT_TIMEOUT
 
     def _serve(self, method: str) -> None:
         started = time.monotonic()
@@ -338,7 +351,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if status:
             self.server.api.refused(method, self.path, status, started)
         else:
-            status, payload = self.server.api.handle(method, self.path, payload)
+            body, target = payload, self.path
+            status, payload = self.server.workers.submit(
+                self.server.api.handle, method, target, body
+            ).result()
         self._reply(status, payload)
 
     def _read_body(self) -> tuple[int, Any]:
@@ -347,16 +363,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             return 400, {"error": "bad Content-Length"}
+        if length < 0:
+            return 400, {"error": f"bad Content-Length {length}"}
         if length > MAX_BODY:
             return 413, {"error": f"request body over {MAX_BODY} bytes"}
         if not length:
             return 0, None
         raw = self.rfile.read(length)
+        if len(raw) < length:
+            return 400, {"error": f"request body cut short: {len(raw)} of {length} bytes"}
         try:
             return 0, json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
             return 400, {
-                "error": f"request body is not JSON: {e}",
+                "error": f"request body is not JSON: {why}",
                 "cniCode": errors.DECODE_FAILURE,
             }
 
@@ -387,6 +408,38 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:  # noqa: N802
         self._serve("PATCH")
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server refuses before a route is chosen (a request line
+        it cannot parse, headers too long, a method with no handler), as
+        JSON like every other error; an unknown method is a 405, not 501."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = (
+                405,
+                f"method {self.command!r} not allowed (GET, PUT, POST, DELETE, PATCH)",
+            )
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            code = 400  # the client's to fix: the agent speaks HTTP/1.0 and 1.1
+        self.close_connection = True
+        self.request_version = self.protocol_version  # a status line even to a bad request
+        try:
+            self._reply(code, {"error": message or HTTPStatus(code).phrase})
+        except OSError:
+            pass  # the client went away
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, refusing also what it lets through silently:
+        an empty request line (it closes without a word) and HTTP/0.9."""
+        if not self.raw_requestline.strip():
+            self.command, self.requestline = "", ""
+            self.send_error(400, "empty request line (want: METHOD /v1/... HTTP/1.0)")
+            return False
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "HTTP/0.9 is not supported: send HTTP/1.0 or HTTP/1.1")
+            return False
+        return True
+
     def address_string(self) -> str:
         return "unix"
 
@@ -401,6 +454,8 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str, api: Api) -> None:
         self.api = api
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.workers = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="api")
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         try:
             if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -413,6 +468,40 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _refuse_busy(sock: Any) -> None:
+    data = json.dumps({"error": f"the agent is serving {MAX_CONNECTIONS} requests; retry"})
+    reply = (
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n{data}"
+    ).encode()
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(reply)
+    except OSError:
+        pass
 
 
 def route_template(pattern: re.Pattern[str]) -> str:

@@ -32,8 +32,13 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 def _documents(body: Any) -> tuple[list[Any], str]:
     if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
         raise ValidationError("documents", "must be a list of policy documents")
+    unknown = sorted(set(body) - {"documents", "source"})
+    if unknown:
+        raise ValidationError(unknown[0], "unknown field (documents, source)")
     source = body.get("source", "input")
-    return body["documents"], source if isinstance(source, str) else "input"
+    if not isinstance(source, str):
+        raise ValidationError("source", "must be a string (a file name, for errors)")
+    return body["documents"], source
 
 
 def _ns(value: str) -> str:

@@ -144,7 +144,8 @@ def _metadata(d: Doc, doc: dict[str, Any], namespaced: bool) -> tuple[str, str, 
         raise d.fail("metadata.name", f"{name!r} is not a valid name (lowercase DNS subdomain)")
     namespace = ""
     if namespaced:
-        namespace = d.string(md.get("namespace") or "default", "metadata.namespace")
+        ns = md.get("namespace")
+        namespace = d.string("default" if ns is None or ns == "" else ns, "metadata.namespace")
         if not DNS_LABEL.match(namespace):
             raise d.fail("metadata.namespace", f"{namespace!r} is not a valid namespace name")
     elif "namespace" in md and md["namespace"]:
@@ -184,10 +185,11 @@ def _k8s_policy(d: Doc, doc: dict[str, Any], name: str, namespace: str) -> Polic
             p = f"spec.{direction}[{i}]"
             r = d.obj(r, p, {peer_key, "ports"})
             peers: tuple[Peer, ...] | None = None
-            if r.get(peer_key):  # absent or empty: every peer
+            listed = d.lst(r.get(peer_key), f"{p}.{peer_key}")
+            if listed:  # absent or empty: every peer
                 peers = tuple(
                     _k8s_peer(d, x, f"{p}.{peer_key}[{j}]", namespace)
-                    for j, x in enumerate(d.lst(r[peer_key], f"{p}.{peer_key}"))
+                    for j, x in enumerate(listed)
                 )
             ports = tuple(
                 _k8s_port(d, x, f"{p}.ports[{j}]")
@@ -227,8 +229,10 @@ def _k8s_port(d: Doc, v: Any, path: str) -> PortRange:
     if isinstance(port, str):
         if end is not None:
             raise d.fail(f"{path}.endPort", "cannot be used with a named port")
-        if port.isdigit():
-            return PortRange(proto, port_number(d, int(port), f"{path}.port"))
+        if port.isdigit():  # the API server refuses it too (a port name needs a letter)
+            raise d.fail(
+                f"{path}.port", f"{port!r} is a port name without a letter: write {port} unquoted"
+            )
         if not PORT_NAME.match(port):
             raise d.fail(f"{path}.port", f"{port!r} is neither a port number nor a valid port name")
         return PortRange(proto, name=port)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hostile packets through every entry program, with BPF_PROG_TEST_RUN.
 
-    hack/fuzz [--packets N] [--seed S] [--program NAME ...] [-o json]
+    hack/fuzz [--packets N] [--seed S] [--program NAME ...] [--api [--no-packets]] [-o json]
 
 The real datapath is compiled into a private bpffs root and its maps are
 populated as a node's would be: two local pods, an uplink that masquerades,
@@ -345,23 +345,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=100_000, help="per program (default 100000)")
     ap.add_argument("--seed", type=int, default=None, help="replay a run (printed at start)")
     ap.add_argument("--program", action="append", choices=list(PROGRAMS), help="default: all")
+    ap.add_argument("--api", action="store_true", help="hostile API clients (hack/fuzz_api.py)")
+    ap.add_argument("--no-packets", action="store_true", help="with --api: the API only")
     ap.add_argument("-o", "--output", choices=("table", "json"), default="table")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    progs = args.program or list(PROGRAMS)
+    progs = [] if args.no_packets else (args.program or list(PROGRAMS))
     print(f"hack/fuzz: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
-    results = fuzz(progs, args.packets, seed, lambda m: print(m, file=sys.stderr, flush=True))
-    failed = sum(len(r.failures) for r in results)
+
+    def log(m: str) -> None:
+        print(m, file=sys.stderr, flush=True)
+
+    results = fuzz(progs, args.packets, seed, log) if progs else []
+    api = None
+    if args.api:
+        import fuzz_api
+
+        api = fuzz_api.standalone(seed, log)
+    failed = sum(len(r.failures) for r in results) + (len(api.failures) if api else 0)
     if args.output == "json":
-        print(json.dumps({"seed": seed, "programs": [r.to_json() for r in results]}, indent=2))
-    else:
+        out: dict[str, Any] = {"seed": seed, "programs": [r.to_json() for r in results]}
+        if api:
+            out["api"] = api.to_json()
+        print(json.dumps(out, indent=2))
+        return 1 if failed else 0
+    if results:
         print(f"{'PROGRAM':<16}{'PACKETS':>9}{'REFUSED':>9}{'FAILURES':>10}  VERDICTS")
-        for r in results:
-            v = ", ".join(f"{k} {n}" for k, n in sorted(r.verdicts.items()))
-            print(f"{r.program:<16}{r.packets:>9}{r.refused:>9}{len(r.failures):>10}  {v}")
-        for r in results:
-            for f in r.failures[:20]:
-                print(f"FAIL {r.program}: {f}")
+    for r in results:
+        v = ", ".join(f"{k} {n}" for k, n in sorted(r.verdicts.items()))
+        print(f"{r.program:<16}{r.packets:>9}{r.refused:>9}{len(r.failures):>10}  {v}")
+    for r in results:
+        for f in r.failures[:20]:
+            print(f"FAIL {r.program}: {f}")
+    if api:
+        kinds = ", ".join(
+            f"{k} {n}" for k, n in sorted(api.by_kind.items()) if "concurrent" not in k
+        )
+        print(f"API: {api.requests} hostile requests ({kinds}); statuses {dict(api.statuses)}")
+        print(
+            f"API: {api.cni_ops} CNI calls alongside, slowest {api.cni_slowest:.2f} s; "
+            f"agent fds {api.fds_before} before, {api.fds_after} after"
+        )
+        for f in api.failures[:40]:
+            print(f"FAIL api: {f}")
     return 1 if failed else 0
 
 

@@ -155,3 +155,15 @@ def test_version_needs_no_agent(node):
     assert rc == 0
     assert out["cniVersion"] == "0.4.0"
     assert {"0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= set(out["supportedVersions"])
+
+
+def test_hostile_api_clients_get_4xx_change_nothing_and_block_no_cni_call(node):
+    """hack/fuzz --api against this node's agent (hack/fuzz_api.py has the cases)."""
+    import fuzz_api
+
+    res = fuzz_api.fuzz_api(node, seed=20261202, log=print)
+    assert res.failures == [], res.failures[:10]
+    assert res.requests > 1000 and res.cni_ops >= 2
+    assert set(res.statuses) <= set(range(400, 500))
+    kinds = {"malformed JSON", "wrong type", "too big", "no request line", "method FOO"}
+    assert kinds <= set(res.by_kind)
