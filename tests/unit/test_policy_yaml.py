@@ -144,6 +144,11 @@ spec:
             "neither a port number nor a valid port name",
         ),
         ("{podSelector: {}, ingress: {from: []}}", "spec.ingress: must be a list, got object"),
+        ("{podSelector: {}, ingress: [{from: {}}]}", "ingress[0].from: must be a list, got object"),
+        (
+            "{podSelector: {}, ingress: [{ports: [{port: '80'}]}]}",
+            "'80' is a port name without a letter: write 80 unquoted",
+        ),
     ],
 )
 def test_bad_network_policies_name_the_field(spec: str, message: str) -> None:
@@ -164,6 +169,7 @@ def test_bad_network_policies_name_the_field(spec: str, message: str) -> None:
         (NP + "metadata: {name: Bad_Name}\nspec: {podSelector: {}}", "is not a valid name"),
         (NP + "metadata: {namespace: x}\nspec: {podSelector: {}}", "metadata.name: is required"),
         (NP + "metadata: {name: a, labels: {a: [b]}}\nspec: {podSelector: {}}", "must be a string"),
+        (NP + "metadata: {name: a, namespace: []}\nspec: {podSelector: {}}", "must be a string"),
         ("- a\n- b", "must be an object, got list"),
     ],
 )
