@@ -322,6 +322,7 @@ class Agent:
             local_services=lambda: [
                 s.to_json() for s in self.services.list() if s.source == ServiceSource.API
             ],
+            identity_grace=cfg.identity_gc_grace_period,
         )
         self.cluster.host_ips = [cfg.gateway]
         self.cluster.on_nodes = lambda nodes: self.tunnel.sync_routes(

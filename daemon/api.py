@@ -337,7 +337,7 @@ class Api:
         return 200, self.cluster.node_list() if self.cluster else []
 
     def _identities(self, q: dict[str, Any], body: Any, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, self.cluster.identities.list() if self.cluster else []
+        return 200, self.cluster.identities.list_with_usage() if self.cluster else []
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

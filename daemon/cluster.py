@@ -19,24 +19,28 @@ adding what it missed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from porin.daemon.controllers import Controller
+from porin.daemon.identities import (  # noqa: F401 (IDENTITIES: the key, for other modules)
+    IDENTITIES,
+    IDENTITY_USERS,
+    Identities,
+    canonical_labels,
+)
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
 from porin.daemon.policy_compile import NamedPort
 from porin.maps.ipcache import (
-    IDENTITY_FIRST_ALLOCATED,
     IDENTITY_HOST,
     IDENTITY_REMOTE_NODE,
     IDENTITY_UNKNOWN,
-    RESERVED_IDENTITIES,
     IpcacheEntry,
     IpcacheMap,
 )
@@ -46,8 +50,6 @@ log = logging.getLogger("porin.cluster")
 
 NODES = "/porin/nodes/"
 IPCACHE = "/porin/ipcache/"
-IDENTITIES = "/porin/identities/"
-IDENTITY_LABELS = "/porin/identity-labels/"
 SERVICES = "/porin/services/"
 # the secret the nodes' peer APIs ask of each other (daemon/peer_api.py): the first
 # node makes it, every node reads it; whoever can read the kvstore has it
@@ -79,49 +81,6 @@ class NodeInfo:
         )
 
 
-def canonical_labels(labels: dict[str, str]) -> str:
-    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-class Identities:
-    """Numeric identities from label sets, allocated through the kvstore."""
-
-    def __init__(self, store: LocalStore | EtcdStore) -> None:
-        self.store = store
-        self._cache: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def allocate(self, labels: dict[str, str]) -> int:
-        canon = canonical_labels(labels)
-        with self._lock:
-            if canon in self._cache:
-                return self._cache[canon]
-            key = IDENTITY_LABELS + hashlib.sha256(canon.encode()).hexdigest()[:32]
-            for _ in range(1000):
-                found = self.store.get_prefix(key)
-                if key in found:
-                    ident = int(found[key])
-                    break
-                taken = {int(k[len(IDENTITIES) :]) for k in self.store.get_prefix(IDENTITIES)}
-                cand = max(taken | {IDENTITY_FIRST_ALLOCATED - 1}) + 1
-                if not self.store.create(IDENTITIES + str(cand), {"labels": labels}):
-                    continue  # another agent took that id: look again
-                if self.store.create(key, cand):
-                    ident = cand
-                    break
-                self.store.delete(IDENTITIES + str(cand))  # lost the race for these labels
-            else:
-                raise KvStoreError("could not allocate an identity")
-            self._cache[canon] = ident
-            return ident
-
-    def list(self) -> list[dict[str, Any]]:
-        out = [{"id": i, "labels": {n: ""}} for i, n in RESERVED_IDENTITIES.items()]
-        for key, value in sorted(self.store.get_prefix(IDENTITIES).items()):
-            out.append({"id": int(key[len(IDENTITIES) :]), "labels": value.get("labels", {})})
-        return sorted(out, key=lambda x: x["id"])
-
-
 class ClusterState:
     def __init__(
         self,
@@ -133,6 +92,7 @@ class ClusterState:
         apply_service: Callable[[dict[str, Any]], None],
         drop_service: Callable[[int], None],
         local_services: Callable[[], list[dict[str, Any]]],
+        identity_grace: float = 900.0,
     ) -> None:
         self.store = store
         self.ipcache = ipcache
@@ -142,7 +102,13 @@ class ClusterState:
         self.apply_service = apply_service
         self.drop_service = drop_service
         self.local_services = local_services
-        self.identities = Identities(store)
+        self.identities = Identities(
+            store,
+            node=me.name,
+            grace=identity_grace,
+            local_usage=lambda: Counter(ep.identity for ep in self.local_endpoints()),
+            lease=lambda: self._lease,
+        )
         # called after a remote endpoint appeared, moved or went (policy selectors)
         self.on_remote_change: Callable[[], None] = lambda: None
         # the node's addresses besides me.ip (the pods' gateway): identity host
@@ -175,10 +141,12 @@ class ClusterState:
             self._degrade(e)
         self._thread = threading.Thread(target=self._keepalive, name="kvstore", daemon=True)
         self._thread.start()
+        self.identities.start(lambda: self.connected)
 
     def stop(self) -> None:
         """Stop talking to the kvstore; the lease is left to expire (a restart is hitless)."""
         self._stop.set()
+        self.identities.stop()
         self._cancel_watches()
 
     def _connect(self) -> None:
@@ -192,6 +160,7 @@ class ClusterState:
                 self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
                 for ep in self.local_endpoints():
                     self._put_endpoint(ep)
+            self.identities.publish_usage()  # under the new lease; stale keys of ours go
             self._cancels = [
                 self.store.watch_prefix(NODES, self._on_node),
                 self.store.watch_prefix(IPCACHE, self._on_ipcache),
@@ -273,20 +242,21 @@ class ClusterState:
         return {i: tuple(sorted(x, key=str)) for i, x in out.items()}
 
     def endpoint_added(self, ep: Endpoint) -> None:
+        """Also after a relabel: the new identity's use, and the old one's end."""
         self.ipcache.upsert(IpcacheEntry(f"{ep.ip}/32", ep.identity, ""))
-        if not self.shared:
-            return
         try:
-            self._put_endpoint(ep)
+            if self.shared:
+                self._put_endpoint(ep)
+            self.identities.publish_usage()
         except KvStoreError as e:
             self._degrade(e)  # published again on reconnect
 
     def endpoint_removed(self, ep: Endpoint) -> None:
         self.ipcache.remove(f"{ep.ip}/32")
-        if not self.shared:
-            return
         try:
-            self.store.delete(IPCACHE + ep.ip)
+            if self.shared:
+                self.store.delete(IPCACHE + ep.ip)
+            self.identities.publish_usage()
         except KvStoreError as e:
             self._degrade(e)
 
@@ -451,4 +421,8 @@ def deregister(store: LocalStore | EtcdStore, node_name: str) -> int:
     if NODES + node_name in store.get_prefix(NODES + node_name):
         store.delete(NODES + node_name)
         removed += 1
+    for key in store.get_prefix(IDENTITY_USERS):
+        if key.endswith("/" + node_name):
+            store.delete(key)  # its endpoints' use of identities
+            removed += 1
     return removed

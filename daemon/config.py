@@ -53,6 +53,7 @@ natMapSize: 131072
 kvstore: {}             # {endpoints: [http://IP:2379]}: share nodes, ipcache, identities, services
 tunnel: vxlan           # vxlan or ipip between nodes (with a kvstore and devices), or disabled
 nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others after this
+identityGCGracePeriod: 900  # seconds an identity no endpoint uses is kept before release
 policyMapSize: 262144   # policy entries of all endpoints (an LPM trie, memory as used)
 policyEntriesPerEndpoint: 16384  # a policy that would give an endpoint more is refused
 policyCIDRMapSize: 16384 # distinct CIDR prefixes all policies name
@@ -121,6 +122,7 @@ class AgentConfig:
     kvstore: dict[str, Any] = field(default_factory=dict)
     tunnel: str = "vxlan"
     node_lease_ttl: int = 10
+    identity_gc_grace_period: float = 900.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -205,6 +207,7 @@ _KEYS = {
     "kvstore": "kvstore",
     "tunnel": "tunnel",
     "nodeLeaseTTL": "node_lease_ttl",
+    "identityGCGracePeriod": "identity_gc_grace_period",
 }
 
 
@@ -563,6 +566,9 @@ def _check_cluster(cfg: AgentConfig) -> None:
     ttl = cfg.node_lease_ttl
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
         p.add(f"nodeLeaseTTL: must be an integer 2-3600 (seconds), got {ttl!r}")
+    g = cfg.identity_gc_grace_period
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1 <= g <= 30 * 86400:
+        p.add(f"identityGCGracePeriod: must be 1-2592000 seconds, got {g!r}")
     p.raise_any()
 
 

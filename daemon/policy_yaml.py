@@ -188,8 +188,7 @@ def _k8s_policy(d: Doc, doc: dict[str, Any], name: str, namespace: str) -> Polic
             listed = d.lst(r.get(peer_key), f"{p}.{peer_key}")
             if listed:  # absent or empty: every peer
                 peers = tuple(
-                    _k8s_peer(d, x, f"{p}.{peer_key}[{j}]", namespace)
-                    for j, x in enumerate(listed)
+                    _k8s_peer(d, x, f"{p}.{peer_key}[{j}]", namespace) for j, x in enumerate(listed)
                 )
             ports = tuple(
                 _k8s_port(d, x, f"{p}.ports[{j}]")

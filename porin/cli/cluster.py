@@ -47,14 +47,28 @@ def identity() -> None:
 @output_option
 @click.pass_obj
 def identity_list(ctx: Context, output: str) -> None:
-    """Numeric identities and their labels (reserved ones first)."""
+    """Numeric identities, their labels and who uses them (reserved ones
+    first). An identity no endpoint uses is released after the agent's
+    identityGCGracePeriod; RELEASE says in how long, as this node sees it."""
     ids = ctx.api("GET", "/v1/identities")
     if output == "json":
         return print_json(ids)
+
+    def used(i: dict) -> tuple[str, str, str]:
+        if i.get("reserved"):
+            return "reserved", "", ""
+        nodes = ", ".join(f"{n}={c}" for n, c in sorted(i.get("nodes", {}).items()))
+        release = f"in {i['releasedInSeconds']}s" if "releasedInSeconds" in i else ""
+        return str(i.get("endpoints", 0)), nodes, release
+
     print_table(
-        ("ID", "LABELS"),
+        ("ID", "ENDPOINTS", "NODES", "RELEASE", "LABELS"),
         [
-            (i["id"], ", ".join(f"{k}={v}" if v else k for k, v in sorted(i["labels"].items())))
+            (
+                i["id"],
+                *used(i),
+                ", ".join(f"{k}={v}" if v else k for k, v in sorted(i["labels"].items())),
+            )
             for i in ids
         ],
     )

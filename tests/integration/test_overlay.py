@@ -55,6 +55,9 @@ while True:
 """
 
 
+IDENTITY_GRACE = 3  # seconds: identities of deleted pods go within a test's patience
+
+
 class Cluster:
     def __init__(self, tunnel: str, nodes: int = 3) -> None:
         self.tunnel = tunnel
@@ -72,6 +75,7 @@ class Cluster:
             tunnel=self.tunnel,
             clusterCIDR="10.244.0.0/16",
             nodeLeaseTTL=LEASE_TTL,
+            identityGCGracePeriod=IDENTITY_GRACE,
         )
         self.nodes.append(node)
         if start:
@@ -146,6 +150,36 @@ def test_nodes_and_ipcache(cluster):
         assert tunnels["mode"] == c.tunnel and len(tunnels["entries"]) >= 6
     ids = c.nodes[0].porin_json("identity", "list")
     assert {1, 2, 6} <= {i["id"] for i in ids} and any(i["id"] >= 256 for i in ids)
+
+
+def test_an_identity_is_shown_in_use_everywhere_and_released_everywhere_after_grace(cluster):
+    c = cluster
+    n1 = c.nodes[0]
+    pod = n1.add_pod(namespace="gc", name="probe", labels={"app": f"gc-{c.tunnel}"})
+    ident = _endpoint(n1, pod)["identity"]
+
+    def row(n: Node) -> dict | None:
+        return next((i for i in n.porin_json("identity", "list") if i["id"] == ident), None)
+
+    for n in c.nodes[:3]:
+        wait_for(lambda n=n: (row(n) or {}).get("nodes") == {n1.ns.name: 1}, 10, "usage seen")
+    assert "gc-" + c.tunnel in n1.porin("identity", "list").stdout
+    n1.del_pod(pod)
+    for n in c.nodes[:3]:
+        wait_for(lambda n=n: row(n) is None, IDENTITY_GRACE + 15, f"{n.ns.name} to drop {ident}")
+    # the pods that stay keep theirs
+    for n in c.nodes[:3]:
+        for p in n.pods.values():
+            mine = _endpoint(n, p)["identity"]
+            assert any(
+                i["id"] == mine and i["endpoints"] >= 1 for i in n1.porin_json("identity", "list")
+            )
+
+
+def _endpoint(node: Node, pod) -> dict:
+    return next(
+        e for e in node.porin_json("endpoint", "list") if e["containerID"] == pod.container_id
+    )
 
 
 def test_the_node_itself_reaches_every_remote_pod_through_the_overlay(cluster):
