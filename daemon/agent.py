@@ -44,6 +44,7 @@ from porin.daemon.map_pressure import MapPressure
 from porin.daemon.metrics import AgentMetrics, MetricsServer
 from porin.daemon.metrics_collect import ControlPlaneCollector, DatapathCollector
 from porin.daemon.monitor_watch import MonitorWatch
+from porin.daemon.outbox import Outbox
 from porin.daemon.peer_api import PeerServer
 from porin.daemon.policy import PolicyManager
 from porin.daemon.prefilter import Prefilter
@@ -306,6 +307,10 @@ class Agent:
         )
         self.tunnel.setup()
         self.store = open_store(cfg.kvstore, cfg.state_dir)
+        # etcd may go away: changes made meanwhile wait here (the embedded store cannot)
+        self.outbox = (
+            Outbox(self.store, cfg.state_dir) if isinstance(self.store, EtcdStore) else None
+        )
         if isinstance(self.store, EtcdStore):
             self.store.observe = self.metrics.kvstore_op
             self.store.observe_event = self.metrics.kvstore_event
@@ -323,6 +328,8 @@ class Agent:
                 s.to_json() for s in self.services.list() if s.source == ServiceSource.API
             ],
             identity_grace=cfg.identity_gc_grace_period,
+            outbox=self.outbox,
+            state_dir=cfg.state_dir,
         )
         self.cluster.host_ips = [cfg.gateway]
         self.cluster.on_nodes = lambda nodes: self.tunnel.sync_routes(
@@ -337,6 +344,7 @@ class Agent:
         self.prefilter: Prefilter | None = None
         if self.xdp is not None:
             self.prefilter = Prefilter(cfg.bpffs_root, cfg.prefilter, self._protected_addresses)
+            self.prefilter.outbox = self.outbox
             self.prefilter.start(self.store)
         self.events.start()
 
@@ -359,6 +367,7 @@ class Agent:
             ip_identities=self._ip_identities,
         )
         self.manager.policy_state = self.policy.state_for
+        self.policy.outbox = self.outbox
         self.cluster.on_remote_change = self.policy.changed
         self.cluster.on_connected = self.policy.resync
         self.events.subscribe(EndpointAdded, self.policy.changed)

@@ -135,6 +135,11 @@ class Api:
     def handle(self, method: str, target: str, body: Any) -> tuple[int, Any]:
         started = time.monotonic()
         route, (status, payload) = self._route(method, target, body)
+        outbox = getattr(self.cluster, "outbox", None)
+        if method != "GET" and status < 300 and isinstance(payload, dict) and outbox is not None:
+            waiting = len(outbox.pending())
+            if waiting:  # done here; the other nodes learn it when etcd is back
+                payload["kvstore"] = f"pending: {waiting} change(s) wait for the kvstore"
         if self.observe is not None:
             self.observe(route, method, status, time.monotonic() - started)
         return status, payload

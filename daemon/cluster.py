@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 from collections import Counter
@@ -36,7 +37,9 @@ from porin.daemon.identities import (  # noqa: F401 (IDENTITIES: the key, for ot
     canonical_labels,
 )
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.daemon.outbox import Outbox
 from porin.daemon.policy_compile import NamedPort
+from porin.daemon.store import read_json, write_json_atomic
 from porin.maps.ipcache import (
     IDENTITY_HOST,
     IDENTITY_REMOTE_NODE,
@@ -93,6 +96,8 @@ class ClusterState:
         drop_service: Callable[[int], None],
         local_services: Callable[[], list[dict[str, Any]]],
         identity_grace: float = 900.0,
+        outbox: Outbox | None = None,
+        state_dir: str = "",
     ) -> None:
         self.store = store
         self.ipcache = ipcache
@@ -102,6 +107,11 @@ class ClusterState:
         self.apply_service = apply_service
         self.drop_service = drop_service
         self.local_services = local_services
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.online = lambda: self.connected
+        # the store's incarnation (its peer token) when this node last saw it
+        self._epoch_path = os.path.join(state_dir, "kvstore-epoch.json") if state_dir else ""
         self.identities = Identities(
             store,
             node=me.name,
@@ -161,6 +171,8 @@ class ClusterState:
                 for ep in self.local_endpoints():
                     self._put_endpoint(ep)
             self.identities.publish_usage()  # under the new lease; stale keys of ours go
+            if self.outbox is not None and not self.outbox.flush():
+                raise KvStoreError("the changes made while it was away could not be written")
             self._cancels = [
                 self.store.watch_prefix(NODES, self._on_node),
                 self.store.watch_prefix(IPCACHE, self._on_ipcache),
@@ -261,18 +273,22 @@ class ClusterState:
             self._degrade(e)
 
     def service_changed(self, svc: dict[str, Any]) -> None:
-        if not self.shared:
-            return
-        try:
-            self.store.put(SERVICES + str(svc["id"]), svc)
-        except KvStoreError as e:
-            self._degrade(e)
+        if self.shared:
+            self._write({SERVICES + str(svc["id"]): svc}, [])
 
     def service_deleted(self, sid: int) -> None:
-        if not self.shared:
+        if self.shared:
+            self._write({}, [SERVICES + str(sid)])
+
+    def _write(self, puts: dict[str, Any], deletes: list[str]) -> None:
+        """Into the store, or the outbox while it is away (written on reconnect,
+        before the store's state is taken: a change made meanwhile is not lost)."""
+        if self.outbox is not None:
+            if not self.outbox.write(puts, deletes):
+                self._degrade(KvStoreError("unreachable: changes pending"))
             return
         try:
-            self.store.delete(SERVICES + str(sid))
+            self.store.commit(puts, deletes)
         except KvStoreError as e:
             self._degrade(e)
 
@@ -352,9 +368,28 @@ class ClusterState:
             except Exception as e:
                 log.error("cannot apply service from the kvstore: %s", e)
         stored_ids = {int(k[len(SERVICES) :]) for k in stored if k[len(SERVICES) :].isdigit()}
+        # what this node wrote while away is in the store by now (the outbox).
+        # A service of ours the store lacks was deleted by another node
+        # meanwhile, unless the store itself is new (wiped, or another etcd):
+        # then this node's services seed it again.
+        same_store = self._epoch_seen() == self.peer_token != ""
         for svc in self.local_services():
-            if svc["id"] not in stored_ids:
+            if svc["id"] in stored_ids:
+                continue
+            if same_store:
+                log.info("service %d was deleted while this node was away", svc["id"])
+                self.drop_service(svc["id"])
+            else:
                 self.store.put(SERVICES + str(svc["id"]), svc)
+        self._epoch_remember()
+
+    def _epoch_seen(self) -> str:
+        v = read_json(self._epoch_path, default={}) if self._epoch_path else {}
+        return v.get("peerToken", "") if isinstance(v, dict) else ""
+
+    def _epoch_remember(self) -> None:
+        if self._epoch_path and self.peer_token and self._epoch_seen() != self.peer_token:
+            write_json_atomic(self._epoch_path, {"peerToken": self.peer_token})
 
     def _program(self) -> None:
         """Write the desired ipcache (remote nodes, their pods, this node) and drop the rest."""

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.daemon.outbox import Outbox
 from porin.daemon.policy_compile import (
     RULE_HOST,
     EntryKey,
@@ -78,6 +79,8 @@ class PolicyManager(PolicyProgrammer, PolicyViews):
         refresh_endpoints: Callable[[list[int]], None],
         ip_identities: Callable[[], dict[str, int]] = dict,
     ) -> None:
+        # writes the kvstore cannot take yet (daemon/outbox.py); None: refuse them
+        self.outbox: Outbox | None = None
         self.cache_path = os.path.join(state_dir, CACHE_FILE)
         self.per_endpoint_limit = per_endpoint_limit
         self.total_limit = total_limit
@@ -411,6 +414,9 @@ class PolicyManager(PolicyProgrammer, PolicyViews):
     def _commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
         if self.store is None:
             raise PorinError("the policy engine has not started", http_status=503)
+        if self.outbox is not None:  # with etcd: kept for later while it is away
+            self.outbox.write(puts, deletes)
+            return
         try:
             self.store.commit(puts, deletes)
         except KvStoreError as e:

@@ -62,6 +62,7 @@ class Prefilter:
         config_cidrs: list[str],
         protected: Callable[[], dict[str, str]],
     ) -> None:
+        self.outbox: Any = None  # daemon/outbox.py: writes kept while etcd is away
         self.exact = PrefilterExactMap(bpffs_root)
         self.lpm = PrefilterLpmMap(bpffs_root)
         self.slots = PrefilterSlotsMap(bpffs_root)
@@ -206,6 +207,9 @@ class Prefilter:
     def _commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
         if self.store is None:
             raise PorinError("the prefilter has not started", http_status=503)
+        if self.outbox is not None:  # with etcd: kept for later while it is away
+            self.outbox.write(puts, deletes)
+            return
         try:
             self.store.commit(puts, deletes)
         except KvStoreError as e:

@@ -22,11 +22,15 @@ class Context:
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         try:
-            return self.client(timeout).request(method, path, body)
+            out = self.client(timeout).request(method, path, body)
         except AgentUnavailable as e:
             fail(str(e))
         except ApiError as e:
             fail(f"agent: {e.message}")
+        if isinstance(out, dict) and isinstance(out.get("kvstore"), str):
+            # done on this node; the cluster learns it when the kvstore is back
+            click.echo(f"note: kvstore {out['kvstore']}", err=True)
+        return out
 
 
 def fail(msg: str) -> None:

@@ -314,10 +314,47 @@ def test_stopped_node_disappears_and_comes_back(cluster):
     assert a.ping(next(iter(gone.pods.values())).ip)
 
 
-def test_etcd_outage_keeps_traffic_and_resyncs(cluster):
+def _svc(node: Node, sid: int, backend: str) -> None:
+    node.porin("service", "update", "--id", str(sid), "--frontend", f"10.96.9.{sid}:80",
+               "--backends", f"{backend}:80")  # fmt: skip
+
+
+def _services(node: Node) -> dict[int, list[str]]:
+    return {
+        s["id"]: sorted(b["address"] for b in s["backends"])
+        for s in node.porin_json("service", "list")
+        if 200 <= s["id"] < 300
+    }
+
+
+def _policies(node: Node) -> set[str]:
+    return {p["name"] for p in node.porin_json("policy", "list") if p["name"].startswith("outage-")}
+
+
+def _apply(node: Node, name: str, tmp_path) -> subprocess.CompletedProcess:
+    f = tmp_path / f"{name}-{node.ns.name}.yaml"
+    f.write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        f"metadata: {{name: {name}, namespace: outage}}\n"
+        "spec: {podSelector: {matchLabels: {app: none}}, policyTypes: [Ingress]}\n"
+    )
+    return node.porin("apply", "-f", str(f))
+
+
+def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
+    """etcd away while services and policies change on every node: forwarding
+    goes on, the API takes the changes and says they are pending, and when etcd
+    is back every node has every change; nothing deleted meanwhile comes back."""
     c = cluster
-    a = next(iter(c.nodes[0].pods.values()))
-    b = next(iter(c.nodes[1].pods.values()))
+    n1, n2, n3 = c.nodes[:3]
+    a = next(iter(n1.pods.values()))
+    b = next(iter(n2.pods.values()))
+    _svc(n1, 201, "10.244.1.201")  # deleted during the outage
+    _svc(n2, 202, "10.244.2.202")  # changed during the outage
+    _apply(n1, "outage-old", tmp_path)  # deleted during the outage
+    for n in (n1, n2, n3):
+        wait_for(lambda n=n: set(_services(n)) >= {201, 202}, 10, "services shared")
+        wait_for(lambda n=n: _policies(n) == {"outage-old"}, 10, "policy shared")
     conv = a.popen(["python3", "-c", CONVERSATION, b.ip], stdout=subprocess.PIPE, text=True)
 
     def advance(n: int = 5) -> None:
@@ -328,18 +365,35 @@ def test_etcd_outage_keeps_traffic_and_resyncs(cluster):
     try:
         advance()
         c.etcd.stop()
-        for n in c.nodes[:2]:
+        for n in c.nodes[:3]:
             wait_for(
                 lambda n=n: n.porin_json("status")["kvstore"]["state"] == "degraded",
                 20,
                 "the agent to notice",
             )
         advance()  # still forwarding on the last known state
+        r = n1.porin("service", "delete", "201")
+        assert "pending" in r.stderr, r.stderr
+        changed = n2.porin(
+            "service", "update", "--id", "202", "--frontend", "10.96.9.202:80",
+            "--backends", "10.244.2.99:80",
+        )  # fmt: skip
+        assert "pending" in changed.stderr
+        _svc(n3, 203, "10.244.3.203")  # created during the outage
+        assert "pending" in _apply(n3, "outage-new", tmp_path).stderr
+        n2.porin("policy", "delete", "outage/outage-old")
+        assert 201 not in _services(n1) and _services(n2)[202] == ["10.244.2.99:80"]
         late = c.add_node(4 + len(c.nodes))  # its agent serves, degraded, without etcd
         assert late.porin_json("status")["kvstore"]["state"] == "degraded"
         advance()
         c.etcd.start()
-        for n in c.nodes[:2]:
+        back = time.monotonic()
+        want = {202: ["10.244.2.99:80"], 203: ["10.244.3.203:80"]}
+        for n in (n1, n2, n3, late):
+            wait_for(lambda n=n: _services(n) == want, 10, f"{n.ns.name} to converge")
+            wait_for(lambda n=n: _policies(n) == {"outage-new"}, 10, f"{n.ns.name} policies")
+        print(f"every node converged {time.monotonic() - back:.1f} s after etcd returned")
+        for n in c.nodes[:3]:
             wait_for(
                 lambda n=n: n.porin_json("status")["kvstore"]["state"] == "connected",
                 30,
@@ -352,12 +406,17 @@ def test_etcd_outage_keeps_traffic_and_resyncs(cluster):
             )
         advance()
         assert conv.poll() is None
+        # after every node's resync, still nothing came back
+        for n in (n1, n2, n3, late):
+            assert _services(n) == want and _policies(n) == {"outage-new"}
     finally:
         conv.kill()
         conv.wait()
     pod = late.add_pod()
     wait_for(lambda: f"{pod.ip}/32" in ipcache(c.nodes[0]), 10, "the late node's pod")
     assert a.ping(pod.ip)
+    n1.porin("service", "delete", "202", "203")
+    n1.porin("policy", "delete", "outage/outage-new")
 
 
 def test_overlay_rejects_host_identity_and_unknown_nodes(cluster):

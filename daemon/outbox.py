@@ -1,0 +1,85 @@
+"""Changes the kvstore could not take yet, kept until it can.
+
+While etcd is unreachable the API still accepts service, policy and
+prefilter changes: they take effect on this node at once and their kvstore
+writes wait here, coalesced by key (the last write of a key wins), in a file
+of the state dir so that an agent restarted during the outage keeps them.
+On reconnecting, the agent writes them before it takes the store's state as
+the truth: a service deleted during the outage is deleted in the store,
+rather than brought back from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from porin.daemon.kvstore import EtcdStore, KvStoreError, LocalStore
+from porin.daemon.store import read_json, write_json_atomic
+
+log = logging.getLogger("porin.kvstore")
+
+DELETE = {"__porin_outbox__": "delete"}  # a key to delete (values are JSON, never this)
+
+
+class Outbox:
+    def __init__(self, store: LocalStore | EtcdStore, state_dir: str) -> None:
+        self.store = store
+        self.path = os.path.join(state_dir, "kvstore-outbox.json")
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] = dict(read_json(self.path, default={}) or {})
+        # whether the kvstore was reachable last time anyone looked: while it
+        # is not, writes are kept at once instead of waiting for its timeout
+        self.online: Callable[[], bool] = lambda: True
+
+    def write(self, puts: dict[str, Any], deletes: list[str]) -> bool:
+        """Write now (True), or keep for later when the kvstore is away (False).
+        Earlier pending writes of the same keys go first, so order holds."""
+        with self._lock:
+            if self._pending or not self.online():
+                self._queue(puts, deletes)
+                return self.online() and self._flush_locked()
+            try:
+                self.store.commit(puts, deletes)
+                return True
+            except KvStoreError as e:
+                log.warning(
+                    "kvstore unreachable: %d change(s) pending: %s", len(puts) + len(deletes), e
+                )
+                self._queue(puts, deletes)
+                return False
+
+    def flush(self) -> bool:
+        """Write what is pending (on reconnecting); True when nothing is left."""
+        with self._lock:
+            return self._flush_locked()
+
+    def pending(self) -> dict[str, Any]:
+        """key -> value to put, or None for a delete."""
+        with self._lock:
+            return {k: (None if v == DELETE else v) for k, v in self._pending.items()}
+
+    def _queue(self, puts: dict[str, Any], deletes: list[str]) -> None:
+        self._pending.update(puts)
+        self._pending.update(dict.fromkeys(deletes, DELETE))
+        write_json_atomic(self.path, self._pending)
+
+    def _flush_locked(self) -> bool:
+        if not self._pending:
+            return True
+        puts = {k: v for k, v in self._pending.items() if v != DELETE}
+        deletes = [k for k, v in self._pending.items() if v == DELETE]
+        try:
+            self.store.commit(puts, deletes)
+        except KvStoreError:
+            return False
+        log.info("kvstore: %d pending change(s) written", len(self._pending))
+        self._pending = {}
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        return True
