@@ -41,6 +41,10 @@ class GcStats:
         return d
 
 
+FILL_WARN = 0.9  # a table this full is warned of, and swept as often as allowed
+WARN_EVERY = 300.0  # seconds between two warnings of one table
+
+
 def next_interval(current: float, deleted: int, total: int, lo: float, hi: float) -> float:
     """Cilium's adaptation: many deletions -> sooner, few -> later."""
     if total == 0:
@@ -89,6 +93,7 @@ class CtGarbageCollector:
         # the duration of each pass in seconds: the agent's metrics (daemon/metrics.py)
         self.on_pass: Callable[[float], None] = lambda seconds: None
         self.controller = Controller("conntrack-gc")
+        self._warned: dict[str, float] = {}  # table -> when its fill was last warned of
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ct-gc", daemon=True)
@@ -145,6 +150,13 @@ class CtGarbageCollector:
                 next_interval(s.interval_seconds, deleted, n, self.min_interval, self.max_interval),
                 1,
             )
+            full = self._check_fill("conntrack", s.last_alive, self.ct.max_entries, "ctMapSize")
+            if self.nat is not None:
+                full |= self._check_fill(
+                    "NAT", self.nat_last_alive, self.nat.max_entries, "natMapSize"
+                )
+            if full:  # a nearly full table is swept as often as allowed, to recover
+                s.interval_seconds = self.min_interval
             if deleted:
                 log.info(
                     "conntrack GC: %d of %d entries expired (%.1f ms), next pass in %.0fs",
@@ -154,6 +166,25 @@ class CtGarbageCollector:
                     s.interval_seconds,
                 )
             return deleted
+
+    def _check_fill(self, table: str, alive: int, size: int, key: str) -> bool:
+        """Whether `table` is FILL_WARN full; warned of at most every WARN_EVERY s."""
+        if not size or alive < FILL_WARN * size:
+            return False
+        now = time.monotonic()
+        if now - self._warned.get(table, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[table] = now
+            log.warning(
+                "%s table %.0f%% full (%d of %d entries): new flows will be dropped "
+                "(DROP_CT_CREATE_FAILED, DROP_NAT_MAP_FULL) until entries expire; "
+                "raise %s if this is the normal load",
+                table,
+                100 * alive / size,
+                alive,
+                size,
+                key,
+            )
+        return True
 
     def _still_expired(self, dead: bytes, ndead: int, now: int) -> tuple[bytes, int]:
         """Keep only keys still expired in a second read: a packet may have refreshed
