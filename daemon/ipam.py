@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from porin.daemon.store import read_json, write_json_atomic
+from porin.daemon.store import StateDirFull, read_json, write_json_atomic
 from porin.errors import PORIN_IPAM_EXHAUSTED, PorinError
 
 log = logging.getLogger("porin.ipam")
@@ -69,9 +69,15 @@ class Ipam:
                 cand = ipaddress.IPv4Address(first + (self._last - first + step) % size)
                 if self._reserved(cand) or str(cand) in self._owners:
                     continue
+                last = self._last
                 self._owners[str(cand)] = owner
                 self._last = int(cand)
-                self._save()
+                try:
+                    self._save()
+                except StateDirFull:  # not leased after all: memory as on disk
+                    del self._owners[str(cand)]
+                    self._last = last
+                    raise
                 return str(cand)
         raise IpamExhausted(f"no free address left in pod CIDR {self.network}")
 
@@ -82,7 +88,12 @@ class Ipam:
             for ip in gone:
                 del self._owners[ip]
             if gone:
-                self._save()
+                try:
+                    self._save()
+                except StateDirFull as e:
+                    # released all the same (a DEL must go through): the file
+                    # catches up with the next write, or the sweep at start
+                    log.warning("address release not saved: %s", e)
             return gone
 
     def owner_of(self, ip: str) -> str | None:

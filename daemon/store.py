@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from porin import errors
+from porin.errors import PorinError
+
+
+class StateDirFull(PorinError):
+    """The state dir has no room: nothing was written (the old file stands)."""
+
+    def __init__(self, path: str, e: OSError) -> None:
+        super().__init__(
+            f"the agent's state dir is full, cannot write {path} ({e.strerror}); "
+            "nothing was changed: free space there and retry",
+            cni_code=errors.TRY_AGAIN,
+            http_status=507,
+        )
+
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write `data` to `path` so a crash leaves the old or the new file, never half."""
+    """Write `data` to `path` so a crash leaves the old or the new file, never
+    half; a full disk leaves the old file and no temporary one (StateDirFull)."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        # compact: the C encoder (an indent forces the slow pure-Python one,
-        # which matters for a services.json of 10,000 services)
-        f.write(json.dumps(data, sort_keys=True, separators=(",", ":")))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            # compact: the C encoder (an indent forces the slow pure-Python one,
+            # which matters for a services.json of 10,000 services)
+            f.write(json.dumps(data, sort_keys=True, separators=(",", ":")))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StateDirFull(path, e) from None
+        raise
 
 
 def read_json(path: str, default: Any = None) -> Any:
