@@ -139,7 +139,8 @@ class Api:
         if method != "GET" and status < 300 and isinstance(payload, dict) and outbox is not None:
             waiting = len(outbox.pending())
             if waiting:  # done here; the other nodes learn it when etcd is back
-                payload["kvstore"] = f"pending: {waiting} change(s) wait for the kvstore"
+                # a copy: the payload may be the very object kept for the kvstore
+                payload = {**payload, "kvstore": f"pending: {waiting} change(s) wait for it"}
         if self.observe is not None:
             self.observe(route, method, status, time.monotonic() - started)
         return status, payload

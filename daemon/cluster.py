@@ -57,6 +57,7 @@ SERVICES = "/porin/services/"
 # the secret the nodes' peer APIs ask of each other (daemon/peer_api.py): the first
 # node makes it, every node reads it; whoever can read the kvstore has it
 PEER_TOKEN = "/porin/cluster/peer-token"
+BACKOFF_MAX = 2.0  # seconds between two attempts to reach a lost kvstore, at most
 
 
 @dataclass(frozen=True)
@@ -200,17 +201,19 @@ class ClusterState:
         self._cancels = []
 
     def _keepalive(self) -> None:
-        backoff = 1.0
+        # retries stay frequent: a refused connection costs nothing, and every
+        # node should be back within seconds of etcd (BACKOFF_MAX after it)
+        backoff = 0.5
         while not self._stop.is_set():
             if not self.connected:
                 try:
                     with self.controller.run():
                         self._connect()
-                    backoff = 1.0
+                    backoff = 0.5
                 except KvStoreError as e:
                     self._degrade(e)
                     self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
             self._stop.wait(max(0.5, self.lease_ttl / 4))
             if self._stop.is_set():

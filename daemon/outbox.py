@@ -11,6 +11,7 @@ rather than brought back from it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -63,7 +64,8 @@ class Outbox:
             return {k: (None if v == DELETE else v) for k, v in self._pending.items()}
 
     def _queue(self, puts: dict[str, Any], deletes: list[str]) -> None:
-        self._pending.update(puts)
+        # copies, as they will be written: the callers' objects may change later
+        self._pending.update(json.loads(json.dumps(puts)))
         self._pending.update(dict.fromkeys(deletes, DELETE))
         write_json_atomic(self.path, self._pending)
 

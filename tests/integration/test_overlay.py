@@ -390,7 +390,11 @@ def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
         back = time.monotonic()
         want = {202: ["10.244.2.99:80"], 203: ["10.244.3.203:80"]}
         for n in (n1, n2, n3, late):
-            wait_for(lambda n=n: _services(n) == want, 10, f"{n.ns.name} to converge")
+            try:
+                wait_for(lambda n=n: _services(n) == want, 10, f"{n.ns.name} to converge")
+            except TimeoutError:
+                msg = f"{n.ns.name} has {_services(n)}, not {want}\n{n.log()}"
+                raise AssertionError(msg) from None
             wait_for(lambda n=n: _policies(n) == {"outage-new"}, 10, f"{n.ns.name} policies")
         print(f"every node converged {time.monotonic() - back:.1f} s after etcd returned")
         for n in c.nodes[:3]:
