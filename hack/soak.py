@@ -247,12 +247,13 @@ class Soak:
 
     def disk_full(self) -> None:
         filler = Path(self.node.cfg.state_dir) / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        with open(filler, "wb", buffering=0) as f:
+            for chunk in (65536, 4096, 512, 1):  # to the last byte the tmpfs has
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
         try:
             pod = self._new_pod()
             rc = self._cni("ADD", pod)
