@@ -246,6 +246,9 @@ class Soak:
             list(ex.map(self._del, pods))
 
     def disk_full(self) -> None:
+        # the agent's background deletions (veths being reaped) free space in the
+        # state dir when they finish: let them finish first, or the ADD fits
+        wait_for(self._reaped, 30, "earlier DELs' veths to be reaped")
         filler = Path(self.node.cfg.state_dir) / "filler"
         with open(filler, "wb", buffering=0) as f:
             for chunk in (65536, 4096, 512, 1):  # to the last byte the tmpfs has
@@ -353,6 +356,10 @@ class Soak:
         wait_for(self._settled, 30, "the last DELs to settle")
         self.check(cycles)
         return self.res
+
+    def _reaped(self) -> bool:
+        eps = {e["hostIfname"] for e in self.node.porin_json("endpoint", "list")}
+        return {link for link in self.node.links() if link.startswith("lxc")} <= eps
 
     def _agent_alive(self) -> bool:
         try:
