@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from porin.daemon.trace_packet import inet_csum
 from porin.maps.endpoints import EndpointEntry
 
 NODE_IP, PEER_NODE, EXT_IP, OUTSIDE = "198.18.0.11", "198.18.0.12", "198.18.0.100", "203.0.113.7"
@@ -164,16 +165,7 @@ def _ip_fix(pkt: bytearray, off: int = ETH) -> None:
     if ihl < 20 or off + ihl > len(pkt):
         return
     pkt[off + 10 : off + 12] = b"\0\0"
-    pkt[off + 10 : off + 12] = struct.pack("!H", _csum(bytes(pkt[off : off + ihl])))
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    pkt[off + 10 : off + 12] = struct.pack("!H", inet_csum(bytes(pkt[off : off + ihl])))
 
 
 def truncated(base: list[bytes]) -> Iterator[bytes]:
