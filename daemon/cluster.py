@@ -30,12 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from porin.daemon.controllers import Controller
-from porin.daemon.identities import (  # noqa: F401 (IDENTITIES: the key, for other modules)
-    IDENTITIES,
-    IDENTITY_USERS,
-    Identities,
-    canonical_labels,
-)
+from porin.daemon.identities import IDENTITY_USERS, Identities
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
 from porin.daemon.outbox import Outbox
 from porin.daemon.policy_compile import NamedPort

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from porin.daemon.cluster import IDENTITIES, IPCACHE, NODES, Identities, deregister
+from porin.daemon.cluster import IPCACHE, NODES, deregister
+from porin.daemon.identities import IDENTITIES, Identities
 from porin.daemon.kvstore import Event, LocalStore
 
 
