@@ -2,7 +2,9 @@
 
 Each agent
   - registers its node under /porin/nodes/<name> with a lease it keeps alive
-    (a stopped node disappears from the others when its lease expires);
+    (nodeLeaseTTL, 15 minutes by default: an agent restarting or upgrading is
+    no change to the others; a node that stays away disappears from them when
+    the lease expires, one uninstalled at once);
   - publishes its endpoints under /porin/ipcache/<ip> (identity, node) with
     the same lease;
   - allocates identities cluster-wide from endpoint labels
@@ -164,8 +166,10 @@ class ClusterState:
                 self.peer_token = token if isinstance(token, str) else ""
                 self._lease = self.store.grant_lease(self.lease_ttl)
                 self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
-                for ep in self.local_endpoints():
+                mine = {ep.ip: ep for ep in self.local_endpoints()}
+                for ep in mine.values():
                     self._put_endpoint(ep)
+                self._drop_stale_endpoints(set(mine))
             self.identities.publish_usage()  # under the new lease; stale keys of ours go
             if self.outbox is not None and not self.outbox.flush():
                 raise KvStoreError("the changes made while it was away could not be written")
@@ -233,6 +237,15 @@ class ClusterState:
         if named:  # for other nodes' egress rules with named ports
             value["ports"] = named
         self.store.put(IPCACHE + ep.ip, value, lease=self._lease)
+
+    def _drop_stale_endpoints(self, mine: set[str]) -> None:
+        """Our ipcache keys for pods gone while the agent or etcd was away (their
+        delete failed or never ran): removed now, not left under a live lease."""
+        for key, v in self.store.get_prefix(IPCACHE).items():
+            ip = key[len(IPCACHE) :]
+            if isinstance(v, dict) and v.get("node") == self.me.name and ip not in mine:
+                self.store.delete(key)
+                log.info("ipcache %s: its pod went while this node was away", ip)
 
     def remote_identities(self) -> dict[str, int]:
         with self._lock:

@@ -52,7 +52,7 @@ nodePortRange: 30000-32767
 natMapSize: 131072
 kvstore: {}             # {endpoints: [http://IP:2379]}: share nodes, ipcache, identities, services
 tunnel: vxlan           # vxlan or ipip between nodes (with a kvstore and devices), or disabled
-nodeLeaseTTL: 10        # seconds: a stopped node disappears from the others after this
+nodeLeaseTTL: 900       # seconds an agent may be away before the other nodes drop its node
 identityGCGracePeriod: 900  # seconds an identity no endpoint uses is kept before release
 policyMapSize: 262144   # policy entries of all endpoints (an LPM trie, memory as used)
 policyEntriesPerEndpoint: 16384  # a policy that would give an endpoint more is refused
@@ -121,7 +121,7 @@ class AgentConfig:
     nat_map_size: int = 131072
     kvstore: dict[str, Any] = field(default_factory=dict)
     tunnel: str = "vxlan"
-    node_lease_ttl: int = 10
+    node_lease_ttl: int = 900  # Cilium's kvstore lease is 15 minutes too
     identity_gc_grace_period: float = 900.0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -109,7 +109,6 @@ class Model:
                 kvstore={"endpoints": [self.etcd.endpoint]},
                 tunnel=self.tunnel,
                 clusterCIDR="10.244.0.0/16",
-                nodeLeaseTTL=3,
             )
             self.nodes.append(n)
             n.start_agent()
@@ -158,6 +157,9 @@ class Model:
         assert r.returncode == 0, r.stderr
 
     def reset(self) -> None:
+        for n in self.nodes:  # a test that failed with an agent stopped leaves it so
+            if n.proc is None or n.proc.poll() is not None:
+                n.start_agent()
         self.porin("policy", "delete", "--all")
 
     def probe(self, proto: str, port: int) -> dict[tuple[tuple[str, str], tuple[str, str]], bool]:

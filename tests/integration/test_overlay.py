@@ -352,7 +352,9 @@ def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
     _svc(n1, 201, "10.244.1.201")  # deleted during the outage
     _svc(n2, 202, "10.244.2.202")  # changed during the outage
     _apply(n1, "outage-old", tmp_path)  # deleted during the outage
+    gone = n3.add_pod()  # deleted during the outage: its ipcache key must go too
     for n in (n1, n2, n3):
+        wait_for(lambda n=n: f"{gone.ip}/32" in ipcache(n), 10, "the pod to be known")
         wait_for(lambda n=n: set(_services(n)) >= {201, 202}, 10, "services shared")
         wait_for(lambda n=n: _policies(n) == {"outage-old"}, 10, "policy shared")
     conv = a.popen(["python3", "-c", CONVERSATION, b.ip], stdout=subprocess.PIPE, text=True)
@@ -382,6 +384,7 @@ def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
         _svc(n3, 203, "10.244.3.203")  # created during the outage
         assert "pending" in _apply(n3, "outage-new", tmp_path).stderr
         n2.porin("policy", "delete", "outage/outage-old")
+        assert n3.del_pod(gone)[0] == 0
         assert 201 not in _services(n1) and _services(n2)[202] == ["10.244.2.99:80"]
         late = c.add_node(4 + len(c.nodes))  # its agent serves, degraded, without etcd
         assert late.porin_json("status")["kvstore"]["state"] == "degraded"
@@ -396,6 +399,7 @@ def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
                 msg = f"{n.ns.name} has {_services(n)}, not {want}\n{n.log()}"
                 raise AssertionError(msg) from None
             wait_for(lambda n=n: _policies(n) == {"outage-new"}, 10, f"{n.ns.name} policies")
+            wait_for(lambda n=n: f"{gone.ip}/32" not in ipcache(n), 10, "the gone pod to go")
         print(f"every node converged {time.monotonic() - back:.1f} s after etcd returned")
         for n in c.nodes[:3]:
             wait_for(

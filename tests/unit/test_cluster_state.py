@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from porin.daemon.cluster import IPCACHE, NODES, deregister
+from porin.daemon.cluster import IPCACHE, NODES, ClusterState, NodeInfo, deregister
 from porin.daemon.identities import IDENTITIES, Identities
 from porin.daemon.kvstore import Event, LocalStore
+from porin.models import Endpoint, EndpointState
 
 
 def test_same_labels_same_identity_distinct_labels_distinct(tmp_path):
@@ -56,3 +57,46 @@ def test_deregister_removes_only_that_nodes_keys():
     assert set(store.get_prefix("/porin/")) == {NODES + "n2", IPCACHE + "10.244.2.2"}
     assert [e.key for e in events if e.kind == "delete"] == [IPCACHE + "10.244.1.2", NODES + "n1"]
     assert deregister(store, "n1") == 0
+
+
+class _Ipcache:
+    """The ipcache map's interface, in a dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, object] = {}
+
+    def entries(self) -> list:
+        return list(self.rows.values())
+
+    def upsert(self, e) -> None:
+        self.rows[e.prefix] = e
+
+    def remove(self, prefix: str) -> None:
+        self.rows.pop(prefix, None)
+
+
+def _endpoint(ip: str, identity: int = 300) -> Endpoint:
+    return Endpoint(
+        id=1, container_id="c-" + ip, ifname="eth0", netns="/x", network="porin",
+        ipv4=f"{ip}/32", gateway="10.244.1.1", mtu=1450, host_ifname="lxc1",
+        state=EndpointState.READY, identity=identity,
+    )  # fmt: skip
+
+
+def test_connect_drops_this_nodes_keys_for_pods_gone_while_away():
+    """A pod deleted while etcd (or the agent) was away left its key; with a lease
+    of minutes it would linger, so the next connection removes it, and only ours."""
+    store = LocalStore()
+    store.put(IPCACHE + "10.244.1.5", {"node": "n1", "identity": 300})  # still here
+    store.put(IPCACHE + "10.244.1.6", {"node": "n1", "identity": 300})  # went meanwhile
+    store.put(IPCACHE + "10.244.2.5", {"node": "n2", "identity": 300})  # another node's
+    local = [_endpoint("10.244.1.5")]
+    cs = ClusterState(
+        store, _Ipcache(), NodeInfo("n1", "198.18.0.11", "10.244.1.0/24", "vxlan"), 900,
+        local_endpoints=lambda: local, apply_service=lambda s: None,
+        drop_service=lambda i: None, local_services=list,
+    )  # fmt: skip
+    cs.shared = True  # publish as against etcd
+    cs._connect()
+    assert set(store.get_prefix(IPCACHE)) == {IPCACHE + "10.244.1.5", IPCACHE + "10.244.2.5"}
+    assert store.get_prefix(NODES)[NODES + "n1"]["ip"] == "198.18.0.11"
