@@ -55,6 +55,10 @@ SERVICES = "/porin/services/"
 # node makes it, every node reads it; whoever can read the kvstore has it
 PEER_TOKEN = "/porin/cluster/peer-token"
 BACKOFF_MAX = 2.0  # seconds between two attempts to reach a lost kvstore, at most
+# seconds between two lease refreshes, at most: they are also how a lost etcd
+# is noticed (and a reconnection writes the outbox), so not a quarter of a
+# 15-minute lease
+KEEPALIVE_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ClusterState:
         self.outbox = outbox
         if outbox is not None:
             outbox.online = lambda: self.connected
+            outbox.on_failure = self._degrade
         # the store's incarnation (its peer token) when this node last saw it
         self._epoch_path = os.path.join(state_dir, "kvstore-epoch.json") if state_dir else ""
         self.identities = Identities(
@@ -214,12 +219,14 @@ class ClusterState:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-            self._stop.wait(max(0.5, self.lease_ttl / 4))
+            self._stop.wait(min(max(0.5, self.lease_ttl / 4), KEEPALIVE_MAX))
             if self._stop.is_set():
                 break
             try:
                 with self.controller.run():
                     self.store.refresh_lease(self._lease)
+                    if self.outbox is not None and not self.outbox.flush():
+                        raise KvStoreError("the changes kept for it could not be written")
             except KvStoreError as e:
                 self._degrade(e)
 

@@ -35,23 +35,35 @@ class Outbox:
         # whether the kvstore was reachable last time anyone looked: while it
         # is not, writes are kept at once instead of waiting for its timeout
         self.online: Callable[[], bool] = lambda: True
+        # told when a write failed (the cluster state degrades, and reconnects:
+        # a reconnection is what writes the pending changes)
+        self.on_failure: Callable[[KvStoreError], None] = lambda e: None
 
     def write(self, puts: dict[str, Any], deletes: list[str]) -> bool:
         """Write now (True), or keep for later when the kvstore is away (False).
-        Earlier pending writes of the same keys go first, so order holds."""
+        Earlier pending writes of the same keys go first, so order holds. A
+        write that fails tells `on_failure`."""
         with self._lock:
-            if self._pending or not self.online():
-                self._queue(puts, deletes)
-                return self.online() and self._flush_locked()
-            try:
-                self.store.commit(puts, deletes)
-                return True
-            except KvStoreError as e:
-                log.warning(
-                    "kvstore unreachable: %d change(s) pending: %s", len(puts) + len(deletes), e
-                )
+            if not self.online():
                 self._queue(puts, deletes)
                 return False
+            if self._pending:
+                self._queue(puts, deletes)
+                if self._flush_locked():
+                    return True
+                failure = KvStoreError("unreachable: changes pending")
+            else:
+                try:
+                    self.store.commit(puts, deletes)
+                    return True
+                except KvStoreError as e:
+                    self._queue(puts, deletes)
+                    failure = e
+            log.warning(
+                "kvstore unreachable: %d change(s) pending: %s", len(self._pending), failure
+            )
+        self.on_failure(failure)
+        return False
 
     def flush(self) -> bool:
         """Write what is pending (on reconnecting); True when nothing is left."""

@@ -69,3 +69,24 @@ def test_known_offline_writes_are_kept_without_trying(tmp_path):
     box.online = lambda: True
     assert box.write({"/k/b": 2}, []) is True  # the earlier one goes first
     assert store.get_prefix("/k/") == {"/k/a": 1, "/k/b": 2}
+
+
+def test_a_failed_write_while_thought_reachable_is_reported(tmp_path):
+    """etcd went away unnoticed (no lease refresh yet): the failed write is
+    kept and reported, so that the agent degrades and reconnects, and its
+    reconnection writes it; a write while known away reports nothing."""
+    store = FlakyStore()
+    box = Outbox(store, str(tmp_path))
+    failures: list[KvStoreError] = []
+    box.on_failure = failures.append
+    store.down = True
+    assert box.write({"/k/a": 1}, []) is False
+    assert len(failures) == 1 and "connection refused" in str(failures[0])
+    assert box.write({"/k/b": 2}, []) is False  # still thought reachable: flush fails too
+    assert len(failures) == 2
+    box.online = lambda: False
+    assert box.write({"/k/c": 3}, []) is False
+    assert len(failures) == 2 and set(box.pending()) == {"/k/a", "/k/b", "/k/c"}
+    store.down = False
+    box.online = lambda: True
+    assert box.flush() and store.get_prefix("/k/") == {"/k/a": 1, "/k/b": 2, "/k/c": 3}
