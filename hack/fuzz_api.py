@@ -434,12 +434,15 @@ def fuzz_api(node: Node, seed: int, log: Callable[[str], None] = print) -> ApiRe
         res.failures.append(
             f"the agent holds {res.fds_after} fds, {res.fds_before} before the hostile clients"
         )
-    # and they do not grow with the requests: 20 more pods, as many fds
+    # and they do not grow with the requests: 20 more pods stay within the
+    # bound (a handler thread that had served nothing yet may take its socket
+    # now; a leak of one per ADD would be 20 over)
     for _ in range(20):
         node.del_pod(node.add_pod())
-    if agent_fds(node) > res.fds_after:
+    if agent_fds(node) > bound:
         res.failures.append(
-            f"20 pods later the agent holds {agent_fds(node)} fds, not {res.fds_after}"
+            f"20 pods later the agent holds {agent_fds(node)} fds, more than {bound} "
+            f"({res.fds_after} after the hostile clients)"
         )
     return res
 
