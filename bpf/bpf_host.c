@@ -52,7 +52,12 @@
  * Packet path of from_host_lo:
  *   1. not IPv4, ICMP, or no service frontend -> stack (REASON_HOST_PASS)
  *   2. NodePort frontend -> as from_netdev's step 7, with the host identity
+ *
+ * Conntrack entries evicted by the LRU are put back from their protected
+ * copies here too; the copies themselves are made by bpf_lxc.c's programs
+ * and the agent's GC (lib/conntrack.h: CT_PROTECT_ON_LOOKUP).
  */
+#define CT_PROTECT_ON_LOOKUP 0
 #include "lib/common.h"
 #include "lib/reasons.h"
 #include "lib/verdict.h"

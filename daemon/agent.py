@@ -65,6 +65,9 @@ from porin.daemon.tunnel import Tunnel
 from porin.daemon.xdp import XdpDatapath
 from porin.errors import PorinError
 from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_confirmed import ConntrackConfirmedMap
+from porin.maps.conntrack_tables import Conntrack
+from porin.maps.ct4_stats import CtStatsMap
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.flow_config import FlowConfigMap
 from porin.maps.ipcache import IpcacheMap
@@ -97,7 +100,7 @@ class Agent:
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.programs = load_programs(cfg)
         self.datapath = LxcDatapath(cfg, self.programs)
-        ct = ConntrackMap(cfg.bpffs_root)
+        ct = Conntrack(cfg.bpffs_root)
         self._adopt_legacy_ct(ct, drop_legacy=False)  # before new programs are attached
         self.endpoints_map = EndpointsMap(cfg.bpffs_root)
         self.metrics_map = MetricsMap(cfg.bpffs_root)
@@ -144,11 +147,12 @@ class Agent:
             self.reload_services_file()
         self._start_cluster()
         self.ct_gc = CtGarbageCollector(
-            ConntrackMap(cfg.bpffs_root),
+            Conntrack(cfg.bpffs_root),
             cfg.ct_gc_interval,
             cfg.ct_gc_min_interval,
             cfg.ct_gc_max_interval,
             nat=NatMap(cfg.bpffs_root) if self.host else None,
+            stats=CtStatsMap(cfg.bpffs_root),
         )
         self.ct_gc.on_pass = self.metrics.ct_gc_pass
         self.ct_gc.start()
@@ -279,6 +283,10 @@ class Agent:
             cfg.bpffs_root,
             counted_by_gc={
                 ConntrackMap.NAME: lambda: (gc.stats.last_alive, gc.stats.max_entries),
+                ConntrackConfirmedMap.NAME: lambda: (
+                    gc.stats.last_copies,
+                    cfg.ct_confirmed_map_size,
+                ),
                 NatMap.NAME: lambda: (gc.nat_last_alive, cfg.nat_map_size),
             },
         )
@@ -292,7 +300,7 @@ class Agent:
             self.metrics_server.start()
 
     @staticmethod
-    def _adopt_legacy_ct(ct: ConntrackMap, drop_legacy: bool) -> None:
+    def _adopt_legacy_ct(ct: Conntrack, drop_legacy: bool) -> None:
         moved = ct.adopt_legacy_service_entries(drop_legacy)
         if moved:
             log.info("conntrack: %d service entries of an older build re-keyed", moved)
@@ -566,7 +574,7 @@ class Agent:
                 "ready": sum(1 for e in eps if e.state == EndpointState.READY),
             },
             "services": len(self.services.list()),
-            "conntrack": self.ct_gc.stats.to_json(),
+            "conntrack": {**self.ct_gc.stats.to_json(), "confirmed": self.ct_gc.confirmed_stats()},
             "host": self._host_status(),
             "kvstore": self.cluster.status(),
             "policy": self.policy.status() if getattr(self, "policy", None) else {},

@@ -34,7 +34,8 @@ apiSocket: /var/run/porin/porin.sock
 logLevel: info
 servicesFile: ""        # declarative services, reloaded on SIGHUP
 maglevTableSize: 16381  # a prime
-ctMapSize: 262144
+ctMapSize: 262144       # tracked flows (an LRU)
+ctConfirmedMapSize: 131072  # confirmed flows a flood cannot evict; full: new flows refused
 ctLifetimeTCPSyn: 60
 ctLifetimeTCP: 21600
 ctLifetimeTCPClose: 10
@@ -90,6 +91,7 @@ class AgentConfig:
     services_file: str = ""
     maglev_table_size: int = 16381
     ct_map_size: int = 262144
+    ct_confirmed_map_size: int = 131072
     policy_map_size: int = 262144
     policy_entries_per_endpoint: int = 16384
     policy_cidr_map_size: int = 16384
@@ -175,6 +177,7 @@ _KEYS = {
     "servicesFile": "services_file",
     "maglevTableSize": "maglev_table_size",
     "ctMapSize": "ct_map_size",
+    "ctConfirmedMapSize": "ct_confirmed_map_size",
     "policyMapSize": "policy_map_size",
     "policyEntriesPerEndpoint": "policy_entries_per_endpoint",
     "policyCIDRMapSize": "policy_cidr_map_size",
@@ -390,6 +393,7 @@ def _check_basics(cfg: AgentConfig) -> None:
             raise ConfigError(f"maglevTableSize: must be a prime between 7 and 131071, got {m!r}")
     for attr in (
         "ct_map_size",
+        "ct_confirmed_map_size",
         "policy_map_size",
         "policy_entries_per_endpoint",
         "policy_cidr_map_size",

@@ -4,6 +4,11 @@ A background thread walks ct4_global with batch lookups, deletes entries
 whose lifetime has passed with batch deletes, and adapts its interval to
 what it finds, as Cilium does: when a pass deletes a large share of the
 table the next one comes sooner, when it deletes little the interval grows.
+The same pass keeps ct4_confirmed, the copies of confirmed flows that
+nothing evicts (bpf/lib/conntrack.h), in step: the copy of an expired flow
+goes with it, so this GC is what makes room there, and after each pass the
+datapath's count of the copies (ct4_stats, which refuses new flows while it
+is at ctConfirmedMapSize) is set to what the pass found.
 """
 
 from __future__ import annotations
@@ -17,11 +22,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from porin.daemon.controllers import Controller
-from porin.maps.conntrack import LIFETIME_OFFSET, ConntrackMap, CtEntry, CtKey, monotonic_seconds
+from porin.maps.conntrack import (
+    CT_F_PROTECTED,
+    CT_F_UNPROTECTED,
+    LIFETIME_OFFSET,
+    ConntrackMap,
+    CtEntry,
+    CtKey,
+    monotonic_seconds,
+)
+from porin.maps.conntrack_tables import Conntrack
+from porin.maps.ct4_stats import CtStatsMap
 from porin.maps.nat import NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatMap, counterpart
 from porin.models import camel_keys
 
 log = logging.getLogger("porin.ctgc")
+
+FLAGS_OFFSET = CtEntry.flags.offset
+PROTO_OFFSET = CtKey.proto.offset
 
 
 @dataclass
@@ -34,6 +52,7 @@ class GcStats:
     last_run_at: float = 0.0
     interval_seconds: float = 0.0
     max_entries: int = 0
+    last_copies: int = 0  # confirmed flows' copies (ct4_confirmed) after the pass
 
     def to_json(self) -> dict[str, float | int]:
         d = camel_keys(asdict(self))
@@ -57,6 +76,25 @@ def next_interval(current: float, deleted: int, total: int, lo: float, hi: float
     return current
 
 
+STATE_OFFSET = CtEntry.state.offset
+CONFIRMED_STATE = {6: 3}  # TCP: ESTABLISHED; anything else: REPLIED (7)
+
+
+def _wants_copy(key: bytes, value: bytes) -> bool:
+    """A ct4_global entry (raw) of a confirmed flow (bpf/lib/conntrack.h:
+    ct_is_confirmed), or one the datapath marked protected or unprotected
+    (confirmed while there was no room)."""
+    if value[FLAGS_OFFSET] & (CT_F_PROTECTED | CT_F_UNPROTECTED):
+        return True
+    return value[STATE_OFFSET] == CONFIRMED_STATE.get(key[PROTO_OFFSET], 7)
+
+
+def _as_copy(value: bytes) -> CtEntry:
+    e = CtEntry.from_buffer_copy(value)
+    e.flags = (e.flags | CT_F_PROTECTED) & ~CT_F_UNPROTECTED
+    return e
+
+
 def expired_keys(keys: bytes, values: bytes, count: int, now: int) -> tuple[bytes, int]:
     """The keys (packed) whose entry's lifetime is before `now`."""
     ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
@@ -73,13 +111,15 @@ def expired_keys(keys: bytes, values: bytes, count: int, now: int) -> tuple[byte
 class CtGarbageCollector:
     def __init__(
         self,
-        ct: ConntrackMap,
+        ct: Conntrack,
         interval: float = 30.0,
         min_interval: float = 5.0,
         max_interval: float = 300.0,
         nat: NatMap | None = None,
+        stats: CtStatsMap | None = None,
     ) -> None:
         self.ct = ct
+        self.ct_stats = stats
         self.nat = nat
         self.nat_deleted_total = 0
         self.nat_last_alive = 0
@@ -127,21 +167,19 @@ class CtGarbageCollector:
             # before its NAT entries, so every NAT entry in this snapshot whose
             # flow is alive has its conntrack entry in the dump below
             nat_snapshot = self.nat.dump_raw() if self.nat is not None else None
-            keys, values, n = self.ct.dump_raw()
-            dead, ndead = expired_keys(keys, values, n, now)
-            if ndead:
-                dead, ndead = self._still_expired(dead, ndead, now)
-            deleted = self.ct.delete_raw(dead, ndead) if ndead else 0
+            flows, gone, n = self._sweep_flows(now)
+            deleted = len(gone)
+            copies = self._sweep_copies(flows, gone, now)
+            if self.ct_stats is not None:
+                self.ct_stats.set_entries(len(copies))  # room for new flows again
             if nat_snapshot is not None:
-                ks = ctypes.sizeof(CtKey)
-                gone = {dead[i * ks : (i + 1) * ks] for i in range(ndead)}
-                alive = {keys[i * ks : (i + 1) * ks] for i in range(n)} - gone
-                self._gc_nat(alive, nat_snapshot, now)
+                self._gc_nat(set(flows) | set(copies), nat_snapshot, now)
             s = self.stats
             s.runs += 1
             s.last_deleted = deleted
             s.deleted_total += deleted
-            s.last_alive = n - deleted
+            s.last_alive = len(flows)
+            s.last_copies = len(copies)
             took = time.monotonic() - started
             self.on_pass(took)
             s.last_duration_ms = round(took * 1000, 1)
@@ -150,11 +188,19 @@ class CtGarbageCollector:
                 next_interval(s.interval_seconds, deleted, n, self.min_interval, self.max_interval),
                 1,
             )
-            full = self._check_fill("conntrack", s.last_alive, self.ct.max_entries, "ctMapSize")
+            full = self._check_fill(
+                "conntrack", s.last_alive, self.ct.max_entries, "ctMapSize",
+                "idle unconfirmed flows are evicted",
+            )  # fmt: skip
+            full |= self._check_fill(
+                "confirmed conntrack", s.last_copies, self.ct.copies.max_entries,
+                "ctConfirmedMapSize", "new flows will be dropped (DROP_CT_MAP_FULL)",
+            )  # fmt: skip
             if self.nat is not None:
                 full |= self._check_fill(
-                    "NAT", self.nat_last_alive, self.nat.max_entries, "natMapSize"
-                )
+                    "NAT", self.nat_last_alive, self.nat.max_entries, "natMapSize",
+                    "new masqueraded flows will be dropped (DROP_NAT_MAP_FULL)",
+                )  # fmt: skip
             if full:  # a nearly full table is swept as often as allowed, to recover
                 s.interval_seconds = self.min_interval
             if deleted:
@@ -167,7 +213,60 @@ class CtGarbageCollector:
                 )
             return deleted
 
-    def _check_fill(self, table: str, alive: int, size: int, key: str) -> bool:
+    def _sweep_flows(self, now: int) -> tuple[dict[bytes, bytes], set[bytes], int]:
+        """ct4_global's expired entries deleted: (the entries left, the keys
+        deleted, how many there were)."""
+        table = self.ct.flows
+        keys, values, n = table.dump_raw()
+        dead, ndead = expired_keys(keys, values, n, now)
+        if ndead:
+            dead, ndead = self._still_expired(table, dead, ndead, now)
+        if ndead:
+            table.delete_raw(dead, ndead)
+        ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
+        gone = {dead[i * ks : (i + 1) * ks] for i in range(ndead)}
+        flows = {keys[i * ks : (i + 1) * ks]: values[i * vs : (i + 1) * vs] for i in range(n)}
+        for k in gone:
+            del flows[k]
+        return flows, gone, n
+
+    def _sweep_copies(
+        self, flows: dict[bytes, bytes], gone: set[bytes], now: int
+    ) -> dict[bytes, bytes]:
+        """ct4_confirmed after the pass: the copies of flows that expired go;
+        those of live flows are brought up to date (so a copy put back after
+        an eviction is recent); a copy whose entry the LRU evicted stays until
+        it would have expired (at most one pass late); a protected entry that
+        lost its copy (a race with a deletion) gets it again. Returns them."""
+        table = self.ct.copies
+        keys, values, n = table.dump_raw()
+        ks, vs = ctypes.sizeof(CtKey), ctypes.sizeof(CtEntry)
+        copies = {keys[i * ks : (i + 1) * ks]: values[i * vs : (i + 1) * vs] for i in range(n)}
+        life = struct.Struct("<I").unpack_from
+        doomed, refresh = [], []
+        for k, v in copies.items():
+            live = flows.get(k)
+            if k in gone or (
+                live is None and life(v, LIFETIME_OFFSET)[0] + self.max_interval < now
+            ):
+                doomed.append(k)
+            elif live is not None and life(live, LIFETIME_OFFSET)[0] > life(v, LIFETIME_OFFSET)[0]:
+                refresh.append(k)
+        room = table.max_entries - (n - len(doomed))
+        # a confirmed flow without a copy: one only the uplinks' programs
+        # see (they make none), or one whose copy went in a race
+        healed = [k for k, v in flows.items() if k not in copies and _wants_copy(k, v)]
+        healed = healed[: max(room, 0)]
+        if doomed:
+            table.delete_packed(b"".join(doomed), len(doomed))
+        for k in doomed:
+            del copies[k]
+        writes = refresh + healed
+        table.put_many([(CtKey.from_buffer_copy(k), _as_copy(flows[k])) for k in writes])
+        copies.update({k: flows[k] for k in writes})
+        return copies
+
+    def _check_fill(self, table: str, alive: int, size: int, key: str, then: str) -> bool:
         """Whether `table` is FILL_WARN full; warned of at most every WARN_EVERY s."""
         if not size or alive < FILL_WARN * size:
             return False
@@ -175,21 +274,23 @@ class CtGarbageCollector:
         if now - self._warned.get(table, -WARN_EVERY) >= WARN_EVERY:
             self._warned[table] = now
             log.warning(
-                "%s table %.0f%% full (%d of %d entries): new flows will be dropped "
-                "(DROP_CT_CREATE_FAILED, DROP_NAT_MAP_FULL) until entries expire; "
+                "%s table %.0f%% full (%d of %d entries): %s until entries expire; "
                 "raise %s if this is the normal load",
                 table,
                 100 * alive / size,
                 alive,
                 size,
+                then,
                 key,
             )
         return True
 
-    def _still_expired(self, dead: bytes, ndead: int, now: int) -> tuple[bytes, int]:
+    def _still_expired(
+        self, table: ConntrackMap, dead: bytes, ndead: int, now: int
+    ) -> tuple[bytes, int]:
         """Keep only keys still expired in a second read: a packet may have refreshed
         an entry (a reused tuple) since the first one."""
-        keys, values, n = self.ct.dump_raw()
+        keys, values, n = table.dump_raw()
         again, nagain = expired_keys(keys, values, n, now)
         ks = ctypes.sizeof(CtKey)
         still = {again[i * ks : (i + 1) * ks] for i in range(nagain)}
@@ -238,6 +339,14 @@ class CtGarbageCollector:
         if deleted:
             log.info("NAT GC: %d orphaned entries removed", deleted)
         return deleted
+
+    def confirmed_stats(self) -> dict[str, int]:
+        """ct4_confirmed: its copies and size, and the datapath's counters."""
+        out = {"entries": self.stats.last_copies, "maxEntries": self.ct.copies.max_entries}
+        if self.ct_stats is not None:
+            c = self.ct_stats.read()
+            out |= {k: c[k] for k in ("protected", "protectFull", "restored")}
+        return out
 
     def nat_stats(self) -> dict[str, int | float]:
         if self.nat is None:

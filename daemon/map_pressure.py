@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from porin.daemon.map_specs import PINNED_MAPS
 from porin.maps import map_types
 from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_confirmed import ConntrackConfirmedMap
 from porin.maps.nat import NatMap
 from porin.maps.pinned import MapNotFound, PinnedMap
 
@@ -97,4 +98,4 @@ class MapPressure:
             self._maps.clear()
 
 
-GC_COUNTED = (ConntrackMap.NAME, NatMap.NAME)
+GC_COUNTED = (ConntrackMap.NAME, ConntrackConfirmedMap.NAME, NatMap.NAME)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from porin.daemon.config import AgentConfig
 from porin.maps import map_types, syscall
 from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_confirmed import ConntrackConfirmedMap
+from porin.maps.ct4_stats import CtStatsMap
 from porin.maps.dsr4 import Dsr4Map
 from porin.maps.endpoint_slots import ENDPOINT_SLOT_BITS, EndpointSlotsMap
 from porin.maps.endpoints import EndpointsMap
@@ -72,6 +74,8 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     EndpointsMap,
     EndpointSlotsMap,
     ConntrackMap,
+    ConntrackConfirmedMap,
+    CtStatsMap,
     ServicesMap,
     BackendsMap,
     ReverseNatMap,

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from porin import __version__
 from porin.daemon.map_pressure import MapPressure
+from porin.maps.ct4_stats import CtStatsMap
 from porin.maps.flow_lost import FlowLostMap
 from porin.maps.metrics import MetricsMap, direction_name, reasons
 from porin.maps.monitor_lost import MonitorLostMap
@@ -169,6 +170,15 @@ class DatapathCollector(Collector):
             "Expired conntrack entries removed by the GC",
             value=gc.stats.deleted_total,
         )
+        stats = self._map(CtStatsMap)
+        if stats is not None:
+            c = stats.read()
+            for name, key, text in (
+                ("protected", "protected", "Confirmed flows given a copy a flood cannot evict"),
+                ("protect_full", "protectFull", "Flows confirmed while ct4_confirmed was full"),
+                ("restored", "restored", "Evicted conntrack entries put back from their copy"),
+            ):
+                yield CounterMetricFamily(f"porin_conntrack_{name}", text, value=c[key])
         yield CounterMetricFamily(
             "porin_nat_gc_entries_deleted",
             "NAT entries the GC removed because their flow's conntrack entry was gone",

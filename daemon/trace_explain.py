@@ -360,6 +360,11 @@ class Explainer:
         for k, (old, _new) in changed.items():
             c = conntrack.decode(CtKey.from_buffer_copy(k), CtEntry.from_buffer_copy(old), now)
             out["conntrack"].append({"change": "matched", **c.to_json()})
+        if "ct4_confirmed" in mirror.trace:
+            added, _ = mirror.changes("ct4_confirmed")
+            for k, v in added.items():
+                c = conntrack.decode(CtKey.from_buffer_copy(k), CtEntry.from_buffer_copy(v), now)
+                out["conntrack"].append({"change": "confirmed", **c.to_json()})
         if "nat4" in mirror.trace:
             added, _ = mirror.changes("nat4")
             for k, v in added.items():

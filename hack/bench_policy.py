@@ -92,7 +92,7 @@ def bpf_costs(samples: int) -> dict[str, float]:
     from porin.daemon.config import AgentConfig
     from porin.daemon.datapath import compile_programs
     from porin.maps import syscall
-    from porin.maps.conntrack import ConntrackMap
+    from porin.maps.conntrack_tables import Conntrack
     from porin.maps.endpoints import ENDPOINT_F_POLICY_INGRESS, EndpointEntry, EndpointsMap
     from porin.maps.ipcache import IpcacheEntry, IpcacheMap
     from porin.maps.policy import PolicyMap, PolicyMapKey
@@ -106,7 +106,7 @@ def bpf_costs(samples: int) -> dict[str, float]:
             "bpf_lxc.c", AgentConfig(bpffs_root=root), ["from_container"]
         )
         fd = progs["from_container"].fd
-        eps, ct, pmap = EndpointsMap(root), ConntrackMap(root), PolicyMap(root)
+        eps, ct, pmap = EndpointsMap(root), Conntrack(root), PolicyMap(root)
         ipcache, cidr = IpcacheMap(root), PolicyCidrMap(root)
         ipcache.upsert(IpcacheEntry(f"{CLIENT[0]}/32", ID_CLIENT, ""))
         ipcache.upsert(IpcacheEntry(f"{SERVER[0]}/32", ID_SERVER, ""))

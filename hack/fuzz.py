@@ -68,7 +68,7 @@ from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import compile_programs
 from porin.daemon.services import LbMaps, NodeContext, ServiceManager
 from porin.maps import syscall
-from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_tables import Conntrack
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.host_devices import HostDevice, sync_host_devices
 from porin.maps.ipcache import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IpcacheEntry, IpcacheMap
@@ -141,7 +141,7 @@ class Site:
             if self.owned:
                 self._compile(programs)
             self.metrics = MetricsMap(self.root)
-            self.ct = ConntrackMap(self.root)
+            self.ct = Conntrack(self.root)
             self.nat = NatMap(self.root)
             self.xdp_actions = XdpActionsMap(self.root) if "from_xdp" in self.fds else None
             self._populate()
@@ -208,15 +208,24 @@ class Site:
         return sum(self.xdp_actions.totals().values()) if self.xdp_actions else 0
 
     def state_snapshot(self) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-        return _raw_items(self.ct), _raw_items(self.nat)
+        """Both conntrack tables (keys prefixed by the table's index) and NAT."""
+        ct = {
+            bytes([i]) + k: v
+            for i, t in enumerate(self.ct.tables)
+            for k, v in _raw_items(t).items()
+        }
+        return ct, _raw_items(self.nat)
 
     def restore(self, ct: dict[bytes, bytes], nat: dict[bytes, bytes]) -> None:
         """Remove what a batch created, so the next one meets the same maps."""
         now_ct, now_nat = self.state_snapshot()
-        for m, before, now in ((self.ct, ct, now_ct), (self.nat, nat, now_nat)):
-            extra = [k for k in now if k not in before]
+        for i, table in enumerate(self.ct.tables):
+            extra = [k[1:] for k in now_ct if k[0] == i and k not in ct]
             if extra:
-                m.delete_packed(b"".join(extra), len(extra))
+                table.delete_packed(b"".join(extra), len(extra))
+        extra = [k for k in now_nat if k not in nat]
+        if extra:
+            self.nat.delete_packed(b"".join(extra), len(extra))
 
     def close(self) -> None:
         for m in self.modules:
@@ -303,9 +312,9 @@ def fuzz_program(site: Site, prog: str, total: int, rnd: random.Random) -> Progr
 
 
 def _bystander_ct(key: bytes) -> bool:
-    """A conntrack key (struct ct_key: saddr, daddr, sport, dport, ...) of one
-    of the bystander flows, in either direction."""
-    sport, dport = struct.unpack_from("!HH", key, 8)
+    """A snapshot's conntrack key (the table's index, then struct ct4_key:
+    saddr, daddr, sport, dport, ...) of one of the bystander flows, either way."""
+    sport, dport = struct.unpack_from("!HH", key, 9)
     return bool({sport, dport} & set(BYSTANDER_PORTS))
 
 

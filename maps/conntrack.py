@@ -1,5 +1,9 @@
 """The `ct4_global` map: connection tracking for all pod traffic.
 
+An LRU; confirmed flows also have a copy in `ct4_confirmed`
+(maps/conntrack_confirmed.py) that the datapath puts back when the LRU
+evicted their entry; maps/conntrack_tables.py reads and writes both as one.
+
 Mirrors `struct ct4_key` / `struct ct4_entry` in bpf/lib/conntrack.h. Unlike
 Cilium's, the key is the tuple *as the initiator sent it*: `src` is always
 the side that opened the connection and `dst` the side it connected to, so
@@ -34,6 +38,8 @@ CT_F_RX_FIN = 4
 CT_F_RELATED = 8
 CT_F_MULTI_CPU = 16  # bulk packets from several CPUs: delivered through the veth
 CT_F_DSR = 32  # came in DSR: replies are sourced from the frontend in dsr4
+CT_F_PROTECTED = 64  # confirmed: a copy is in ct4_confirmed
+CT_F_UNPROTECTED = 128  # confirmed while ct4_confirmed was full: no copy
 
 LEGACY_KEY_SERVICE = 1  # key flag of service entries written by older builds
 
@@ -127,6 +133,9 @@ class Connection:
     multi_cpu: bool  # bulk packets from several CPUs: delivered through the veth
     dsr: bool  # came in DSR from the frontend node
     age: int
+    protected: bool  # confirmed, with a copy a flood cannot evict (ct4_confirmed)
+    unprotected: bool  # confirmed while ct4_confirmed was full: no copy
+    evicted: bool = False  # only its copy is left: the next packet puts it back
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +165,8 @@ def decode(key: CtKey, e: CtEntry, now: int) -> Connection:
         multi_cpu=bool(e.flags & CT_F_MULTI_CPU),
         dsr=bool(e.flags & CT_F_DSR),
         age=now - e.created,
+        protected=bool(e.flags & CT_F_PROTECTED),
+        unprotected=bool(e.flags & CT_F_UNPROTECTED),
     )
 
 

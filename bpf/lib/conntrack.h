@@ -20,6 +20,22 @@
  *                    Replies keep it in step with the flow entry; packets
  *                    from the client refresh it every CT_PEER_REFRESH seconds.
  *
+ * Protected flows. ct4_global is an LRU: full, a new entry evicts the
+ * least recently used one, which a flood of connection attempts would make
+ * every idle connection's. So a confirmed flow (TCP once its handshake
+ * completed or both directions were seen mid-stream, anything else once
+ * answered) also gets a copy in ct4_confirmed, a hash nothing evicts (Linux
+ * conntrack's "assured" flows): when its entry is gone from ct4_global, the
+ * next packet's lookup puts the copy back and the flow goes on as before
+ * (backend, translation, policy revisions). The copy is made at the first
+ * lookup that finds the entry confirmed, follows it into closing (so a
+ * closed flow's copy goes soon), and is removed with the entry by the
+ * agent's GC. While ct4_confirmed is full, new flows are refused
+ * (DROP_CT_MAP_FULL): the flows it holds are never the ones given up.
+ * ct4_stats counts ct4_confirmed's entries (set to what the GC finds after
+ * each pass), the copies made, the flows confirmed while it was full and
+ * the entries put back.
+ *
  * Lifetimes (seconds of CLOCK_MONOTONIC, lib/clock.h) follow Cilium's defaults and are
  * build flags: TCP SYN 60, established 21600, closing 10, non-TCP 60.
  */
@@ -33,6 +49,9 @@
 
 #ifndef CT_MAP_SIZE
 #error "CT_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
+#ifndef CT_CONFIRMED_MAP_SIZE
+#error "CT_CONFIRMED_MAP_SIZE must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 #ifndef CT_LIFETIME_TCP_SYN
 #error "CT_LIFETIME_TCP_SYN must be defined (daemon/datapath.py:build_flags passes it)"
@@ -71,6 +90,16 @@
 #define CT_F_RELATED 8          /* an ICMP error about this flow was seen */
 #define CT_F_MULTI_CPU 16       /* bulk packets of the flow came from more than one CPU */
 #define CT_F_DSR 32             /* came in DSR (lib/dsr.h): replies sourced from its frontend */
+#define CT_F_PROTECTED 64       /* confirmed: a copy is in ct4_confirmed */
+#define CT_F_UNPROTECTED 128    /* confirmed while ct4_confirmed was full: no copy */
+
+/* ct4_stats' one element */
+struct ct_stats {
+	__u64 entries;          /* of ct4_confirmed (the agent's GC sets it after each pass) */
+	__u64 protected;        /* copies made */
+	__u64 protect_full;     /* flows confirmed while ct4_confirmed was full: no copy */
+	__u64 restored;         /* entries put back into ct4_global from their copy */
+};
 
 struct ct4_key {
 	__be32 saddr;
@@ -113,6 +142,23 @@ struct ct_new {
 };
 
 PORIN_MAP("lru_hash", struct ct4_key, struct ct4_entry, ct4_global, CT_MAP_SIZE);
+PORIN_MAP("hash", struct ct4_key, struct ct4_entry, ct4_confirmed, CT_CONFIRMED_MAP_SIZE);
+PORIN_MAP("array", __u32, struct ct_stats, ct4_stats, 1);
+
+static __always_inline struct ct_stats *ct_stats(void)
+{
+	__u32 zero = 0;
+
+	return ct4_stats.lookup(&zero);
+}
+
+/* No room for one more confirmed flow's copy. */
+static __always_inline int ct_confirmed_full(void)
+{
+	struct ct_stats *st = ct_stats();
+
+	return st && st->entries >= CT_CONFIRMED_MAP_SIZE;
+}
 
 /* The per-family key of a flow (IPv6 gets its own map and key). */
 static __always_inline void ct4_key_from_flow(struct ct4_key *key, const struct flow *f)
@@ -252,6 +298,67 @@ static __always_inline void ct_note_bulk_cpu(struct ct4_entry *e, __u32 gso_segs
 	e->bulk_cpu = cpu;
 }
 
+/* Whether `e`, looked up for packet `f` (`reply`: from the responder), is
+ * of a confirmed flow: TCP whose handshake completes (the initiator's ACK
+ * after the answer) or completed, anything else once answered. A SYN the
+ * responder answered is not enough: half-open connections must not take
+ * the room of working ones. */
+static __always_inline int ct_is_confirmed(const struct ct4_entry *e, const struct flow *f,
+					   int reply)
+{
+	if (f->proto != IPPROTO_TCP)
+		return e->state == CT_STATE_REPLIED;
+	if (e->state == CT_STATE_ESTABLISHED)
+		return 1;
+	return e->state == CT_STATE_SYN_RECV && !reply &&
+	       (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK;
+}
+
+/* A confirmed entry's copy into ct4_confirmed, once; a flow confirmed
+ * while that is full is marked unprotected instead (and counted once). */
+static __always_inline void ct_protect(struct ct4_key *key, struct ct4_entry *e,
+				       const struct flow *f, int reply)
+{
+	struct ct_stats *st;
+	int ret;
+
+	if (e->flags & (CT_F_PROTECTED | CT_F_UNPROTECTED) || !ct_is_confirmed(e, f, reply))
+		return;
+	/* the completing ACK: what its accounting makes of the state anyway,
+	 * now, so that the copy holds it too */
+	e->state = f->proto == IPPROTO_TCP ? CT_STATE_ESTABLISHED : e->state;
+	e->flags |= CT_F_PROTECTED;
+	ret = ct4_confirmed.insert(key, e);
+	st = ct_stats();
+	if (ret == -EEXIST || !st)
+		return; /* another CPU's copy */
+	if (ret) {
+		e->flags ^= CT_F_PROTECTED | CT_F_UNPROTECTED;
+		__sync_fetch_and_add(&st->protect_full, 1);
+		return;
+	}
+	__sync_fetch_and_add(&st->entries, 1);
+	__sync_fetch_and_add(&st->protected, 1);
+}
+
+/* `key`'s entry put back into ct4_global from its copy (the LRU evicted
+ * it): 0, or -1 when it has none. */
+static __always_inline int ct_restore(struct ct4_key *key)
+{
+	struct ct4_entry *copy = ct4_confirmed.lookup(key);
+	struct ct_stats *st;
+
+	if (!copy)
+		return -1;
+	copy->lifetime = now_seconds() + ct_lifetime(copy, key->proto);
+	if (ct4_global.update(key, copy) < 0)
+		return -1;
+	st = ct_stats();
+	if (st)
+		__sync_fetch_and_add(&st->restored, 1);
+	return 0;
+}
+
 /* Look a packet up: CT_ESTABLISHED (its own tuple: from the initiator) or
  * CT_REPLY (the swapped tuple) with *entry set, or CT_NEW. */
 static __always_inline int ct_lookup(const struct flow *f, struct ct4_entry **entry)
@@ -269,6 +376,48 @@ static __always_inline int ct_lookup(const struct flow *f, struct ct4_entry **en
 	return CT_NEW;
 }
 
+/* Whether the pipeline's lookup makes a confirmed flow's copy. bpf_host.c
+ * turns it off: from_netdev has no verifier budget left for it (its five
+ * pipelines are inlined), and every flow into or out of a local pod is
+ * protected by bpf_lxc.c's programs anyway; the agent's GC protects what
+ * only passes the uplinks (NodePort flows sent on to another node). */
+#ifndef CT_PROTECT_ON_LOOKUP
+#define CT_PROTECT_ON_LOOKUP 1
+#endif
+
+/* ct_lookup for the packet's own path through the pipeline (step 3): an
+ * entry the LRU evicted is put back from its protected copy first, and a
+ * confirmed one gets its copy. (Lookups made on the side, for an ICMP
+ * error's quote or the tuple after translation, do neither.) */
+static __always_inline int ct_lookup_flow(const struct flow *f, struct ct4_entry **entry)
+{
+	struct ct4_key key;
+	int status = CT_ESTABLISHED;
+
+	ct4_key_from_flow(&key, f);
+	*entry = ct4_global.lookup(&key);
+	if (!*entry) {
+		ct4_key_swap(&key);
+		status = CT_REPLY;
+		*entry = ct4_global.lookup(&key);
+		if (!*entry) {
+			if (ct_restore(&key)) { /* the reply's tuple, then the own */
+				ct4_key_swap(&key);
+				status = CT_ESTABLISHED;
+				if (ct_restore(&key))
+					return CT_NEW;
+			}
+			*entry = ct4_global.lookup(&key);
+			if (!*entry)
+				return CT_NEW;
+		}
+	}
+#if CT_PROTECT_ON_LOOKUP
+	ct_protect(&key, *entry, f, status == CT_REPLY);
+#endif
+	return status;
+}
+
 static __always_inline __u8 ct_initial_state(const struct flow *f)
 {
 	return flow_is_syn(f) ? CT_STATE_SYN_SENT : CT_STATE_NEW;
@@ -278,13 +427,16 @@ static __always_inline __u8 ct_initial_state(const struct flow *f)
  * `len` > 0 counts the packet on it. An entry made to follow another
  * (`follows`: a reply entry made again for its flow entry) takes that
  * one's state and outlives it. The only place an entry is made.
- * Returns 0 or DROP(DROP_CT_CREATE_FAILED). */
+ * Returns 0, DROP(DROP_CT_MAP_FULL) for a new flow while ct4_confirmed is
+ * full, or DROP(DROP_CT_CREATE_FAILED). */
 static __always_inline int ct_create(const struct flow *f, __u32 len, const struct ct_new *n,
 				     const struct ct4_entry *follows)
 {
 	struct ct4_entry e = {};
 	struct ct4_key key;
 
+	if (!follows && ct_confirmed_full())
+		return DROP(DROP_CT_MAP_FULL);
 	ct4_key_from_flow(&key, f);
 	e.created = now_seconds();
 	if (n->backend_id)

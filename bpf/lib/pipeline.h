@@ -169,7 +169,7 @@ static __always_inline int ct_lb_process(struct __sk_buff *ctx, struct flow *f, 
 	if (f->is_fragment)
 		v->policy |= VERDICT_P_DONE; /* the first fragment was judged */
 
-	status = ct_lookup(f, &e);
+	status = ct_lookup_flow(f, &e);
 	v->ct_status = status;
 	if (status != CT_NEW) {
 		v->ct = e;

@@ -41,7 +41,7 @@
 #define DROP_CSUM_FAILED 137       // checksum rewrite failed
 #define DROP_REDIRECT_FAILED 138   // redirect to endpoint failed
 #define DROP_NO_SERVICE_BACKEND 139 // service has no active backend (ICMP unreachable sent)
-#define DROP_CT_CREATE_FAILED 140  // conntrack table full or entry not created
+#define DROP_CT_CREATE_FAILED 140  // conntrack entry not created
 #define DROP_NAT_FAILED 141        // address translation failed
 #define DROP_NAT_MAP_FULL 143      // NAT table full: no new masqueraded flow
 #define DROP_NAT_NO_PORT 144       // no free SNAT port towards that peer
@@ -58,6 +58,7 @@
 #define DROP_DSR_NO_BACKEND 155    // DSR packet for a backend that is not on this node
 #define DROP_IPV6_NDP 156          // IPv6 neighbour discovery (RS, RA, NS, NA, redirect) on a pod's veth
 #define DROP_IPV6_NOT_ROUTED 157   // IPv6 on a pod's veth: Porin does not route IPv6 yet
+#define DROP_CT_MAP_FULL 158       // conntrack table of confirmed flows full: no new flow
 
 /* directions, seen from the endpoint */
 #define DIR_INGRESS 1              // towards the endpoint

@@ -139,6 +139,9 @@ def _ct_line(c: Any) -> str:
         + (" Related" if c.related else "")
         + (" MultiCPU" if c.multi_cpu else "")
         + (" DSR" if c.dsr else "")
+        + (" Protected" if c.protected else "")
+        + (" Unprotected" if c.unprotected else "")
+        + (" Evicted" if c.evicted else "")
     )
     return (
         f"{c.proto} {kind} {c.src}:{c.sport} -> {c.dst}:{c.dport} state={c.state} "
@@ -169,10 +172,12 @@ def bpf_ct_list(
 ) -> None:
     """Connections: SRC opened the connection to DST (OUT: by a local pod, IN: towards one,
     SVC: a service connection, client -> frontend, with its backend and both directions'
-    counters; its client -> backend entry translates the replies back)."""
-    from porin.maps.conntrack import ConntrackMap
+    counters; its client -> backend entry translates the replies back). Protected: a
+    confirmed flow, whose copy a flood of new flows cannot evict; Evicted: only that copy
+    is left, and the flow's next packet puts its entry back."""
+    from porin.maps.conntrack_tables import Conntrack
 
-    with open_map(ctx, ConntrackMap) as m:
+    with open_map(ctx, Conntrack) as m:
         conns = m.connections()
     sel = [
         c
@@ -194,15 +199,17 @@ def bpf_ct_list(
 @click.argument("table", type=click.Choice(["global"]))
 @click.pass_obj
 def bpf_ct_flush(ctx: Context, table: str) -> None:
-    """Delete every conntrack entry."""
-    from porin.maps.conntrack import ConntrackMap
+    """Delete every conntrack entry (both tables)."""
+    from porin.maps.conntrack_tables import Conntrack
+    from porin.maps.ct4_stats import CtStatsMap
 
     try:
-        with ConntrackMap(ctx.bpffs_root) as m:
+        with Conntrack(ctx.bpffs_root) as m, CtStatsMap(ctx.bpffs_root) as stats:
             n = m.flush()
+            stats.set_entries(0)
     except MapNotFound as e:
         fail(str(e))
-    click.echo(f"Flushed {n} entries from the global conntrack table")
+    click.echo(f"Flushed {n} entries from the conntrack tables")
 
 
 @bpf.group("nat")

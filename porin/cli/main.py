@@ -115,7 +115,8 @@ def status(ctx: Context, verbose: bool, output: str) -> None:
         ),
         (
             "Conntrack",
-            f"{st['conntrack']['lastAlive']}/{st['conntrack']['maxEntries']} after last GC",
+            f"{st['conntrack']['lastAlive']}/{st['conntrack']['maxEntries']} after last GC"
+            + _confirmed_line(st["conntrack"].get("confirmed") or {}),
         ),
         (
             "KVStore",
@@ -134,6 +135,17 @@ def status(ctx: Context, verbose: bool, output: str) -> None:
         click.echo(f"{k + ':':<17}{v}")
     if verbose:
         _print_verbose(st["verbose"])
+
+
+def _confirmed_line(c: dict) -> str:
+    """The confirmed flows' protected copies (ct4_confirmed), when reported."""
+    if not c:
+        return ""
+    return (
+        f"; {c['entries']}/{c['maxEntries']} confirmed flows protected"
+        f" ({c.get('restored', 0)} restored after eviction, "
+        f"{c.get('protectFull', 0)} confirmed while full)"
+    )
 
 
 def _ago(t: float | None, now: float) -> str:

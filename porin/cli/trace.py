@@ -71,7 +71,7 @@ def trace(
         click.echo(f"      returns {st['verdict']['return']}; out: {st['packetOut']['summary']}")
     ch = res["changes"]
     for c in ch.get("conntrack", []):
-        what = "would create" if c["change"] == "created" else "matches"
+        what = {"created": "would create", "confirmed": "would confirm"}.get(c["change"], "matches")
         click.echo(
             f"\nconntrack {what}: {c['proto']} {c['src']}:{c['sport']} -> {c['dst']}:{c['dport']}"
             f" {c['direction']} {c['state']}"

@@ -16,7 +16,7 @@ from lxc_harness import Lxc
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import SOCK_PROGRAMS, compile_programs
 from porin.daemon.services import LbMaps, ServiceManager
-from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_tables import Conntrack
 from porin.maps.endpoints import EndpointsMap
 from porin.maps.host_devices import HostDevicesMap
 from porin.maps.ipcache import IpcacheMap
@@ -45,7 +45,7 @@ def lxc_datapath():
             progs={**progs, **host_progs, **overlay_progs, **xdp_progs, **sock_progs},
             endpoints=EndpointsMap(root),
             metrics=MetricsMap(root),
-            ct=ConntrackMap(root),
+            ct=Conntrack(root),
             lb=LbMaps.open(root),
             nat=NatMap(root),
             host_devices=HostDevicesMap(root),

@@ -9,7 +9,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from porin.daemon.services import LbMaps
 from porin.maps import syscall
-from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_tables import Conntrack
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.maps.host_devices import HostDevicesMap
 from porin.maps.ipcache import IpcacheMap
@@ -37,7 +37,7 @@ class Lxc:
     progs: dict
     endpoints: EndpointsMap
     metrics: MetricsMap
-    ct: ConntrackMap
+    ct: Conntrack
     lb: LbMaps
     nat: NatMap
     host_devices: HostDevicesMap

@@ -27,7 +27,7 @@ from scapy.packet import Raw
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import compile_programs
 from porin.maps import syscall
-from porin.maps.conntrack import ConntrackMap
+from porin.maps.conntrack_tables import Conntrack
 from porin.maps.dsr4 import Dsr4Map
 from porin.maps.host_devices import HostDevice, Ifindex
 from porin.maps.ipcache import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IpcacheEntry
@@ -262,7 +262,7 @@ def test_dsr_is_received_delivered_and_answered_as_the_frontend(cluster, tmp_pat
     flow = f"{CLIENT}:45000 -> {POD_A.ip}:8080"
     fes = [v.describe() for k, v in Dsr4Map(root).items() if k.describe() == flow]
     assert fes == [f"{PEER_NODE}:{NODE_PORT}"]
-    entries = [c for c in ConntrackMap(root).connections() if c.sport == 45000]
+    entries = [c for c in Conntrack(root).connections() if c.sport == 45000]
     assert entries and all(c.dsr for c in entries)
     # the backend's reply: as the frontend, straight to the client
     lxc.endpoints.upsert(on_ifindex(POD_A, 1))
