@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from prometheus_client import generate_latest
 
 from porin import __version__
-from porin.daemon import links
+from porin.daemon import links, map_migrate
 from porin.daemon.api import Api, ApiServer
 from porin.daemon.api_debug import routes as debug_routes
 from porin.daemon.cluster import ClusterState, NodeInfo
@@ -100,6 +100,7 @@ class Agent:
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.programs = load_programs(cfg)
         self.datapath = LxcDatapath(cfg, self.programs)
+        map_migrate.carry_over(cfg.bpffs_root, final=False)  # before programs are attached
         ct = Conntrack(cfg.bpffs_root)
         self._adopt_legacy_ct(ct, drop_legacy=False)  # before new programs are attached
         self.endpoints_map = EndpointsMap(cfg.bpffs_root)
@@ -129,6 +130,7 @@ class Agent:
         self.manager.restore()
         self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
         ct.close()
+        map_migrate.carry_over(cfg.bpffs_root, final=True)
         node = NodeContext(
             node_ips=self.host.node_ips if self.host else [],
             node_port_range=cfg.node_ports,

@@ -90,7 +90,7 @@ def build_id(entries: dict[str, list[str]], cflags: list[str]) -> str:
 
 def load_programs(cfg: AgentConfig) -> dict[str, Program]:
     """Every program `cfg` needs, from this build's pins or freshly built."""
-    return _load(cfg, entries_for(cfg), build_flags(cfg), "datapath")
+    return _load(cfg, entries_for(cfg), build_flags(cfg), "datapath", migrate=True)
 
 
 def trace_config(cfg: AgentConfig) -> AgentConfig:
@@ -115,10 +115,13 @@ def _load(
     cflags: list[str],
     what: str,
     extra_maps: tuple[str, ...] = (),
+    migrate: bool = False,
 ) -> dict[str, Program]:
     os.makedirs(cfg.bpffs_root, exist_ok=True)
     try:
-        reconcile_pins(cfg)  # bcc would reuse a pin of the wrong shape as it is
+        # bcc would reuse a pin of the wrong shape as it is; the live maps'
+        # state is carried over (daemon/map_migrate.py)
+        reconcile_pins(cfg, migrate=migrate)
     except OSError as e:
         raise DatapathError(f"cannot check the pinned maps under {cfg.bpffs_root}: {e}") from e
     bid = build_id(entries, cflags)

@@ -15,7 +15,8 @@ config (a different ctMapSize, a map that became an array) would then be
 used with the wrong layout. `reconcile_pins` runs before each compile and
 unpins such maps, so that bcc creates them afresh; their entries are lost,
 and the agent writes back what it owns (endpoints, services, devices,
-ipcache) as it starts.
+ipcache) as it starts; the state it cannot write back (conntrack, NAT,
+affinity) is carried over into the new map by daemon/map_migrate.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from porin.daemon import map_migrate
 from porin.daemon.config import AgentConfig
 from porin.maps import map_types, syscall
 from porin.maps.conntrack import ConntrackMap
@@ -189,22 +191,32 @@ def pinned_shape(path: str) -> MapSpec | None:
     return MapSpec(name, i.type, i.key_size, i.value_size, i.max_entries, i.map_flags)
 
 
-def reconcile_pins(cfg: AgentConfig) -> list[str]:
+def reconcile_pins(cfg: AgentConfig, migrate: bool = False) -> list[str]:
     """Unpin every map whose shape differs from what this build and `cfg`
-    create, so the next compile makes it afresh. Returns their names."""
+    create, so the next compile makes it afresh. Returns their names. With
+    `migrate` (the live maps), a hash or LRU map of the same key and value
+    sizes is parked so that daemon/map_migrate.py carries its entries over."""
     removed = []
     for spec in map_specs(cfg):
         path = os.path.join(cfg.bpffs_root, spec.name)
         have = pinned_shape(path)
         if have is None or have == spec:
             continue
+        carried = (
+            migrate
+            and (have.key_size, have.value_size) == (spec.key_size, spec.value_size)
+            and {have.map_type, spec.map_type} <= map_migrate.CARRIED_TYPES
+        )
         log.warning(
-            "BPF map %s is pinned as %s; this build and config want %s: "
-            "recreating it (its entries are lost)",
+            "BPF map %s is pinned as %s; this build and config want %s: recreating it%s",
             path,
             have.describe(),
             spec.describe(),
+            ", its entries are carried over" if carried else " (its entries are lost)",
         )
-        os.unlink(path)
+        if carried:
+            map_migrate.park(cfg.bpffs_root, spec.name)
+        else:
+            os.unlink(path)
         removed.append(spec.name)
     return removed

@@ -425,6 +425,9 @@ class Node:
         self.log_path = f"{self.workdir}/agent.log"
         self.proc: subprocess.Popen | None = None
         self.pods: dict[str, Pod] = {}
+        # where porin-agent, porin and porin-cni come from (another build's:
+        # hack/previous_build.py)
+        self.bin: Path = VENV_BIN
 
     @property
     def env(self) -> dict[str, str]:
@@ -434,7 +437,7 @@ class Node:
     def start_agent(self, timeout: float = 60.0, detach: bool = False) -> None:
         log = open(self.log_path, "a")
         self.proc = self.ns.popen(
-            [str(VENV_BIN / "porin-agent"), "--config", self.config_path],
+            [str(self.bin / "porin-agent"), "--config", self.config_path],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=detach,
@@ -464,7 +467,7 @@ class Node:
             return ""
 
     def porin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.ns.exec([str(VENV_BIN / "porin"), *args], check=check, env=self.env)
+        return self.ns.exec([str(self.bin / "porin"), *args], check=check, env=self.env)
 
     def porin_json(self, *args: str) -> Any:
         return json.loads(self.porin(*args, "-o", "json").stdout)
@@ -503,7 +506,7 @@ class Node:
             full.pop(k, None)
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf or self.netconf()).encode()
         proc = subprocess.run(
-            ["nsenter", f"--net={self.ns.path}", str(VENV_BIN / "porin-cni")],
+            ["nsenter", f"--net={self.ns.path}", str(self.bin / "porin-cni")],
             input=stdin,
             env=full,
             capture_output=True,

@@ -319,14 +319,12 @@ static __always_inline int ct_is_confirmed(const struct ct4_entry *e, const stru
 static __always_inline void ct_protect(struct ct4_key *key, struct ct4_entry *e,
 				       const struct flow *f, int reply)
 {
+	struct ct4_entry *copy;
 	struct ct_stats *st;
 	int ret;
 
 	if (e->flags & (CT_F_PROTECTED | CT_F_UNPROTECTED) || !ct_is_confirmed(e, f, reply))
 		return;
-	/* the completing ACK: what its accounting makes of the state anyway,
-	 * now, so that the copy holds it too */
-	e->state = f->proto == IPPROTO_TCP ? CT_STATE_ESTABLISHED : e->state;
 	e->flags |= CT_F_PROTECTED;
 	ret = ct4_confirmed.insert(key, e);
 	st = ct_stats();
@@ -339,6 +337,14 @@ static __always_inline void ct_protect(struct ct4_key *key, struct ct4_entry *e,
 	}
 	__sync_fetch_and_add(&st->entries, 1);
 	__sync_fetch_and_add(&st->protected, 1);
+	/* the completing ACK: the copy holds what its accounting makes of the
+	 * entry's state (the entry itself moves there in the pipeline, which
+	 * notices the move and renews a service flow's reply entry) */
+	if (f->proto == IPPROTO_TCP) {
+		copy = ct4_confirmed.lookup(key);
+		if (copy)
+			copy->state = CT_STATE_ESTABLISHED;
+	}
 }
 
 /* `key`'s entry put back into ct4_global from its copy (the LRU evicted

@@ -1,0 +1,59 @@
+"""Another commit's Porin, runnable with this checkout's virtualenv.
+
+`previous_build(rev, dest)` extracts commit `rev` (git archive) under
+`dest/src`, lays out an import root `dest/pkg/porin` as this checkout's
+editable install does (porin/ with cli/, plus bpf, cni, daemon and maps from
+the top level), and writes `dest/bin/{porin-agent,porin,porin-cni}`, which
+run that build with this virtualenv's Python and libraries. The launchers
+run in `dest` with -P, so nothing of this checkout shadows the old modules
+(the agent's compile worker, a `python -m` child, inherits both). Used by
+tests/integration/test_upgrade.py to replace an agent of the previous
+release by this one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from porinlab import ROOT, VENV_BIN
+
+# the commit before the reliability work (issue 13): the previous release
+PREVIOUS_RELEASE = "261dfe1"
+
+ENTRY_POINTS = {
+    "porin-agent": "porin.daemon.agent",
+    "porin": "porin.cli.main",
+    "porin-cni": "porin.cni.plugin",
+}
+
+
+def previous_build(rev: str, dest: Path) -> Path:
+    """The launchers' directory of commit `rev`'s build under `dest`."""
+    src, pkg, bin_dir = dest / "src", dest / "pkg" / "porin", dest / "bin"
+    for d in (src, pkg, bin_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+        ).stdout
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(
+            f"commit {rev} is not in {ROOT} (a shallow clone?): {e.stderr.decode().strip()}"
+        ) from None
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    for entry in (src / "porin").iterdir():
+        (pkg / entry.name).symlink_to(entry)
+    for sub in ("bpf", "cni", "daemon", "maps"):
+        (pkg / sub).symlink_to(src / sub)
+    for name, module in ENTRY_POINTS.items():
+        launcher = bin_dir / name
+        launcher.write_text(
+            "#!/bin/sh\n"
+            f"cd {dest}\n"
+            f"PYTHONPATH={dest / 'pkg'} exec {VENV_BIN / 'python'} -P -c "
+            f'\'import sys; from {module} import main; sys.argv[0] = "{name}"; '
+            'sys.exit(main())\' "$@"\n'
+        )
+        launcher.chmod(0o755)
+    return bin_dir
