@@ -24,10 +24,11 @@ from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import LxcDatapath
 from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
 from porin.daemon.ipam import Ipam
+from porin.daemon.kvstore import KvStoreError
 from porin.daemon.netns import NetnsError
 from porin.daemon.selectors import identity_labels
 from porin.daemon.store import EndpointStore
-from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, PorinError
+from porin.errors import CONTAINER_UNKNOWN, PORIN_CONFLICT, TRY_AGAIN, PorinError
 from porin.maps.endpoints import EndpointEntry, EndpointsMap
 from porin.models import Endpoint, EndpointRequest, EndpointState, IpamKind
 
@@ -88,6 +89,14 @@ class EndpointNotFound(PorinError, LookupError):
 class EndpointConflict(PorinError, RuntimeError):
     http_status = 409
     cni_code = PORIN_CONFLICT
+
+
+class IdentityUnavailable(PorinError, ConnectionError):
+    """A label set no identity is known for yet, with the kvstore away: the
+    runtime may retry (CNI code 11), nothing of the pod is left meanwhile."""
+
+    http_status = 503
+    cni_code = TRY_AGAIN
 
 
 def owner_key(container_id: str, ifname: str) -> str:
@@ -219,7 +228,7 @@ class EndpointManager:
             )
             undo.append(lambda: links.delete_link(self.ipr, ep.host_ifname))
             ep.host_ifindex, ep.host_mac = link.host_ifindex, link.host_mac
-            ep.identity = self.identity_for(identity_labels(ep.labels))
+            ep.identity = self._identity(ep.labels)
             ep.pod_ifindex, ep.mac = link.pod_ifindex, link.pod_mac
 
             self.datapath.attach(self.ipr, ep.host_ifindex)
@@ -294,6 +303,16 @@ class EndpointManager:
 
     # ---------- labels ----------
 
+    def _identity(self, labels: dict[str, str]) -> int:
+        try:
+            return self.identity_for(identity_labels(labels))
+        except KvStoreError as e:
+            raise IdentityUnavailable(
+                f"no identity for labels {identity_labels(labels)} yet: the kvstore is "
+                f"unreachable ({e}); retry when it is back (pods with labels already "
+                "in use on this node can be added meanwhile)"
+            ) from None
+
     def relabel(self, ep_id: int, set_labels: dict[str, str], remove: list[str]) -> Endpoint:
         """Change a running endpoint's labels; its identity follows."""
         with self._lock:
@@ -303,7 +322,7 @@ class EndpointManager:
             if labels == ep.labels:
                 return ep
             old = Endpoint.from_json(ep.to_record())
-            identity = self.identity_for(identity_labels(labels))
+            identity = self._identity(labels)
             ep.labels, ep.identity = labels, identity
             self.store.save(ep.id, ep.to_record())
             if ep.state == EndpointState.READY:

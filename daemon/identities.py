@@ -91,18 +91,32 @@ class Identities:
         """The label set's identity, marked used by this node before it is returned."""
         canon, key = canonical_labels(labels), labels_key(labels)
         with self._lock:
-            for _ in range(100):
-                ident = self._cache.get(canon) or self._find_or_create(labels, key)
-                self._pending[ident] = time.monotonic() + PENDING_SECONDS
-                self._publish_one(ident)
-                if self._still_allocated(ident, key):
-                    self._cache[canon] = ident
-                    return ident
-                # the collector released it meanwhile: start over, with a new id
-                self._cache.pop(canon, None)
-                self._pending.pop(ident, None)
-                self._publish_one(ident)
-            raise KvStoreError("could not allocate an identity")
+            try:
+                return self._allocate(labels, canon, key)
+            except KvStoreError:
+                known = self._cache.get(canon)
+                if known is None:
+                    raise
+                # the kvstore is away: an identity this node already uses stays
+                # its own (publish_usage says so again on reconnection, and the
+                # grace period covers the time until then)
+                self._pending[known] = time.monotonic() + PENDING_SECONDS
+                return known
+
+    def _allocate(self, labels: dict[str, str], canon: str, key: str) -> int:
+        """allocate() with the lock held; KvStoreError when etcd is away."""
+        for _ in range(100):
+            ident = self._cache.get(canon) or self._find_or_create(labels, key)
+            self._pending[ident] = time.monotonic() + PENDING_SECONDS
+            self._publish_one(ident)
+            if self._still_allocated(ident, key):
+                self._cache[canon] = ident
+                return ident
+            # the collector released it meanwhile: start over, with a new id
+            self._cache.pop(canon, None)
+            self._pending.pop(ident, None)
+            self._publish_one(ident)
+        raise KvStoreError("could not allocate an identity")
 
     def _find_or_create(self, labels: dict[str, str], key: str) -> int:
         for _ in range(1000):

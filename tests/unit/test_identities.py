@@ -164,3 +164,41 @@ def test_the_mark_of_an_allocation_ends_when_its_endpoint_counts(clock):
     ids.collect()
     clock.now += 1
     assert ids.collect() == [web]
+
+
+class AwayStore(LocalStore):
+    """A store whose etcd went away: every call fails, as EtcdStore's do."""
+
+    away = False
+
+    def _fail(self):
+        if self.away:
+            raise mod.KvStoreError("etcd http://198.18.0.2:2379: get failed")
+
+    def get_prefix(self, prefix):
+        self._fail()
+        return super().get_prefix(prefix)
+
+    def put(self, key, value, lease=None):
+        self._fail()
+        super().put(key, value, lease)
+
+    def create(self, key, value):
+        self._fail()
+        return super().create(key, value)
+
+    def delete(self, key):
+        self._fail()
+        super().delete(key)
+
+
+def test_with_the_kvstore_away_a_known_identity_is_handed_out_a_new_one_is_not(clock):
+    store = AwayStore()
+    ids = node(store, "a", Counter())
+    web = ids.allocate(WEB)
+    store.away = True
+    assert ids.allocate(WEB) == web  # pods of a label set in use here can still come
+    with pytest.raises(mod.KvStoreError):
+        ids.allocate(DB)  # a new label set needs the cluster to agree on its id
+    store.away = False
+    assert ids.allocate(DB) not in (web, 0)
