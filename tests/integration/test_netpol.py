@@ -700,7 +700,7 @@ def test_restart_with_policies_keeps_enforcing(np):
     check(np, lambda s, d: d[0] != "x")
 
 
-@both_tunnels
+@vxlan  # the kvstore's part, which no tunnel changes
 def test_etcd_down_keeps_the_last_policy_and_takes_new_ones(np):
     np.apply(policy("deny-all", "x", "  podSelector: {}"))
     check(np, lambda s, d: d[0] != "x")

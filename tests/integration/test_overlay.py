@@ -341,6 +341,8 @@ def _apply(node: Node, name: str, tmp_path) -> subprocess.CompletedProcess:
     return node.porin("apply", "-f", str(f))
 
 
+# the kvstore's part, which no tunnel changes: on VXLAN only
+@pytest.mark.parametrize("cluster", ["vxlan"], indirect=True, scope="module")
 def test_etcd_outage_keeps_traffic_and_loses_no_change(cluster, tmp_path):
     """etcd away while services and policies change on every node: forwarding
     goes on, the API takes the changes and says they are pending, and when etcd
