@@ -2,9 +2,12 @@
 """Pods added and deleted through the CNI plugin, as runtimes do, under faults.
 
     hack/soak [--cycles N] [--parallel P] [--seed S] [-o json]
+              [--nodes N [--outage S] [--outage-every C]]
 
 One lab node (a namespace with its own agent, its state dir on a small
-tmpfs). Each cycle draws a fault (the seed is printed: the same seed gives
+tmpfs), or N nodes sharing a real etcd (hack/soak_cluster.py: the kvstore
+stopped for S seconds every C cycles while pods, services and policies
+change). Each cycle draws a fault (the seed is printed: the same seed gives
 the same faults in the same order):
 
   plain          ADD, later DEL
@@ -19,13 +22,16 @@ the same faults in the same order):
   burst          up to P ADDs at once (default 32), then their DELs
   disk-full      the state dir full: ADD fails with a clear error and
                  leaves nothing; works again once space returns
+  kvstore-outage (several nodes, every C cycles) etcd stopped for S s
 
 Some pods stay alive across cycles (up to 8), so reachability means
 something. Every 100 cycles and at the end nothing may be left without its
 pod: no veth, address lease, endpoint record, endpoints map entry, local
 ipcache entry or pending-delete file; every live pod answers a ping; and
 the agent's memory (RSS) and open file descriptors are sampled, their slope
-per 100 cycles reported.
+per 100 cycles reported. On several nodes, also: no ipcache key in the
+kvstore without its pod, and every node's ipcache map knows every live pod
+and no gone one.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import soak_checks
+import soak_cluster
 from porinlab import CNI_PLUGIN_DIRS, VENV_BIN, Netns, Node, Pod, run, wait_for
+from soak_checks import SoakResult
 
 FAULTS = {
     "plain": 30,
@@ -61,64 +68,56 @@ KEEP_ALIVE = 8
 STATE_TMPFS = "4m"
 
 
-@dataclass
-class SoakResult:
-    seed: int
-    cycles: int = 0
-    faults: Counter = field(default_factory=Counter)
-    checks: int = 0
-    leaks: list[str] = field(default_factory=list)
-    unreachable: list[str] = field(default_factory=list)
-    rss_kb: list[tuple[int, int]] = field(default_factory=list)  # (cycle, RSS)
-    fds: list[tuple[int, int]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @staticmethod
-    def slope(points: list[tuple[int, int]]) -> float:
-        """Least-squares slope per 100 cycles."""
-        if len(points) < 2:
-            return 0.0
-        n = len(points)
-        mx = sum(x for x, _ in points) / n
-        my = sum(y for _, y in points) / n
-        var = sum((x - mx) ** 2 for x, _ in points)
-        if not var:
-            return 0.0
-        return 100 * sum((x - mx) * (y - my) for x, y in points) / var
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "cycles": self.cycles,
-            "faults": dict(self.faults),
-            "checks": self.checks,
-            "leaks": self.leaks,
-            "unreachable": self.unreachable,
-            "errors": self.errors,
-            "rssKiBPer100Cycles": round(self.slope(self.rss_kb[1:]), 1),
-            "fdsPer100Cycles": round(self.slope(self.fds[1:]), 2),
-            "rssKiB": [r for _, r in self.rss_kb],
-            "fds": [f for _, f in self.fds],
-        }
-
-
 class Soak:
-    def __init__(self, seed: int, parallel: int, log: Any = print) -> None:
+    def __init__(
+        self,
+        seed: int,
+        parallel: int,
+        log: Any = print,
+        nodes: int = 1,
+        outage: float = 60.0,
+        outage_every: int = 100,
+    ) -> None:
         self.rnd = random.Random(seed)
         self.parallel = parallel
         self.log = log
         self.res = SoakResult(seed)
-        self.node = Node(pod_cidr="10.248.0.0/22")
-        state = self.node.cfg.state_dir
-        os.makedirs(state, exist_ok=True)
-        run(["mount", "-t", "tmpfs", "-o", f"size={STATE_TMPFS}", "tmpfs", state])
+        self.outage = outage
+        self.outage_every = outage_every
+        self.lab: soak_cluster.Lab | None = None
+        if nodes > 1:
+            self.lab = soak_cluster.Lab(nodes)
+            self.nodes = self.lab.nodes
+        else:
+            self.nodes = [Node(pod_cidr="10.248.0.0/22")]
+        self.mounted: list[str] = []
+        try:
+            for node in self.nodes:
+                state = node.cfg.state_dir
+                os.makedirs(state, exist_ok=True)
+                run(["mount", "-t", "tmpfs", "-o", f"size={STATE_TMPFS}", "tmpfs", state])
+                self.mounted.append(state)
+        except BaseException:
+            self.close()
+            raise
         self.live: list[Pod] = []
+        self.anchors: list[Pod] = []  # the conversation's two pods, for the whole run
+        # what the outages' changes should have left on every node
+        self.services: dict[int, list[str]] = {}
+        self.policies: set[str] = set()
 
     def close(self) -> None:
         try:
-            self.node.close()
+            if self.lab is not None:
+                self.lab.close()
+            else:
+                self.nodes[0].close()
         finally:
-            run(["umount", "-l", self.node.cfg.state_dir], check=False)
+            for state in self.mounted:
+                run(["umount", "-l", state], check=False)
+
+    def all_pods(self) -> list[Pod]:
+        return self.live + self.anchors
 
     # ---------- the runtime's calls ----------
 
@@ -134,13 +133,13 @@ class Soak:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
         proc = subprocess.Popen(
-            ["nsenter", f"--net={self.node.ns.path}", str(VENV_BIN / "porin-cni")],
+            ["nsenter", f"--net={pod.node.ns.path}", str(VENV_BIN / "porin-cni")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
-        conf = json.dumps(self.node.netconf()).encode()
+        conf = json.dumps(pod.node.netconf()).encode()
         try:
             if kill_after is None:
                 out, _ = proc.communicate(conf, timeout=120)
@@ -159,34 +158,38 @@ class Soak:
                 proc.kill()
                 proc.wait()
 
-    def _new_pod(self) -> Pod:
+    def _new_pod(self, node: Node | None = None) -> Pod:
         import uuid
 
         return Pod(
             ns=Netns(kind="soak"),
             container_id=f"s{uuid.uuid4().hex}",
             ifname="eth0",
-            node=self.node,
+            node=node or self.rnd.choice(self.nodes),
         )
 
     def _add(self, pod: Pod) -> None:
         rc = self._cni("ADD", pod)
         if rc != 0:
-            raise RuntimeError(f"ADD failed ({rc}): {pod.result}\n{self.node.log()[-2000:]}")
+            raise RuntimeError(f"ADD failed ({rc}): {pod.result}\n{pod.node.log()[-2000:]}")
 
     def _del(self, pod: Pod, close: bool = True) -> None:
         rc = self._cni("DEL", pod)
         if rc != 0:
-            raise RuntimeError(f"DEL failed ({rc})\n{self.node.log()[-2000:]}")
+            raise RuntimeError(f"DEL failed ({rc})\n{pod.node.log()[-2000:]}")
         if close:
             pod.ns.close()
 
+    def _keep(self, pod: Pod) -> None:
+        """Keep the pod for a while; retire the oldest."""
+        self.live.append(pod)
+        if len(self.live) > KEEP_ALIVE:
+            self._del(self.live.pop(0))
+
     def _keep_or_del(self, pod: Pod) -> None:
-        """Keep the pod for a while, or delete it at once; retire the oldest."""
+        """Keep the pod for a while, or delete it at once."""
         if self.rnd.random() < 0.5:
-            self.live.append(pod)
-            if len(self.live) > KEEP_ALIVE:
-                self._del(self.live.pop(0))
+            self._keep(pod)
         else:
             self._del(pod)
 
@@ -213,9 +216,9 @@ class Soak:
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             add = ex.submit(self._cni, "ADD", pod)
             time.sleep(self.rnd.uniform(0.0, 0.3))  # the moment of the kill is the fault
-            self.node.stop_agent(signal.SIGKILL)
+            pod.node.stop_agent(signal.SIGKILL)
             add.result(timeout=120)
-        self.node.start_agent()
+        pod.node.start_agent()
         self._del(pod)
 
     def netns_gone(self) -> None:
@@ -240,7 +243,8 @@ class Soak:
         self._keep_or_del(pod)
 
     def burst(self) -> None:
-        pods = [self._new_pod() for _ in range(self.rnd.randint(2, self.parallel))]
+        node = self.rnd.choice(self.nodes)  # as many ADDs at once on one node
+        pods = [self._new_pod(node) for _ in range(self.rnd.randint(2, self.parallel))]
         with concurrent.futures.ThreadPoolExecutor(len(pods)) as ex:
             list(ex.map(self._add, pods))
             list(ex.map(self._del, pods))
@@ -248,8 +252,9 @@ class Soak:
     def disk_full(self) -> None:
         # the agent's background deletions (veths being reaped) free space in the
         # state dir when they finish: let them finish first, or the ADD fits
-        wait_for(self._reaped, 30, "earlier DELs' veths to be reaped")
-        filler = Path(self.node.cfg.state_dir) / "filler"
+        node = self.rnd.choice(self.nodes)
+        wait_for(lambda: self._reaped(node), 30, "earlier DELs' veths to be reaped")
+        filler = Path(node.cfg.state_dir) / "filler"
         with open(filler, "wb", buffering=0) as f:
             for chunk in (65536, 4096, 512, 1):  # to the last byte the tmpfs has
                 try:
@@ -258,7 +263,7 @@ class Soak:
                 except OSError:
                     pass
         try:
-            pod = self._new_pod()
+            pod = self._new_pod(node)
             rc = self._cni("ADD", pod)
             if rc == 0:
                 self.res.errors.append("ADD succeeded with the state dir full")
@@ -270,82 +275,62 @@ class Soak:
                 self._del(pod)  # the runtime's DEL after a failed ADD
         finally:
             filler.unlink()
-        self.plain()  # and it works again
+        pod = self._new_pod(node)  # and it works again
+        self._add(pod)
+        self._keep_or_del(pod)
+
+    def kvstore_outage(self) -> None:
+        assert self.lab is not None
+        res = soak_cluster.Outage(self, self.outage).run()
+        self.res.outages.append(res)
+        self.log(
+            f"kvstore outage of {res.seconds:.0f} s: {dict(res.ops)}, converged in "
+            f"{res.converge_s if res.converge_s is None else round(res.converge_s, 2)} s, "
+            f"longest silence of the conversation {res.longest_silence_s:.2f} s"
+        )
 
     # ---------- checks ----------
 
     def check(self, cycle: int) -> None:
-        self.res.checks += 1
-        node = self.node
-        eps = node.porin_json("endpoint", "list")
-        live_ids = {p.container_id for p in self.live}
-        got_ids = {e["containerID"] for e in eps}
-        for cid in got_ids - live_ids:
-            self.res.leaks.append(f"cycle {cycle}: endpoint of {cid} without its pod")
-        host_ifs = {e["hostIfname"] for e in eps if "hostIfname" in e}
-        for link in node.links():
-            if link.startswith("lxc") and link not in host_ifs:
-                self.res.leaks.append(f"cycle {cycle}: veth {link} without its pod")
-        ips = {e["ipv4"].split("/")[0] for e in eps}
-        ipam = Path(node.cfg.state_dir) / "ipam.json"
-        leased = (
-            set(json.loads(ipam.read_text()).get("allocations", {})) if ipam.exists() else set()
-        )
-        for ip in leased - ips:
-            self.res.leaks.append(f"cycle {cycle}: address lease {ip} without its pod")
-        records = Path(node.cfg.state_dir) / "endpoints"
-        n_records = len(list(records.glob("*.json"))) if records.is_dir() else 0
-        if n_records != len(eps):
-            self.res.leaks.append(f"cycle {cycle}: {n_records} endpoint records, {len(eps)} pods")
-        for e in node.porin_json("bpf", "endpoint", "list"):
-            if e["ip"] not in ips:
-                self.res.leaks.append(f"cycle {cycle}: endpoints map entry {e['ip']}")
-        for e in node.porin_json("bpf", "ipcache", "list"):
-            ip = e["prefix"].split("/")[0]
-            if ip.startswith("10.248.") and e["prefix"].endswith("/32") and ip not in ips:
-                if ip != node.porin_json("status")["gateway"]:
-                    self.res.leaks.append(f"cycle {cycle}: ipcache entry {e['prefix']}")
-        pending = Path(node.cfg.socket).parent / "pending-delete"
-        if pending.is_dir() and any(pending.iterdir()):
-            self.res.leaks.append(f"cycle {cycle}: pending-delete files {os.listdir(pending)}")
-        for p in self.live:
-            if not (p.result and node.ns.exec(
-                ["ping", "-c", "1", "-W", "2", p.ip], check=False
-            ).returncode == 0):  # fmt: skip
-                self.res.unreachable.append(f"cycle {cycle}: live pod {p.container_id}")
-        pid = self._agent_pid()
-        rss = next(
-            int(line.split()[1])
-            for line in open(f"/proc/{pid}/status")
-            if line.startswith("VmRSS:")
-        )
-        self.res.rss_kb.append((cycle, rss))
-        self.res.fds.append((cycle, len(os.listdir(f"/proc/{pid}/fd"))))
-        self.log(
-            f"cycle {cycle}: {len(eps)} pods, leaks {len(self.res.leaks)}, "
-            f"RSS {rss} KiB, fds {self.res.fds[-1][1]}"
-        )
+        soak_checks.check(self, cycle)
 
-    def _agent_pid(self) -> int:
-        assert self.node.proc is not None
-        return self.node.proc.pid
+    def _agent_pid(self, node: Node) -> int:
+        assert node.proc is not None
+        return node.proc.pid
 
     # ---------- the run ----------
 
+    def _start(self) -> None:
+        for node in self.nodes:  # one at a time: each compiles on both CPUs
+            node.start_agent()
+        if self.lab is not None:
+            a, b = self._new_pod(self.nodes[0]), self._new_pod(self.nodes[1])
+            for pod in (a, b):
+                self._add(pod)
+                self.anchors.append(pod)
+            wait_for(lambda: a.ping(b.ip), 15, "the anchor pods to reach each other")
+            self.lab.conversation = soak_cluster.Conversation(a, b)
+
     def run(self, cycles: int) -> SoakResult:
-        self.node.start_agent()
+        self._start()
         self.check(0)
-        kinds = list(FAULTS)
+        kinds = [k for k in FAULTS]
         weights = [FAULTS[k] for k in kinds]
         for cycle in range(1, cycles + 1):
-            kind = self.rnd.choices(kinds, weights)[0]
+            if self.lab is not None and cycle % self.outage_every == self.outage_every // 2:
+                kind = "kvstore-outage"  # on a schedule, not drawn: each is long
+            else:
+                kind = self.rnd.choices(kinds, weights)[0]
             self.res.faults[kind] += 1
             try:
                 getattr(self, kind.replace("-", "_"))()
             except Exception as e:
                 self.res.errors.append(f"cycle {cycle} ({kind}): {e}")
-                if not self._agent_alive():
-                    self.node.start_agent()
+                for node in self.nodes:
+                    if not self._agent_alive(node):
+                        node.start_agent()
+                if self.lab is not None and not self.lab.etcd.healthy():
+                    self.lab.etcd.start()
             self.res.cycles = cycle
             if cycle % 100 == 0 or cycle == cycles:
                 wait_for(self._settled, 30, "DELs handed over to settle")
@@ -353,24 +338,46 @@ class Soak:
         for p in self.live:
             self._del(p)
         self.live = []
+        for sid in list(self.services):
+            r = self.nodes[0].porin("service", "delete", str(sid), check=False)
+            if r.returncode:
+                self.res.errors.append(f"deleting service {sid}: {r.stderr.strip()}")
+            del self.services[sid]
+        for name in sorted(self.policies):
+            ref = f"{soak_cluster.POLICY_NS}/{name}"
+            r = self.nodes[0].porin("policy", "delete", ref, check=False)
+            if r.returncode:
+                self.res.errors.append(f"deleting policy {ref}: {r.stderr.strip()}")
+        self.policies.clear()
         wait_for(self._settled, 30, "the last DELs to settle")
         self.check(cycles)
+        if self.lab is not None:
+            try:
+                wait_for(self._converged, soak_cluster.CONVERGE_S, "the last changes to spread")
+            except TimeoutError:
+                self.res.errors += soak_cluster.state_diff(self)
         return self.res
 
-    def _reaped(self) -> bool:
-        eps = {e["hostIfname"] for e in self.node.porin_json("endpoint", "list")}
-        return {link for link in self.node.links() if link.startswith("lxc")} <= eps
+    def _converged(self) -> bool:
+        return not soak_cluster.state_diff(self)
 
-    def _agent_alive(self) -> bool:
+    def _reaped(self, node: Node) -> bool:
+        eps = {e["hostIfname"] for e in node.porin_json("endpoint", "list")}
+        return {link for link in node.links() if link.startswith("lxc")} <= eps
+
+    def _agent_alive(self, node: Node) -> bool:
         try:
-            return self.node.healthy()
+            return node.healthy()
         except Exception:
             return False
 
     def _settled(self) -> bool:
         """DELs left for a stopped agent are processed by the running one."""
-        pending = Path(self.node.cfg.socket).parent / "pending-delete"
-        return not (pending.is_dir() and any(pending.iterdir()))
+        for node in self.nodes:
+            pending = Path(node.cfg.socket).parent / "pending-delete"
+            if pending.is_dir() and any(pending.iterdir()):
+                return False
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,11 +385,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=32, help="most ADDs at once (burst)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--nodes", type=int, default=1, help="nodes sharing a real etcd")
+    ap.add_argument("--outage", type=float, default=60.0, help="seconds etcd is away")
+    ap.add_argument("--outage-every", type=int, default=100, help="cycles between outages")
     ap.add_argument("-o", "--output", choices=("table", "json"), default="table")
     args = ap.parse_args(argv)
+    if args.nodes < 1 or args.outage_every < 2:
+        ap.error("--nodes must be at least 1 and --outage-every at least 2")
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     print(f"hack/soak: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
-    soak = Soak(seed, args.parallel, log=lambda m: print(m, file=sys.stderr, flush=True))
+    soak = Soak(
+        seed,
+        args.parallel,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        nodes=args.nodes,
+        outage=args.outage,
+        outage_every=args.outage_every,
+    )
     try:
         res = soak.run(args.cycles)
     finally:
@@ -399,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
             f"agent RSS {out['rssKiBPer100Cycles']} KiB and fds {out['fdsPer100Cycles']} "
             "per 100 cycles"
         )
+        for o in out["outages"]:
+            print(
+                f"kvstore outage {o['seconds']} s: {o['ops']}; converged in "
+                f"{o['convergeSeconds']} s; the conversation's longest silence "
+                f"{o['longestSilenceSeconds']} s"
+            )
         for x in res.leaks[:20] + res.unreachable[:20] + res.errors[:20]:
             print(f"FAIL {x}")
     return 1 if res.leaks or res.unreachable or res.errors else 0
