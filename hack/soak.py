@@ -165,8 +165,12 @@ class Soak:
             ns=Netns(kind="soak"),
             container_id=f"s{uuid.uuid4().hex}",
             ifname="eth0",
-            node=node or self.rnd.choice(self.nodes),
+            node=node or self._some_node(),
         )
+
+    def _some_node(self) -> Node:
+        # one node draws nothing: a seed replays the same run as before --nodes
+        return self.nodes[0] if len(self.nodes) == 1 else self.rnd.choice(self.nodes)
 
     def _add(self, pod: Pod) -> None:
         rc = self._cni("ADD", pod)
@@ -243,7 +247,7 @@ class Soak:
         self._keep_or_del(pod)
 
     def burst(self) -> None:
-        node = self.rnd.choice(self.nodes)  # as many ADDs at once on one node
+        node = self._some_node()  # as many ADDs at once on one node
         pods = [self._new_pod(node) for _ in range(self.rnd.randint(2, self.parallel))]
         with concurrent.futures.ThreadPoolExecutor(len(pods)) as ex:
             list(ex.map(self._add, pods))
@@ -252,7 +256,7 @@ class Soak:
     def disk_full(self) -> None:
         # the agent's background deletions (veths being reaped) free space in the
         # state dir when they finish: let them finish first, or the ADD fits
-        node = self.rnd.choice(self.nodes)
+        node = self._some_node()
         wait_for(lambda: self._reaped(node), 30, "earlier DELs' veths to be reaped")
         filler = Path(node.cfg.state_dir) / "filler"
         with open(filler, "wb", buffering=0) as f:
