@@ -107,6 +107,8 @@ class Soak:
         self.policies: set[str] = set()
 
     def close(self) -> None:
+        for p in self.all_pods():  # a run that failed leaves its pods' namespaces
+            p.ns.close()
         try:
             if self.lab is not None:
                 self.lab.close()
@@ -332,6 +334,8 @@ class Soak:
                 self.res.errors.append(f"cycle {cycle} ({kind}): {e}")
                 for node in self.nodes:
                     if not self._agent_alive(node):
+                        # one that no longer answers is killed first: never two agents
+                        node.stop_agent(signal.SIGKILL)
                         node.start_agent()
                 if self.lab is not None and not self.lab.etcd.healthy():
                     self.lab.etcd.start()
