@@ -39,6 +39,18 @@ def run(cmd: list[str] | str, check: bool = True, **kw: Any) -> subprocess.Compl
     return proc
 
 
+# a TCP conversation with an echo server on port 7000 of argv[1]: a message every
+# 50 ms, the count printed after each answer (it dies when the connection breaks)
+CONVERSATION = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 7000), timeout=5)
+n = 0
+while True:
+    c.sendall(b"x"); assert c.recv(100); n += 1
+    print(n, flush=True); time.sleep(0.05)
+"""
+
+
 class ProcessExited(RuntimeError):
     """What a condition waited on can no longer become true: its process is gone."""
 

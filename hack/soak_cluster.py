@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from porinlab import Etcd, Node, Pod, Underlay, wait_for
+from porinlab import CONVERSATION, Etcd, Node, Pod, Underlay, wait_for
 
 if TYPE_CHECKING:
     from soak import Soak
@@ -42,15 +42,6 @@ CLUSTER_CIDR = "10.248.0.0/16"
 CONVERGE_S = 10.0  # the promise: every node has every change this soon after etcd is back
 SERVICE_IDS = range(900, 916)  # the soak's own services
 POLICY_NS = "soak"
-
-CONVERSATION = """
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], 7000), timeout=5)
-n = 0
-while True:
-    c.sendall(b"x"); assert c.recv(100); n += 1
-    print(n, flush=True); time.sleep(0.05)
-"""
 
 ECHO_SERVER = """
 import socket, threading

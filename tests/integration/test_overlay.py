@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from porinlab import Etcd, Netns, Node, Underlay, wait_for
+from porinlab import CONVERSATION, Etcd, Netns, Node, Underlay, wait_for
 from scapy.all import IP, UDP, rdpcap
 from scapy.layers.vxlan import VXLAN
 
@@ -43,15 +43,6 @@ import socket, sys
 for _ in range(int(sys.argv[2])):
     c = socket.create_connection((sys.argv[1], 80), timeout=5); c.sendall(b"x")
     print(c.recv(100).decode().split(":")[0]); c.close()
-"""
-
-CONVERSATION = """
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], 7000), timeout=5)
-n = 0
-while True:
-    c.sendall(b"x"); assert c.recv(100); n += 1
-    print(n, flush=True); time.sleep(0.05)
 """
 
 
