@@ -329,9 +329,7 @@ class Agent:
             IpcacheMap(cfg.bpffs_root),
             NodeInfo(cfg.node_name, node_ip, cfg.pod_cidr, cfg.tunnel_mode, cfg.gateway),
             cfg.node_lease_ttl,
-            local_endpoints=lambda: [
-                e for e in self.manager.list() if e.state == EndpointState.READY
-            ],
+            local_endpoints=self.manager.ready,  # not list(): see ready()
             apply_service=self._apply_cluster_service,
             drop_service=self._drop_cluster_service,
             local_services=lambda: [

@@ -140,6 +140,10 @@ class ClusterState:
         self.resyncs = 0
         self._lease: object = None
         self._cancels: list[Callable[[], None]] = []
+        # guards nodes, remote_ips and the ipcache map. Lock order: the
+        # endpoint manager's, then this one (an ADD reads remote_named_ports),
+        # so nothing holding it waits for the manager (local_endpoints does
+        # not) or for the kvstore
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -163,29 +167,31 @@ class ClusterState:
         self._cancel_watches()
 
     def _connect(self) -> None:
-        with self._lock:
-            self._cancel_watches()
-            if self.shared:
-                self.store.create(PEER_TOKEN, secrets.token_hex(24))  # if absent
-                token = self.store.get_prefix(PEER_TOKEN).get(PEER_TOKEN)
-                self.peer_token = token if isinstance(token, str) else ""
-                self._lease = self.store.grant_lease(self.lease_ttl)
-                self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
-                mine = {ep.ip: ep for ep in self.local_endpoints()}
-                for ep in mine.values():
-                    self._put_endpoint(ep)
-                self._drop_stale_endpoints(set(mine))
-            self.identities.publish_usage()  # under the new lease; stale keys of ours go
-            if self.outbox is not None and not self.outbox.flush():
-                raise KvStoreError("the changes made while it was away could not be written")
-            self._cancels = [
-                self.store.watch_prefix(NODES, self._on_node),
-                self.store.watch_prefix(IPCACHE, self._on_ipcache),
-                self.store.watch_prefix(SERVICES, self._on_service),
-            ]
-            self._resync()
-            self.connected = True
-            self.last_error = ""
+        """(Re)connect: only the keepalive thread (and start(), before it) calls
+        this. The kvstore calls run without the lock, which an ADD may be
+        waiting for; the lock is taken to swap the new view in (_resync)."""
+        self._cancel_watches()
+        if self.shared:
+            self.store.create(PEER_TOKEN, secrets.token_hex(24))  # if absent
+            token = self.store.get_prefix(PEER_TOKEN).get(PEER_TOKEN)
+            self.peer_token = token if isinstance(token, str) else ""
+            self._lease = self.store.grant_lease(self.lease_ttl)
+            self.store.put(NODES + self.me.name, self.me.to_json(), lease=self._lease)
+            mine = {ep.ip: ep for ep in self.local_endpoints()}
+            for ep in mine.values():
+                self._put_endpoint(ep)
+            self._drop_stale_endpoints(set(mine))
+        self.identities.publish_usage()  # under the new lease; stale keys of ours go
+        if self.outbox is not None and not self.outbox.flush():
+            raise KvStoreError("the changes made while it was away could not be written")
+        self._cancels = [
+            self.store.watch_prefix(NODES, self._on_node),
+            self.store.watch_prefix(IPCACHE, self._on_ipcache),
+            self.store.watch_prefix(SERVICES, self._on_service),
+        ]
+        self._resync()
+        self.connected = True
+        self.last_error = ""
         self.on_connected()
         log.info("kvstore %s: connected, %d nodes known", self.store.name, len(self.nodes))
 
@@ -273,7 +279,8 @@ class ClusterState:
 
     def endpoint_added(self, ep: Endpoint) -> None:
         """Also after a relabel: the new identity's use, and the old one's end."""
-        self.ipcache.upsert(IpcacheEntry(f"{ep.ip}/32", ep.identity, ""))
+        with self._lock:  # not inside a _program() pass, which would undo it
+            self.ipcache.upsert(IpcacheEntry(f"{ep.ip}/32", ep.identity, ""))
         try:
             if self.shared:
                 self._put_endpoint(ep)
@@ -282,7 +289,8 @@ class ClusterState:
             self._degrade(e)  # published again on reconnect
 
     def endpoint_removed(self, ep: Endpoint) -> None:
-        self.ipcache.remove(f"{ep.ip}/32")
+        with self._lock:
+            self.ipcache.remove(f"{ep.ip}/32")
         try:
             if self.shared:
                 self.store.delete(IPCACHE + ep.ip)
@@ -370,13 +378,16 @@ class ClusterState:
                     nodes[name] = NodeInfo.from_json(value)
                 except (KeyError, TypeError):
                     continue
-        self.nodes = nodes
-        self.remote_ips = {
+        remote_ips = {
             key[len(IPCACHE) :]: v
             for key, v in self.store.get_prefix(IPCACHE).items()
             if isinstance(v, dict) and v.get("node") != self.me.name
         }
-        self._program()
+        # the watches run already: their events wait for the lock and replay
+        # on top of this view, in order, so it ends at the latest state
+        with self._lock:
+            self.nodes, self.remote_ips = nodes, remote_ips
+            self._program()
         if not self.shared:
             return
         stored = self.store.get_prefix(SERVICES)

@@ -155,6 +155,16 @@ class EndpointManager:
         """Every endpoint, without waiting for an ADD or DEL in progress (metrics)."""
         return tuple(self._eps.values())  # copied atomically, as in has_ip
 
+    def ready(self) -> list[Endpoint]:
+        """The READY endpoints, without waiting for an ADD or DEL in progress:
+        for the cluster state, which asks while holding its lock, which an ADD
+        takes while holding this one (the new endpoint's policy reads the other
+        nodes' named ports). An endpoint is READY before its event goes out,
+        so whoever learns of it from the event finds it here."""
+        return sorted(
+            (e for e in self.snapshot() if e.state == EndpointState.READY), key=lambda e: e.id
+        )
+
     def find(self, container_id: str, ifname: str) -> Endpoint | None:
         with self._lock:
             for ep in self._eps.values():

@@ -24,7 +24,7 @@ from porin.daemon.config import AgentConfig
 from porin.daemon.ctgc import CtGarbageCollector
 from porin.daemon.datapath import compile_programs
 from porin.maps import syscall
-from porin.maps.conntrack import CT_F_PROTECTED, CT_F_UNPROTECTED, CtKey
+from porin.maps.conntrack import CT_F_PROTECTED, CT_F_UNPROTECTED, CtKey, monotonic_seconds
 from porin.maps.conntrack_tables import Conntrack
 from porin.maps.ct4_stats import CtStatsMap
 from porin.maps.endpoints import ENDPOINT_F_POLICY_INGRESS, EndpointEntry, EndpointsMap
@@ -173,11 +173,13 @@ def test_gc_keeps_an_evicted_flows_copy_until_it_would_expire(dp):
     _connect(dp, 40000)
     key = CtKey.of(POD_A.ip, POD_B.ip, 40000, 80, 6)
     dp.ct.flows.delete(key)  # as the LRU evicts
-    gc = CtGarbageCollector(dp.ct, stats=dp.stats, max_interval=300)
+    gc = CtGarbageCollector(dp.ct, stats=dp.stats, max_interval=30)
     gc.run_once()
     assert dp.ct.copies.get(key) is not None  # still restorable
     copy = dp.ct.copies.get(key)
-    copy.lifetime = 1  # it would have expired long ago
+    # it would have expired more than a pass ago (relative to boot: the machine
+    # may have been up for less than any fixed lifetime)
+    copy.lifetime = monotonic_seconds() - 31
     dp.ct.copies.put(key, copy)
     gc.run_once()
     assert dp.ct.copies.get(key) is None

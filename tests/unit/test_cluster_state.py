@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from porin.daemon.cluster import IPCACHE, NODES, ClusterState, NodeInfo, deregister
+from porin.daemon.endpoints import EndpointManager
 from porin.daemon.identities import IDENTITIES, Identities
 from porin.daemon.kvstore import Event, LocalStore
 from porin.models import Endpoint, EndpointState
@@ -100,3 +101,69 @@ def test_connect_drops_this_nodes_keys_for_pods_gone_while_away():
     cs._connect()
     assert set(store.get_prefix(IPCACHE)) == {IPCACHE + "10.244.1.5", IPCACHE + "10.244.2.5"}
     assert store.get_prefix(NODES)[NODES + "n1"]["ip"] == "198.18.0.11"
+
+
+def _cluster(store, local_endpoints) -> ClusterState:
+    return ClusterState(
+        store, _Ipcache(), NodeInfo("n1", "198.18.0.11", "10.244.1.0/24", "vxlan"), 900,
+        local_endpoints=local_endpoints, apply_service=lambda s: None,
+        drop_service=lambda i: None, local_services=list,
+    )  # fmt: skip
+
+
+def test_a_remote_pod_is_learnt_while_an_add_holds_the_endpoint_manager():
+    """An ADD holds the endpoint manager's lock and then asks the cluster state
+    for the other nodes' named ports; an ipcache event holds the cluster
+    state's lock while it programs the ipcache, local endpoints included. If
+    that waited for the manager, both would wait for ever (the agent hung in a
+    multi-node soak when etcd came back during an ADD)."""
+    manager = EndpointManager.__new__(EndpointManager)  # only its lock and table
+    manager._lock = threading.RLock()
+    manager._eps = {1: _endpoint("10.244.1.5")}
+    store = LocalStore()
+    cs = _cluster(store, manager.ready)
+    cs._connect()
+    with manager._lock:  # the ADD, holding the manager
+        event = threading.Thread(
+            target=store.put,
+            args=(IPCACHE + "10.244.2.7", {"node": "n2", "identity": 301}),
+            daemon=True,
+        )
+        event.start()
+        event.join(timeout=10)
+        assert not event.is_alive(), "the ipcache event waited for the endpoint manager"
+        assert cs.remote_named_ports() == {}  # and the ADD gets its answer
+    assert cs.remote_ips["10.244.2.7"]["identity"] == 301
+    assert "10.244.1.5/32" in cs.ipcache.rows
+
+
+class _HangingStore(LocalStore):
+    """An etcd that accepts connections and never answers (a partition)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.entered = threading.Event()
+
+    def create(self, key, value):
+        self.entered.set()
+        self.hang.wait(10)
+        return super().create(key, value)
+
+
+def test_a_reconnection_that_hangs_keeps_no_add_waiting():
+    store = _HangingStore()
+    cs = _cluster(store, lambda: [])
+    cs.shared = True
+    t = threading.Thread(target=cs._connect, daemon=True)
+    t.start()
+    try:
+        assert store.entered.wait(10)
+        asked = threading.Thread(target=cs.remote_named_ports, daemon=True)
+        asked.start()
+        asked.join(timeout=5)
+        assert not asked.is_alive(), "an ADD waited for the kvstore through the cluster lock"
+    finally:
+        store.hang.set()
+        t.join(timeout=10)
+    assert cs.connected
