@@ -1,9 +1,10 @@
 """Another commit's Porin, runnable with this checkout's virtualenv.
 
 `previous_build(rev, dest)` extracts commit `rev` (git archive) under
-`dest/src`, lays out an import root `dest/pkg/porin` as this checkout's
-editable install does (porin/ with cli/, plus bpf, cni, daemon and maps from
-the top level), and writes `dest/bin/{porin-agent,porin,porin-cni}`, which
+`dest/src` (with the previous release's BACKPORTS applied), lays out an
+import root `dest/pkg/porin` as this checkout's editable install does
+(porin/ with cli/, plus bpf, cni, daemon and maps from the top level), and
+writes `dest/bin/{porin-agent,porin,porin-cni}`, which
 run that build with this virtualenv's Python and libraries. The launchers
 run in `dest` with -P, so nothing of this checkout shadows the old modules
 (the agent's compile worker, a `python -m` child, inherits both). Used by
@@ -20,6 +21,25 @@ from porinlab import ROOT, VENV_BIN
 
 # the commit before the reliability work (issue 13): the previous release
 PREVIOUS_RELEASE = "261dfe1"
+
+# (file, text, replacement): fixes a point release of PREVIOUS_RELEASE would
+# carry, applied to its source. The cluster state listed the endpoints under
+# the manager's lock while holding its own, and an ADD takes them the other
+# way round: an ADD meeting an ipcache event hung the agent (fixed in f1caf41;
+# the upgrade test met it when its second pod's ADD met the first one's event).
+BACKPORTS = [
+    (
+        "daemon/agent.py",
+        """            local_endpoints=lambda: [
+                e for e in self.manager.list() if e.state == EndpointState.READY
+            ],
+            apply_service=self._apply_cluster_service,""",
+        """            local_endpoints=lambda: [
+                e for e in self.manager.snapshot() if e.state == EndpointState.READY
+            ],
+            apply_service=self._apply_cluster_service,""",
+    ),
+]
 
 ENTRY_POINTS = {
     "porin-agent": "porin.daemon.agent",
@@ -42,6 +62,13 @@ def previous_build(rev: str, dest: Path) -> Path:
             f"commit {rev} is not in {ROOT} (a shallow clone?): {e.stderr.decode().strip()}"
         ) from None
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    if rev == PREVIOUS_RELEASE:
+        for name, text, fixed in BACKPORTS:
+            path = src / name
+            code = path.read_text()
+            if code.count(text) != 1:
+                raise RuntimeError(f"backport to {rev}:{name} does not apply")
+            path.write_text(code.replace(text, fixed))
     for entry in (src / "porin").iterdir():
         (pkg / entry.name).symlink_to(entry)
     for sub in ("bpf", "cni", "daemon", "maps"):
