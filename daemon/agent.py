@@ -72,7 +72,7 @@ from porin.maps.endpoints import EndpointsMap
 from porin.maps.flow_config import FlowConfigMap
 from porin.maps.ipcache import IpcacheMap
 from porin.maps.lb_reverse_nat import ReverseNatMap, RevNatId
-from porin.maps.metrics import MetricsMap
+from porin.maps.metrics import MetricsMap, reason_by_name
 from porin.maps.nat import NatMap
 from porin.models import EndpointState, Service, ServiceSource, ServiceType
 
@@ -157,6 +157,7 @@ class Agent:
             stats=CtStatsMap(cfg.bpffs_root),
         )
         self.ct_gc.on_pass = self.metrics.ct_gc_pass
+        self.ct_gc.refused = self._flows_refused
         self.ct_gc.start()
         self.monitor_watch = MonitorWatch(cfg.bpffs_root)
         self.monitor_watch.start()
@@ -397,6 +398,14 @@ class Agent:
             if gw:
                 out[gw] = "the node network's gateway"
         return out
+
+    def _flows_refused(self) -> int:
+        """New flows the datapath refused so far for a full conntrack or NAT table."""
+        return sum(
+            self.metrics_map.count(reason_by_name(name).code, d).packets
+            for name in ("CT_MAP_FULL", "NAT_MAP_FULL")
+            for d in range(4)
+        )
 
     def _ip_identities(self) -> dict[str, int]:
         """Every known pod address and its identity (remote ones from the kvstore)."""

@@ -53,6 +53,7 @@ class GcStats:
     interval_seconds: float = 0.0
     max_entries: int = 0
     last_copies: int = 0  # confirmed flows' copies (ct4_confirmed) after the pass
+    pressure_runs: int = 0  # passes run early because new flows were refused
 
     def to_json(self) -> dict[str, float | int]:
         d = camel_keys(asdict(self))
@@ -108,6 +109,9 @@ def expired_keys(keys: bytes, values: bytes, count: int, now: int) -> tuple[byte
     return bytes(out), n
 
 
+PRESSURE_POLL = 1.0  # seconds between looks at the refused-flow counters
+
+
 class CtGarbageCollector:
     def __init__(
         self,
@@ -134,6 +138,11 @@ class CtGarbageCollector:
         self.on_pass: Callable[[float], None] = lambda seconds: None
         self.controller = Controller("conntrack-gc")
         self._warned: dict[str, float] = {}  # table -> when its fill was last warned of
+        # new flows the datapath refused for want of room so far (DROP_CT_MAP_FULL,
+        # DROP_NAT_MAP_FULL): when it rises, a pass runs as soon as min_interval
+        # allows rather than at the adapted interval, as Cilium's GC wakes on the
+        # datapath's "table full" signal; the agent reads the metrics map
+        self.refused: Callable[[], int] = lambda: 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ct-gc", daemon=True)
@@ -150,13 +159,35 @@ class CtGarbageCollector:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
+            refused = self._refused()
             try:
                 with self.controller.run():
                     self.run_once()
             except Exception:
                 log.exception("conntrack GC pass failed")
-            self._wake.wait(self.stats.interval_seconds)
-            self._wake.clear()
+            self._wait(started, refused)
+
+    def _wait(self, started: float, refused: int) -> None:
+        """Until the next pass: the adapted interval, a trigger(), or new
+        flows refused since the last pass (looked at every PRESSURE_POLL s)."""
+        due = started + self.stats.interval_seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= due:
+                return
+            if self._wake.wait(min(due - now, PRESSURE_POLL)):
+                self._wake.clear()
+                return
+            if time.monotonic() - started >= self.min_interval and self._refused() > refused:
+                self.stats.pressure_runs += 1
+                return
+
+    def _refused(self) -> int:
+        try:
+            return self.refused()
+        except OSError:  # the metrics map went (uninstall): no pressure to see
+            return 0
 
     def run_once(self) -> int:
         """One pass: delete expired entries; returns how many were deleted."""

@@ -1,8 +1,12 @@
-"""daemon/ctgc.py: a nearly full table is warned of (rate-limited) and swept as often as allowed."""
+"""daemon/ctgc.py: a nearly full table is warned of (rate-limited) and swept as often
+as allowed, at once when the datapath refuses new flows."""
 
 from __future__ import annotations
 
 import logging
+import time
+
+from porinlab import wait_for
 
 from porin.daemon import ctgc
 from porin.daemon.ctgc import CtGarbageCollector
@@ -68,3 +72,30 @@ def test_a_nearly_full_confirmed_table_says_new_flows_will_be_refused(caplog):
     (w,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "confirmed conntrack table 95% full (19 of 20 entries)" in w
     assert "DROP_CT_MAP_FULL" in w and "ctConfirmedMapSize" in w
+
+
+def test_new_flows_refused_wake_the_gc_before_its_interval(monkeypatch):
+    """A full table that drops new flows is swept at once (at most every
+    min_interval), not at the adapted interval: the flows that expired since
+    the last pass make room (Cilium's GC wakes on the datapath's signal)."""
+    monkeypatch.setattr(ctgc, "PRESSURE_POLL", 0.02)
+    refused = [0]
+    gc = CtGarbageCollector(
+        FakeTables(FakeCt(1, 10), FakeCt(0, 10)), interval=300, min_interval=0.1
+    )
+    gc.refused = lambda: refused[0]
+    gc.start()
+    try:
+        wait_for(lambda: gc.stats.runs == 1, 10, "the first pass")
+        refused[0] += 3  # DROP_CT_MAP_FULL counted
+        wait_for(lambda: gc.stats.runs == 2, 10, "a pass woken by the refused flows")
+        assert gc.stats.pressure_runs == 1
+    finally:
+        gc.stop()
+
+    # nothing refused: the pass waits for its interval
+    gc.stats.interval_seconds = 0.3
+    started = time.monotonic()
+    gc._stop.clear()
+    gc._wait(started, refused[0])
+    assert time.monotonic() - started >= 0.3 and gc.stats.pressure_runs == 1
