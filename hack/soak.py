@@ -422,10 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"leaks {len(res.leaks)}, unreachable {len(res.unreachable)}, errors {len(res.errors)}"
         )
-        print(
-            f"agent RSS {out['rssKiBPer100Cycles']} KiB and fds {out['fdsPer100Cycles']} "
-            "per 100 cycles"
-        )
+        if out["rssKiBPer100Cycles"] is None:
+            print("agent RSS and fds: too few samples for a slope (one every 100 cycles)")
+        else:
+            print(
+                f"agent RSS {out['rssKiBPer100Cycles']} KiB and fds {out['fdsPer100Cycles']} "
+                "per 100 cycles"
+            )
         for o in out["outages"]:
             print(
                 f"kvstore outage {o['seconds']} s: {o['ops']}; converged in "

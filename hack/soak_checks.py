@@ -38,16 +38,14 @@ class SoakResult:
     outages: list[soak_cluster.OutageResult] = field(default_factory=list)
 
     @staticmethod
-    def slope(points: list[tuple[int, int]]) -> float:
-        """Least-squares slope per 100 cycles."""
-        if len(points) < 2:
-            return 0.0
+    def slope(points: list[tuple[int, int]]) -> float | None:
+        """Least-squares slope per 100 cycles; None below two distinct cycles."""
+        if len({x for x, _ in points}) < 2:
+            return None
         n = len(points)
         mx = sum(x for x, _ in points) / n
         my = sum(y for _, y in points) / n
         var = sum((x - mx) ** 2 for x, _ in points)
-        if not var:
-            return 0.0
         return 100 * sum((x - mx) * (y - my) for x, y in points) / var
 
     def to_json(self) -> dict[str, Any]:
@@ -59,12 +57,18 @@ class SoakResult:
             "leaks": self.leaks,
             "unreachable": self.unreachable,
             "errors": self.errors,
-            "rssKiBPer100Cycles": round(self.slope(self.rss_kb[1:]), 1),
-            "fdsPer100Cycles": round(self.slope(self.fds[1:]), 2),
+            # after the first sample (cycle 0: nothing has run yet); None when
+            # the run is too short for a slope (samples at one cycle only)
+            "rssKiBPer100Cycles": _round(self.slope(self.rss_kb[1:]), 1),
+            "fdsPer100Cycles": _round(self.slope(self.fds[1:]), 2),
             "rssKiB": [r for _, r in self.rss_kb],
             "fds": [f for _, f in self.fds],
             "outages": [o.to_json() for o in self.outages],
         }
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def check(soak: Soak, cycle: int) -> None:
