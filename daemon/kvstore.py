@@ -12,8 +12,10 @@ interface in memory, with watches delivered synchronously.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +144,7 @@ class EtcdStore:
             timeout=timeout,
             api_path="/v3/",
         )
+        self.timeout = timeout
 
         # (operation, succeeded, seconds) of every call, and (scope) of every
         # watch event: the agent's metrics (daemon/metrics.py)
@@ -181,15 +184,10 @@ class EtcdStore:
     def commit(self, puts: dict[str, Any], deletes: list[str]) -> None:
         """Many puts and deletes in transactions of TXN_OPS operations (etcd's
         default --max-txn-ops is 128): each one all or nothing."""
-        import base64
-
-        def b64(x: str) -> str:
-            return base64.b64encode(x.encode()).decode()
-
         ops: list[dict[str, Any]] = [
-            {"request_put": {"key": b64(k), "value": b64(json.dumps(v))}} for k, v in puts.items()
+            {"request_put": {"key": _b64(k), "value": _b64(json.dumps(v))}} for k, v in puts.items()
         ]
-        ops += [{"request_delete_range": {"key": b64(k)}} for k in deletes]
+        ops += [{"request_delete_range": {"key": _b64(k)}} for k in deletes]
         for i in range(0, len(ops), self.TXN_OPS):
             chunk = ops[i : i + self.TXN_OPS]
             self._call("commit", lambda c=chunk: self.client.transaction({"success": c}))
@@ -211,31 +209,99 @@ class EtcdStore:
             raise KvStoreError(f"etcd {self.endpoint}: the node's lease expired")
 
     def watch_prefix(self, prefix: str, fn: WatchFn) -> Callable[[], None]:
-        events, cancel = self._call("watch", lambda: self.client.watch_prefix(prefix))
+        """Events under `prefix` to `fn`, on a thread of their own, until the
+        returned cancel is called or the stream ends (etcd went away: the
+        agent notices at its next lease refresh and watches again).
 
+        The stream is read here rather than through etcd3gw's watch, whose
+        iterator never ends when the stream does, whose cancel closes the
+        session's whole connection pool (other threads' calls included), and
+        which keeps an executor per watch. Measured over six etcd outages: an
+        agent's descriptors grew by up to 7 with it and stay flat with this,
+        with 8 threads fewer."""
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}}
+        session = self.client.session
+        resp = self._call(
+            "watch",
+            lambda: _checked(
+                session.post(
+                    self.client.get_url("/watch"),
+                    json=body,
+                    stream=True,
+                    timeout=(self.timeout, None),  # connect bounded; the stream is not
+                )
+            ),
+        )
         scope = prefix[len(PREFIX) :].strip("/").split("/")[0] or "all"
+        cancelled = threading.Event()
 
         def pump() -> None:
             try:
-                for ev in events:
-                    self.observe_event(scope)
-                    kv = ev.get("kv", {})
-                    key = kv.get("key", b"").decode()
-                    if ev.get("type") == "DELETE":
-                        fn(Event("delete", key, None))
-                        continue
-                    try:
-                        fn(Event("put", key, json.loads(kv.get("value", b"null"))))
-                    except ValueError:
-                        log.warning("ignoring undecodable kvstore value at %s", key)
+                for line in resp.iter_lines():
+                    if cancelled.is_set():
+                        return
+                    if line.strip():
+                        self._deliver(json.loads(line), prefix, scope, fn)
+                if not cancelled.is_set():
+                    log.warning("watch on %s ended: the stream closed", prefix)
             except Exception as e:
-                log.warning("watch on %s ended: %s", prefix, e)
+                if not cancelled.is_set():
+                    log.warning("watch on %s ended: %s", prefix, e)
+            finally:
+                resp.close()
+
+        def cancel() -> None:
+            cancelled.set()
+            conn = getattr(resp.raw, "connection", None)
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:  # wakes the pump's read; close() alone would not
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            resp.close()
 
         threading.Thread(target=pump, name=f"watch:{prefix}", daemon=True).start()
         return cancel
 
+    def _deliver(self, chunk: dict[str, Any], prefix: str, scope: str, fn: WatchFn) -> None:
+        result = chunk.get("result") or {}
+        if "error" in chunk:
+            raise KvStoreError(f"etcd {self.endpoint}: watch on {prefix}: {chunk['error']}")
+        if result.get("canceled"):
+            reason = result.get("cancel_reason", "")
+            raise KvStoreError(f"etcd {self.endpoint}: watch on {prefix} canceled {reason}")
+        for ev in result.get("events") or ():
+            self.observe_event(scope)
+            kv = ev.get("kv") or {}
+            key = base64.b64decode(kv.get("key", "")).decode()
+            if ev.get("type") == "DELETE":
+                fn(Event("delete", key, None))
+                continue
+            try:
+                fn(Event("put", key, json.loads(base64.b64decode(kv.get("value", "")) or b"null")))
+            except ValueError:
+                log.warning("ignoring undecodable kvstore value at %s", key)
+
     def close(self) -> None:
         return None
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range end for a prefix: its last byte plus one (the keys are ASCII)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _checked(resp: Any) -> Any:
+    if resp.status_code != 200:
+        text = resp.text[:200]
+        resp.close()
+        raise KvStoreError(f"HTTP {resp.status_code}: {text}")
+    return resp
 
 
 def open_store(cfg: dict[str, Any] | None, state_dir: str) -> LocalStore | EtcdStore:
