@@ -378,7 +378,7 @@ class Agent:
         self.manager.policy_state = self.policy.state_for
         self.policy.outbox = self.outbox
         self.cluster.on_remote_change = self.policy.changed
-        self.cluster.on_connected = self.policy.resync
+        self.cluster.on_connected = self._kvstore_back
         self.events.subscribe(EndpointAdded, self.policy.changed)
         self.events.subscribe(EndpointRemoved, lambda e: self.policy.forget(e.endpoint))
         self.events.subscribe(EndpointRelabeled, self.policy.changed)
@@ -398,6 +398,14 @@ class Agent:
             if gw:
                 out[gw] = "the node network's gateway"
         return out
+
+    def _kvstore_back(self) -> None:
+        """After every (re)connection: identities handed out while it was away
+        checked (an endpoint whose was released meanwhile takes the new one),
+        then the policies taken from the store again."""
+        assert self.cluster is not None
+        self.manager.identities_moved(self.cluster.identities.revalidate())
+        self.policy.resync()
 
     def _flows_refused(self) -> int:
         """New flows the datapath refused so far for a full conntrack or NAT table."""

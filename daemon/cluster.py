@@ -121,6 +121,7 @@ class ClusterState:
             grace=identity_grace,
             local_usage=lambda: Counter(ep.identity for ep in self.local_endpoints()),
             lease=lambda: self._lease,
+            known_path=os.path.join(state_dir, "identities-known.json") if state_dir else "",
         )
         # called after a remote endpoint appeared, moved or went (policy selectors)
         self.on_remote_change: Callable[[], None] = lambda: None

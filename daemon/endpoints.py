@@ -23,6 +23,7 @@ from porin.daemon import links
 from porin.daemon.config import AgentConfig
 from porin.daemon.datapath import LxcDatapath
 from porin.daemon.events import EndpointAdded, EndpointRelabeled, EndpointRemoved, EventBus
+from porin.daemon.identities import canonical_labels
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import KvStoreError
 from porin.daemon.netns import NetnsError
@@ -319,8 +320,8 @@ class EndpointManager:
         except KvStoreError as e:
             raise IdentityUnavailable(
                 f"no identity for labels {identity_labels(labels)} yet: the kvstore is "
-                f"unreachable ({e}); retry when it is back (pods with labels already "
-                "in use on this node can be added meanwhile)"
+                f"unreachable ({e}); retry when it is back (pods with labels the "
+                "cluster already had when this node last listed them can be added meanwhile)"
             ) from None
 
     def relabel(self, ep_id: int, set_labels: dict[str, str], remove: list[str]) -> Endpoint:
@@ -340,6 +341,31 @@ class EndpointManager:
         self.events.publish(EndpointRelabeled(ep, old))
         log.info("endpoint %d relabelled: identity %d -> %d", ep.id, old.identity, ep.identity)
         return ep
+
+    def identities_moved(self, moved: dict[str, int]) -> None:
+        """Endpoints given an identity while the kvstore was away, which was
+        released meanwhile, take the one their labels have now
+        (Identities.revalidate: canonical labels -> identity)."""
+        changed = []
+        with self._lock:
+            for ep in self._eps.values():
+                ident = moved.get(canonical_labels(identity_labels(ep.labels)))
+                if ident is None or ident == ep.identity or ep.state != EndpointState.READY:
+                    continue
+                old = Endpoint.from_json(ep.to_record())
+                ep.identity = ident
+                self.store.save(ep.id, ep.to_record())
+                self.map.upsert(self._map_entry(ep))
+                changed.append((ep, old))
+        for ep, old in changed:
+            self.events.publish(EndpointRelabeled(ep, old))
+            log.warning(
+                "endpoint %d: identity %d, given while the kvstore was away, had been "
+                "released; now %d",
+                ep.id,
+                old.identity,
+                ep.identity,
+            )
 
     # ---------- DEL ----------
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from porin.daemon.controllers import Controller
 from porin.daemon.kvstore import EtcdStore, KvStoreError, LocalStore
+from porin.daemon.store import read_json, write_json_atomic
 from porin.maps.ipcache import IDENTITY_FIRST_ALLOCATED, RESERVED_IDENTITIES
 
 log = logging.getLogger("porin.identity")
@@ -70,6 +71,7 @@ class Identities:
         grace: float = 900.0,
         local_usage: Callable[[], Counter] = Counter,
         lease: Callable[[], object] = lambda: None,
+        known_path: str = "",
     ) -> None:
         self.store = store
         self.node = node
@@ -79,6 +81,17 @@ class Identities:
         self.released = 0
         self.controller = Controller("identity-gc")
         self._cache: dict[str, int] = {}
+        # every label set's identity in the cluster when last listed (list()),
+        # kept in the state dir: with the kvstore away, a pod whose labels any
+        # node uses gets their identity, even after this agent restarted
+        self.known_path = known_path
+        self._known: dict[str, int] = {}
+        if known_path:
+            stored = read_json(known_path, default={}) or {}
+            self._known = {str(k): int(v) for k, v in stored.items() if isinstance(v, int)}
+        # label sets handed an identity while the kvstore was away: checked
+        # against it on reconnection (revalidate)
+        self._away: dict[str, tuple[dict[str, str], int]] = {}  # canon -> labels, id
         self._pending: dict[int, float] = {}
         self._unused_since: dict[int, float] = {}
         self._lock = threading.RLock()
@@ -94,13 +107,15 @@ class Identities:
             try:
                 return self._allocate(labels, canon, key)
             except KvStoreError:
-                known = self._cache.get(canon)
+                known = self._cache.get(canon) or self._known.get(canon)
                 if known is None:
                     raise
-                # the kvstore is away: an identity this node already uses stays
-                # its own (publish_usage says so again on reconnection, and the
-                # grace period covers the time until then)
+                # the kvstore is away: the identity this node, or the cluster
+                # when last listed, gives these labels (ids are never reused,
+                # so it names no other label set). publish_usage says so again
+                # on reconnection, and revalidate() checks it is still allocated
                 self._pending[known] = time.monotonic() + PENDING_SECONDS
+                self._away[canon] = (dict(labels), known)
                 return known
 
     def _allocate(self, labels: dict[str, str], canon: str, key: str) -> int:
@@ -111,6 +126,7 @@ class Identities:
             self._publish_one(ident)
             if self._still_allocated(ident, key):
                 self._cache[canon] = ident
+                self._known[canon] = ident
                 return ident
             # the collector released it meanwhile: start over, with a new id
             self._cache.pop(canon, None)
@@ -266,9 +282,46 @@ class Identities:
     def list(self) -> list[dict[str, Any]]:
         """Every identity and its labels (the policy engine's view)."""
         out = [{"id": i, "labels": {n: ""}} for i, n in RESERVED_IDENTITIES.items()]
+        known = {}
         for key, value in sorted(self.store.get_prefix(IDENTITIES).items()):
-            out.append({"id": int(key[len(IDENTITIES) :]), "labels": value.get("labels", {})})
+            labels = value.get("labels", {}) if isinstance(value, dict) else {}
+            out.append({"id": int(key[len(IDENTITIES) :]), "labels": labels})
+            known[canonical_labels(labels)] = out[-1]["id"]
+        self._remember(known)
         return sorted(out, key=lambda x: x["id"])
+
+    def _remember(self, known: dict[str, int]) -> None:
+        with self._lock:
+            if known == self._known:
+                return
+            self._known = known
+        if self.known_path:
+            try:
+                write_json_atomic(self.known_path, known)
+            except OSError as e:  # a full state dir: kept in memory meanwhile
+                log.warning("cannot keep the known identities in %s: %s", self.known_path, e)
+
+    def revalidate(self) -> dict[str, int]:
+        """The kvstore is back: allocate again the label sets handed out while
+        it was away. Returns canonical labels -> identity for those whose
+        identity is not the one they were given (it was released meanwhile)."""
+        with self._lock:
+            away, self._away = self._away, {}
+        moved = {}
+        for canon, (labels, given) in away.items():
+            try:
+                ident = self._allocate_or_raise(labels)
+            except KvStoreError:
+                with self._lock:  # away again: at the next reconnection
+                    self._away.setdefault(canon, (labels, given))
+                continue
+            if ident != given:
+                moved[canon] = ident
+        return moved
+
+    def _allocate_or_raise(self, labels: dict[str, str]) -> int:
+        with self._lock:
+            return self._allocate(labels, canonical_labels(labels), labels_key(labels))
 
     def list_with_usage(self) -> list[dict[str, Any]]:
         """list() with, for allocated ids, the endpoints using each on every

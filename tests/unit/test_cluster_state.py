@@ -6,8 +6,10 @@ import threading
 
 from porin.daemon.cluster import IPCACHE, NODES, ClusterState, NodeInfo, deregister
 from porin.daemon.endpoints import EndpointManager
-from porin.daemon.identities import IDENTITIES, Identities
+from porin.daemon.events import EndpointRelabeled, EventBus
+from porin.daemon.identities import IDENTITIES, Identities, canonical_labels
 from porin.daemon.kvstore import Event, LocalStore
+from porin.daemon.selectors import identity_labels
 from porin.models import Endpoint, EndpointState
 
 
@@ -167,3 +169,28 @@ def test_a_reconnection_that_hangs_keeps_no_add_waiting():
         store.hang.set()
         t.join(timeout=10)
     assert cs.connected
+
+
+def test_an_endpoint_whose_identity_was_released_while_away_takes_the_new_one():
+    class Rows(dict):
+        def upsert(self, e):
+            self[e.ip] = e
+
+        def save(self, ep_id, record):
+            self[ep_id] = record
+
+    manager = EndpointManager.__new__(EndpointManager)
+    manager._lock = threading.RLock()
+    web, db = _endpoint("10.244.1.5", identity=300), _endpoint("10.244.1.6", identity=301)
+    web.labels, db.labels, db.id = {"app": "web"}, {"app": "db"}, 2
+    manager._eps = {1: web, 2: db}
+    manager.map, manager.store = Rows(), Rows()
+    manager.policy_state = lambda ep: (0, 0)
+    manager.events = EventBus()
+    seen = []
+    manager.events.subscribe(EndpointRelabeled, seen.append)
+    manager.identities_moved({canonical_labels(identity_labels(web.labels)): 310})
+    assert (web.identity, db.identity) == (310, 301)
+    assert manager.map["10.244.1.5"].identity == 310 and "10.244.1.6" not in manager.map
+    assert manager.store[1]["identity"] == 310
+    assert [(e.endpoint.id, e.before.identity) for e in seen] == [(1, 300)]

@@ -202,3 +202,41 @@ def test_with_the_kvstore_away_a_known_identity_is_handed_out_a_new_one_is_not(c
         ids.allocate(DB)  # a new label set needs the cluster to agree on its id
     store.away = False
     assert ids.allocate(DB) not in (web, 0)
+
+
+def test_with_the_kvstore_away_labels_another_node_uses_get_their_identity_after_a_restart(
+    clock, tmp_path
+):
+    """The cluster's identities as last listed (the policy engine lists them
+    on every reconcile) are kept in the state dir: a pod whose labels only
+    another node used can start during an outage, on an agent restarted in it."""
+    store = AwayStore()
+    a = node(store, "a", Counter())
+    web = a.allocate(WEB)
+    path = str(tmp_path / "identities-known.json")
+    b = Identities(store, node="b", local_usage=Counter, known_path=path)
+    b.list()
+    store.away = True
+    restarted = Identities(store, node="b", local_usage=Counter, known_path=path)
+    assert restarted.allocate(WEB) == web
+    with pytest.raises(mod.KvStoreError):
+        restarted.allocate(DB)  # known nowhere: the cluster must agree on it first
+
+
+def test_an_identity_given_while_away_and_released_meanwhile_is_replaced_on_reconnection(clock):
+    store = AwayStore()
+    ids = node(store, "a", Counter())
+    web = ids.allocate(WEB)
+    store.away = True
+    assert ids.allocate(WEB) == web
+    store.away = False
+    assert ids.revalidate() == {}  # still allocated: nothing moves
+    store.away = True
+    assert ids.allocate(WEB) == web
+    store.away = False
+    # meanwhile another node's collector released it (its users had gone)
+    store.delete(labels_key(WEB))
+    store.delete(IDENTITIES + str(web))
+    moved = ids.revalidate()
+    assert list(moved) == [mod.canonical_labels(WEB)] and moved[mod.canonical_labels(WEB)] > web
+    assert ids.revalidate() == {}  # checked once
