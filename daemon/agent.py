@@ -41,6 +41,7 @@ from porin.daemon.hostports import HostPorts
 from porin.daemon.ipam import Ipam
 from porin.daemon.kvstore import EtcdStore, open_store
 from porin.daemon.map_pressure import MapPressure
+from porin.daemon.map_specs import PINNED_BY_NAME
 from porin.daemon.metrics import AgentMetrics, MetricsServer
 from porin.daemon.metrics_collect import ControlPlaneCollector, DatapathCollector
 from porin.daemon.monitor_watch import MonitorWatch
@@ -100,7 +101,8 @@ class Agent:
         os.makedirs(cfg.pending_delete_dir, mode=0o700, exist_ok=True)
         self.programs = load_programs(cfg)
         self.datapath = LxcDatapath(cfg, self.programs)
-        map_migrate.carry_over(cfg.bpffs_root, final=False)  # before programs are attached
+        # before programs are attached
+        map_migrate.carry_over(cfg.bpffs_root, final=False, maps=PINNED_BY_NAME)
         ct = Conntrack(cfg.bpffs_root)
         self._adopt_legacy_ct(ct, drop_legacy=False)  # before new programs are attached
         self.endpoints_map = EndpointsMap(cfg.bpffs_root)
@@ -130,7 +132,7 @@ class Agent:
         self.manager.restore()
         self._adopt_legacy_ct(ct, drop_legacy=True)  # all replaced: old programs are gone
         ct.close()
-        map_migrate.carry_over(cfg.bpffs_root, final=True)
+        map_migrate.carry_over(cfg.bpffs_root, final=True, maps=PINNED_BY_NAME)
         node = NodeContext(
             node_ips=self.host.node_ips if self.host else [],
             node_port_range=cfg.node_ports,

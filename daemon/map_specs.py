@@ -16,7 +16,9 @@ used with the wrong layout. `reconcile_pins` runs before each compile and
 unpins such maps, so that bcc creates them afresh; their entries are lost,
 and the agent writes back what it owns (endpoints, services, devices,
 ipcache) as it starts; the state it cannot write back (conntrack, NAT,
-affinity) is carried over into the new map by daemon/map_migrate.py.
+affinity) is carried over into the new map by daemon/map_migrate.py, in
+the new layout when the old one is among those its module declares
+(`PinnedMap.PREVIOUS_LAYOUTS`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     FlowLostMap,
 ]
 
+PINNED_BY_NAME: dict[str, type[PinnedMap]] = {m.NAME: m for m in PINNED_MAPS}
+
 
 @dataclass(frozen=True)
 class MapSpec:
@@ -194,18 +198,19 @@ def pinned_shape(path: str) -> MapSpec | None:
 def reconcile_pins(cfg: AgentConfig, migrate: bool = False) -> list[str]:
     """Unpin every map whose shape differs from what this build and `cfg`
     create, so the next compile makes it afresh. Returns their names. With
-    `migrate` (the live maps), a hash or LRU map of the same key and value
-    sizes is parked so that daemon/map_migrate.py carries its entries over."""
+    `migrate` (the live maps), a hash or LRU map of this layout or of one its
+    module declares as previous is parked so that daemon/map_migrate.py
+    carries its entries over."""
     removed = []
     for spec in map_specs(cfg):
         path = os.path.join(cfg.bpffs_root, spec.name)
         have = pinned_shape(path)
         if have is None or have == spec:
             continue
-        carried = (
-            migrate
-            and (have.key_size, have.value_size) == (spec.key_size, spec.value_size)
-            and {have.map_type, spec.map_type} <= map_migrate.CARRIED_TYPES
+        carried = migrate and map_migrate.can_carry(
+            (have.map_type, have.key_size, have.value_size),
+            (spec.map_type, spec.key_size, spec.value_size),
+            PINNED_BY_NAME.get(spec.name),
         )
         log.warning(
             "BPF map %s is pinned as %s; this build and config want %s: recreating it%s",

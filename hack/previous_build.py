@@ -9,11 +9,14 @@ run that build with this virtualenv's Python and libraries. The launchers
 run in `dest` with -P, so nothing of this checkout shadows the old modules
 (the agent's compile worker, a `python -m` child, inherits both). Used by
 tests/integration/test_upgrade.py to replace an agent of the previous
-release by this one.
+release by this one; `next_build(dest, patches)` does the same for this
+work tree with `patches` applied, a stand-in for the release after this one
+(e.g. one that changes a map's layout).
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -48,11 +51,22 @@ ENTRY_POINTS = {
 }
 
 
+Patch = tuple[str, str, str]  # (file, text, replacement)
+
+
+def _apply(src: Path, patches: list[Patch], what: str) -> None:
+    for name, text, fixed in patches:
+        path = src / name
+        code = path.read_text()
+        if code.count(text) != 1:
+            raise RuntimeError(f"{what}: the patch to {name} does not apply")
+        path.write_text(code.replace(text, fixed))
+
+
 def previous_build(rev: str, dest: Path) -> Path:
     """The launchers' directory of commit `rev`'s build under `dest`."""
-    src, pkg, bin_dir = dest / "src", dest / "pkg" / "porin", dest / "bin"
-    for d in (src, pkg, bin_dir):
-        d.mkdir(parents=True, exist_ok=True)
+    src = dest / "src"
+    src.mkdir(parents=True, exist_ok=True)
     try:
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
@@ -63,12 +77,32 @@ def previous_build(rev: str, dest: Path) -> Path:
         ) from None
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     if rev == PREVIOUS_RELEASE:
-        for name, text, fixed in BACKPORTS:
-            path = src / name
-            code = path.read_text()
-            if code.count(text) != 1:
-                raise RuntimeError(f"backport to {rev}:{name} does not apply")
-            path.write_text(code.replace(text, fixed))
+        _apply(src, BACKPORTS, f"backport to {rev}")
+    return _launchers(src, dest)
+
+
+def next_build(dest: Path, patches: list[Patch]) -> Path:
+    """The launchers' directory of this work tree's build with `patches`."""
+    src = dest / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    for name in files.decode().split("\0"):
+        path = ROOT / name
+        if name and path.is_file():  # a file deleted from the work tree is not in it
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / name)
+    _apply(src, patches, "the next build")
+    return _launchers(src, dest)
+
+
+def _launchers(src: Path, dest: Path) -> Path:
+    pkg, bin_dir = dest / "pkg" / "porin", dest / "bin"
+    for d in (pkg, bin_dir):
+        d.mkdir(parents=True, exist_ok=True)
     for entry in (src / "porin").iterdir():
         (pkg / entry.name).symlink_to(entry)
     for sub in ("bpf", "cni", "daemon", "maps"):

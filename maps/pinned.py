@@ -12,10 +12,12 @@ import os
 from collections.abc import Iterator
 from typing import ClassVar, Generic, TypeVar
 
-from porin.maps import syscall
+from porin.maps import layouts, syscall
 
 K = TypeVar("K", bound=ctypes.Structure)
 V = TypeVar("V", bound=ctypes.Structure)
+
+Layout = tuple[type[ctypes.Structure], type[ctypes.Structure]]  # KEY, VALUE
 
 DEFAULT_BPFFS_ROOT = "/sys/fs/bpf/porin"
 
@@ -57,6 +59,28 @@ class PinnedMap(Generic[K, V]):
     BATCH: ClassVar[int] = 4096
     KEY: ClassVar[type[ctypes.Structure]]
     VALUE: ClassVar[type[ctypes.Structure]]
+    # The (KEY, VALUE) layouts of earlier releases, newest first: a pin of one
+    # of them is recreated in this layout with its entries carried over
+    # (daemon/map_migrate.py), each through `upgrade`. A layout is told by its
+    # key and value sizes, so each must differ from this one's and the others'.
+    PREVIOUS_LAYOUTS: ClassVar[tuple[Layout, ...]] = ()
+
+    @classmethod
+    def previous_layout(cls, key_size: int, value_size: int) -> Layout | None:
+        """The declared previous layout of these sizes, or None."""
+        for key, value in cls.PREVIOUS_LAYOUTS:
+            if (ctypes.sizeof(key), ctypes.sizeof(value)) == (key_size, value_size):
+                return key, value
+        return None
+
+    @classmethod
+    def upgrade(
+        cls, old_key: ctypes.Structure, old_value: ctypes.Structure
+    ) -> tuple[ctypes.Structure, ctypes.Structure] | None:
+        """An entry of a previous layout in this one, or None to leave it behind.
+        Field by name (maps/layouts.py); a map whose fields changed meaning
+        overrides this."""
+        return layouts.convert(old_key, cls.KEY), layouts.convert(old_value, cls.VALUE)
 
     @classmethod
     def max_entries_for(cls, cfg: object) -> int:

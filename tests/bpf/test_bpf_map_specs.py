@@ -11,8 +11,11 @@ import uuid
 import pytest
 from bcc import BPF
 
+from porin.daemon import map_migrate
 from porin.daemon.config import AgentConfig
 from porin.daemon.map_specs import map_specs, pinned_shape, reconcile_pins
+from porin.maps import map_types
+from porin.maps.pinned import PinnedMap
 
 
 def test_every_pinned_map_matches_its_spec(lxc_datapath):
@@ -58,6 +61,77 @@ def test_reconcile_unpins_only_maps_of_another_shape(pin_root):
         ]
     finally:
         module.cleanup()
+
+
+class DemoKey(ctypes.Structure):
+    _fields_ = [("ip", ctypes.c_uint32)]
+
+
+class DemoValueV1(ctypes.Structure):
+    _fields_ = [("lifetime", ctypes.c_uint32), ("dropped", ctypes.c_uint32)]
+
+
+class DemoValue(ctypes.Structure):
+    _fields_ = [("added", ctypes.c_uint64), ("lifetime", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class DemoMap(PinnedMap[DemoKey, DemoValue]):
+    NAME, TYPE, SIZE = "demo_flows", map_types.HASH, 16
+    KEY, VALUE = DemoKey, DemoValue
+    PREVIOUS_LAYOUTS = ((DemoKey, DemoValueV1),)
+
+    @classmethod
+    def upgrade(cls, old_key, old_value):
+        if old_value.lifetime == 0:  # a map may leave some entries behind
+            return None
+        return super().upgrade(old_key, old_value)
+
+
+class DemoMapV1(PinnedMap[DemoKey, DemoValueV1]):
+    NAME, TYPE, SIZE = "demo_flows", map_types.HASH, 16
+    KEY, VALUE = DemoKey, DemoValueV1
+
+
+def test_entries_of_a_declared_previous_layout_are_carried_over_in_the_new_one(pin_root):
+    """What an upgrade that changes a map's value layout does: the old pin is
+    parked, the new map created, the entries rewritten field by name."""
+    old_c = "struct v { u32 lifetime; u32 dropped; };"
+    new_c = "struct v { u64 added; u32 lifetime; u32 pad; };"
+    old_shape = (map_types.HASH, 4, 8)
+    new_shape = (map_types.HASH, 4, ctypes.sizeof(DemoValue))
+    assert map_migrate.can_carry(old_shape, new_shape, DemoMap)
+    assert not map_migrate.can_carry((map_types.HASH, 4, 12), new_shape, DemoMap)
+    assert not map_migrate.can_carry(old_shape, new_shape, None)
+
+    def pinned(decl: str):
+        return BPF(
+            text=f"""{decl}
+            BPF_TABLE_PINNED("hash", u32, struct v, demo_flows, 16, "{pin_root}/demo_flows");
+            int f(void *ctx) {{ return demo_flows.lookup(&(u32){{0}}) != 0; }}
+            """.encode()
+        )
+
+    old = pinned(old_c)
+    try:
+        with DemoMapV1(pin_root) as m:
+            for ip, lifetime in ((1, 100), (2, 200), (3, 0)):
+                m.put(DemoKey(ip=ip), DemoValueV1(lifetime=lifetime, dropped=7))
+    finally:
+        old.cleanup()
+    map_migrate.park(pin_root, "demo_flows")
+    new = pinned(new_c)
+    try:
+        with DemoMap(pin_root) as m:
+            m.put(DemoKey(ip=2), DemoValue(lifetime=999))  # the new programs' entry wins
+        assert map_migrate.carry_over(pin_root, final=True, maps={"demo_flows": DemoMap}) == {
+            "demo_flows": 1
+        }
+        with DemoMap(pin_root) as m:
+            got = {k.ip: (v.added, v.lifetime) for k, v in m.items()}
+        assert got == {1: (0, 100), 2: (0, 999)}  # ip 3 left behind by upgrade()
+        assert not os.path.exists(map_migrate.parked_dir(pin_root))
+    finally:
+        new.cleanup()
 
 
 def layout(ctype: type, base: int = 0, prefix: str = "") -> list[tuple[str, int, int]]:

@@ -5,7 +5,9 @@ restarts the service. Four connections of a pod on the first node exchange
 a message every 0.1 s throughout, each answered within 5 s: to a pod on the
 same node, to a ClusterIP service, to an external host (masqueraded) and to
 a pod on the other node. None may break; each path takes new connections
-afterwards; and no pinned map's entries were dropped on the way.
+afterwards; and no pinned map's entries were dropped on the way. Then a
+map's size, and its layout (a test build of the next release), change under
+a service connection.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from porinlab import VENV_BIN, Etcd, Netns, Node, Underlay, wait_for
-from previous_build import PREVIOUS_RELEASE, previous_build
+from previous_build import PREVIOUS_RELEASE, next_build, previous_build
 
 ETCD_IP, EXT_IP = "198.18.0.2", "198.18.0.100"
 SERVICE = "10.96.50.1"
@@ -142,11 +144,43 @@ def test_replacing_the_previous_release_breaks_no_connection(site):
         assert r.returncode == 0, f"a new connection to the {what}: {r.stderr}"
 
 
-def test_a_conntrack_table_of_another_size_keeps_its_connections(tmp_path):
-    """ctMapSize changed across a restart: ct4_global is recreated at the new
-    size with its entries carried over, so a service connection keeps its
-    backend and translation (its client is isolated for ingress: a reply that
-    conntrack did not know would be dropped)."""
+# The release after this one, as a test build: a field inserted into the
+# conntrack entry (every later field moves), and the layout it replaces
+# declared, as a release that changes a map's layout does.
+NEXT_CT_LAYOUT = [
+    (
+        "bpf/lib/conntrack.h",
+        "\t__u32 lifetime;         /* expiry, seconds of CLOCK_MONOTONIC */\n",
+        "\t__u32 lifetime;         /* expiry, seconds of CLOCK_MONOTONIC */\n"
+        "\t__u32 generation;       /* the next release's field */\n",
+    ),
+    (
+        "maps/conntrack.py",
+        """        ("lifetime", ctypes.c_uint32),\n""",
+        """        ("lifetime", ctypes.c_uint32),\n        ("generation", ctypes.c_uint32),\n""",
+    ),
+    (
+        "maps/conntrack.py",
+        "\nclass ConntrackMap(PinnedMap[CtKey, CtEntry]):\n",
+        "\nclass CtEntryV1(ctypes.Structure):\n"
+        '    _fields_ = [f for f in CtEntry._fields_ if f[0] != "generation"]\n\n\n'
+        "class ConntrackMap(PinnedMap[CtKey, CtEntry]):\n"
+        "    PREVIOUS_LAYOUTS = ((CtKey, CtEntryV1),)\n",
+    ),
+]
+
+# what a carried-over entry keeps (counters and age only grow)
+KEPT = ("proto", "direction", "service", "src", "sport", "dst", "dport", "state",
+        "rev_nat", "backend_id", "protected")  # fmt: skip
+
+
+def test_a_conntrack_table_of_another_size_or_layout_keeps_its_connections(tmp_path):
+    """ctMapSize changed across a restart, then an upgrade to a build whose
+    conntrack entry has another layout: each time ct4_global (and its
+    protected copies) is recreated with its entries carried over, so a service
+    connection keeps its backend and translation (its client is isolated for
+    ingress: a reply that conntrack did not know would be dropped)."""
+    following = next_build(tmp_path / "next", NEXT_CT_LAYOUT)
     node = Node(pod_cidr="10.244.7.0/24")
     procs: list[subprocess.Popen] = []
     try:
@@ -183,6 +217,26 @@ def test_a_conntrack_table_of_another_size_keeps_its_connections(tmp_path):
             assert line.isdigit(), f"the connection broke: {line or 'ended'}"
         after = node.porin_json("bpf", "ct", "list", "global", "--src", client.ip)
         assert {(c["dst"], c["dport"]) for c in after} == {(c["dst"], c["dport"]) for c in before}
+
+        before = {tuple(c[f] for f in KEPT): c for c in after}
+        assert node.stop_agent() == 0
+        node.bin = following
+        mark = len(Path(node.log_path).read_text())
+        node.start_agent()
+        log = Path(node.log_path).read_text()[mark:]
+        assert "ct4_global is pinned as lru_hash key 16 value 64" in log, log[-3000:]
+        assert "its entries are lost" not in log, log[-3000:]
+        assert "ct4_global: " in log and "ct4_confirmed: " in log, log[-3000:]
+        assert "left behind" not in log and "could not be carried over" not in log, log[-3000:]
+        for _ in range(10):
+            line = p.stdout.readline().strip()
+            assert line.isdigit(), f"the connection broke after the upgrade: {line or 'ended'}"
+        after = node.porin_json("bpf", "ct", "list", "global", "--src", client.ip)
+        assert {tuple(c[f] for f in KEPT) for c in after} >= set(before), (before, after)
+        for c in after:
+            old = before.get(tuple(c[f] for f in KEPT))
+            if old:  # the same entry, moved field by field
+                assert c["age"] >= old["age"] and c["tx_packets"] >= old["tx_packets"], (old, c)
     finally:
         for p in procs:
             p.kill()
