@@ -52,7 +52,7 @@ def _converter(old: syscall.MapInfo, new: syscall.MapInfo, cls: type[PinnedMap] 
     if (old.key_size, old.value_size) == (new.key_size, new.value_size):
         return lambda k, v: (k, v)
     layout = cls.previous_layout(old.key_size, old.value_size) if cls else None
-    if cls is None or layout is None:
+    if layout is None:
         raise OSError(
             f"its key/value sizes {old.key_size}/{old.value_size} are no layout "
             "its module declares (PREVIOUS_LAYOUTS)"
@@ -107,10 +107,7 @@ def _copy(old_path: str, new_path: str, cls: type[PinnedMap] | None) -> tuple[in
         convert = _converter(info, syscall.map_info(new), cls)
         copied = lost = 0
         for k, v in _entries(old, info.key_size, info.value_size):
-            try:
-                entry = convert(k, v)
-            except layouts.LayoutChangeError as e:
-                raise OSError(str(e)) from None
+            entry = convert(k, v)
             if entry is None:
                 lost += 1
                 continue
@@ -155,7 +152,7 @@ def carry_over(
                 f", {lost} left behind (no room, or no place in the new layout)" if lost else "",
                 "" if final else " (the rest once the old programs are replaced)",
             )
-        except OSError as e:
+        except (OSError, layouts.LayoutChangeError) as e:
             log.warning("BPF map %s: its entries could not be carried over: %s", name, e)
         if final:
             os.unlink(os.path.join(d, name))

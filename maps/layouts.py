@@ -19,16 +19,7 @@ from typing import TypeVar
 
 S = TypeVar("S", bound=ctypes.Structure)
 
-_INTEGERS = {
-    ctypes.c_int8: (True, 1),
-    ctypes.c_uint8: (False, 1),
-    ctypes.c_int16: (True, 2),
-    ctypes.c_uint16: (False, 2),
-    ctypes.c_int32: (True, 4),
-    ctypes.c_uint32: (False, 4),
-    ctypes.c_int64: (True, 8),
-    ctypes.c_uint64: (False, 8),
-}
+_INTEGER_CODES = "bBhHiIlLqQ"  # ctypes' type codes of the integers; lower case: signed
 
 
 class LayoutChangeError(ValueError):
@@ -48,9 +39,10 @@ def _is_array(t: type) -> bool:
 
 
 def _integer(t: type) -> tuple[bool, int] | None:
-    for base, desc in _INTEGERS.items():
-        if isinstance(t, type) and issubclass(t, base):
-            return desc
+    """(signed, size) of an integer type, or None."""
+    code = getattr(t, "_type_", None)
+    if isinstance(code, str) and code in _INTEGER_CODES:
+        return code.islower(), ctypes.sizeof(t)
     return None
 
 
@@ -74,9 +66,7 @@ def convert(old: ctypes.Structure, new_type: type[S]) -> S:
             setattr(new, name, convert(value, ftype))
         elif _is_array(otype) and _is_array(ftype) and otype._type_ is ftype._type_:
             n = min(otype._length_, ftype._length_)
-            dst = getattr(new, name)
-            for i in range(n):
-                dst[i] = value[i]
+            getattr(new, name)[:n] = value[:n]
         elif (desc := _integer(ftype)) and _integer(otype):
             if not _fits(value, *desc):
                 raise LayoutChangeError(
