@@ -74,6 +74,7 @@ healthPort: 4240        # read-only peer API on the node IP (flows for `porin ob
 
 XDP_MODES = ("native", "generic", "best-effort", "disabled")
 NODE_PORT_MODES = ("snat", "dsr")
+PREFILTER_MAP_MAX = 1 << 22  # two counters each, numbered below 2**24 (bpf/lib/prefilter.h)
 FLOW_CAPTURE_MODES = ("on-demand", "always", "off")
 
 
@@ -144,6 +145,12 @@ class AgentConfig:
         from porin.maps.prefilter_slots import slots_for
 
         return slots_for(self.prefilter_map_size)
+
+    @property
+    def prefilter_counters(self) -> int:
+        """Counters of the prefilter's entries (maps/prefilter_counts.py): one
+        per /32 and one per prefix, and the unused 0."""
+        return 2 * self.prefilter_map_size + 1
 
     @property
     def pod_mtu(self) -> int:
@@ -406,6 +413,8 @@ def _check_basics(cfg: AgentConfig) -> None:
         v = getattr(cfg, attr)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             p.add(f"{_yaml_name(attr)}: must be a positive integer, got {v!r}")
+        elif attr == "prefilter_map_size" and v > PREFILTER_MAP_MAX:
+            p.add(f"prefilterMapSize: must be at most {PREFILTER_MAP_MAX}, got {v!r}")
     intervals_ok = True
     for attr in ("ct_gc_interval", "ct_gc_min_interval", "ct_gc_max_interval"):
         v = getattr(cfg, attr)

@@ -60,7 +60,9 @@ from porin.maps.pinned import PinnedMap
 from porin.maps.policy import PolicyMap
 from porin.maps.policy_cidr import PolicyCidrMap
 from porin.maps.policy_scratch import PolicyScratchMap
+from porin.maps.prefilter_counts import PrefilterCountsMap
 from porin.maps.prefilter_exact import PrefilterExactMap
+from porin.maps.prefilter_l24 import PrefilterL24Map
 from porin.maps.prefilter_lpm import PrefilterLpmMap
 from porin.maps.prefilter_slots import PrefilterL16Map, PrefilterSlotsMap, slot_bits
 from porin.maps.sock_config import SockConfigMap
@@ -97,6 +99,8 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PrefilterLpmMap,
     PrefilterSlotsMap,
     PrefilterL16Map,
+    PrefilterL24Map,
+    PrefilterCountsMap,
     XdpActionsMap,
     Lb4FlowsMap,
     XdpRoutesMap,
@@ -207,17 +211,24 @@ def reconcile_pins(cfg: AgentConfig, migrate: bool = False) -> list[str]:
         have = pinned_shape(path)
         if have is None or have == spec:
             continue
+        module = PINNED_BY_NAME.get(spec.name)
         carried = migrate and map_migrate.can_carry(
             (have.map_type, have.key_size, have.value_size),
             (spec.map_type, spec.key_size, spec.value_size),
-            PINNED_BY_NAME.get(spec.name),
+            module,
         )
+        if carried:
+            fate = ", its entries are carried over"
+        elif module is not None and module.REBUILT_FROM:
+            fate = f"; the agent refills it from {module.REBUILT_FROM}"
+        else:
+            fate = " (its entries are lost)"
         log.warning(
             "BPF map %s is pinned as %s; this build and config want %s: recreating it%s",
             path,
             have.describe(),
             spec.describe(),
-            ", its entries are carried over" if carried else " (its entries are lost)",
+            fate,
         )
         if carried:
             map_migrate.park(cfg.bpffs_root, spec.name)

@@ -5,9 +5,12 @@ Entries come from the agent config (`prefilter:`) and from `porin prefilter
 add|delete`; those are stored in the kvstore (/porin/prefilter/<cidr>), so
 with etcd every node drops them, and on the embedded store they survive
 restarts. /32s go to the exact hash, other prefixes to the LPM trie, as
-Cilium's prefilter does. The node's own addresses, its pods' gateway, the
-kvstore's and the node network's gateways cannot be listed: an admin
-cannot lock a node out by mistake.
+Cilium's prefilter does; each entry names a per-CPU counter, kept while the
+entry stays (also across restarts), and the indexes in front of them
+(maps/prefilter_slots.py, daemon/prefilter_index.py) are rewritten to match.
+The node's own addresses, its pods' gateway, the kvstore's and the node
+network's gateways cannot be listed: an admin cannot lock a node out by
+mistake.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ from collections.abc import Callable
 from typing import Any
 
 from porin.daemon.kvstore import EtcdStore, Event, KvStoreError, LocalStore
+from porin.daemon.prefilter_index import MAX_COUNTER, PrefixIndex
 from porin.errors import PorinError
 from porin.maps.pinned import U32Key
-from porin.maps.prefilter_exact import PrefilterAddr, PrefilterCounters, PrefilterExactMap
+from porin.maps.prefilter_counts import PrefilterCountsMap
+from porin.maps.prefilter_exact import PrefilterAddr, PrefilterEntry, PrefilterExactMap
+from porin.maps.prefilter_l24 import PrefilterL24Map
 from porin.maps.prefilter_lpm import PrefilterLpmMap, PrefilterPrefix
 from porin.maps.prefilter_slots import (
     SLOT_SHARED,
     SLOT_USED,
-    L16Count,
     PrefilterL16Map,
     PrefilterSlot,
     PrefilterSlotsMap,
-    l16_indexes,
     slot_bits,
     slot_of,
 )
@@ -66,7 +70,8 @@ class Prefilter:
         self.exact = PrefilterExactMap(bpffs_root)
         self.lpm = PrefilterLpmMap(bpffs_root)
         self.slots = PrefilterSlotsMap(bpffs_root)
-        self.l16 = PrefilterL16Map(bpffs_root)
+        self.counts = PrefilterCountsMap(bpffs_root)
+        self.index = PrefixIndex(PrefilterL16Map(bpffs_root), PrefilterL24Map(bpffs_root))
         self.bits = slot_bits(self.slots.max_entries)
         self.config = [normalize(c) for c in config_cidrs]
         self.protected = protected  # address -> why it may not be listed
@@ -84,7 +89,7 @@ class Prefilter:
             self._cancel = store.watch_prefix(PREFILTER, self._on_change)
         except KvStoreError as e:  # what the maps hold stays
             log.warning("prefilter: kvstore unreachable, keeping the programmed list: %s", e)
-            self.stored = set(self.exact.entries()) | set(self.lpm.entries())
+            self.stored = set(self._programmed())
             self.stored -= set(self.config)
         self.sync()
 
@@ -112,65 +117,69 @@ class Prefilter:
 
     def sync(self) -> None:
         """Make the maps hold exactly the wanted list (counters of kept entries
-        stay): new entries first, then the indexes, then what went is removed,
-        so the datapath never finds an index entry without its entry."""
+        stay): new entries first, each on a zeroed counter, then the indexes,
+        then what went is removed, so the datapath never finds an index entry
+        without its entry."""
         with self._lock:
             want = set(self.config) | self.stored
-            have = set(self.exact.entries()) | set(self.lpm.entries())
-            for c in sorted(want - have):
+            have = self._programmed()
+            counters = self._counters(want, have)
+            for c in sorted(want - set(have)):
+                self.counts.reset(counters[c])
+                entry = PrefilterEntry(counter=counters[c])
                 if c.endswith("/32"):
-                    self.exact.put(PrefilterAddr.of(c.split("/")[0]), PrefilterCounters())
+                    self.exact.put(PrefilterAddr.of(c.split("/")[0]), entry)
                 else:
-                    self.lpm.put(PrefilterPrefix.of(c), PrefilterCounters())
-            self._sync_indexes(want)
-            for c in have - want:
+                    self.lpm.put(PrefilterPrefix.of(c), entry)
+            self._sync_slots(counters)
+            self.index.sync({c: n for c, n in counters.items() if not c.endswith("/32")})
+            for c in set(have) - want:
                 if c.endswith("/32"):
                     self.exact.delete(PrefilterAddr.of(c.split("/")[0]))
                 else:
                     self.lpm.delete(PrefilterPrefix.of(c))
 
-    def _sync_indexes(self, want: set[str]) -> None:
-        """The /32 slots and the /16 prefix counts for `want`, only what changed
-        written (a slot that keeps its address keeps its counters)."""
-        slots: dict[int, tuple[str, int]] = {}
-        for c in sorted(want):
+    def _programmed(self) -> dict[str, int]:
+        """What the maps list, each entry with its counter."""
+        return {**self.exact.entries(), **self.lpm.entries()}
+
+    def _counters(self, want: set[str], have: dict[str, int]) -> dict[str, int]:
+        """A counter for each wanted entry: its own while it stays listed, else
+        the lowest one no listed entry holds (never 0: "not listed")."""
+        out = {c: have[c] for c in want if have.get(c)}
+        taken = set(have.values())
+        last = min(self.counts.max_entries, MAX_COUNTER + 1)
+        free = (i for i in range(1, last) if i not in taken)
+        for c in sorted(want - set(out)):
+            n = next(free, None)
+            if n is None:
+                raise PrefilterError(
+                    f"the prefilter holds {len(want)} entries, more than prefilterMapSize allows"
+                )
+            out[c] = n
+        return out
+
+    def _sync_slots(self, counters: dict[str, int]) -> None:
+        """The /32 slots for the wanted /32s, only what changed written (a slot
+        that keeps its address keeps its counter)."""
+        slots: dict[int, tuple[str, int, int]] = {}
+        for c in sorted(counters):
             if not c.endswith("/32"):
                 continue
             ip = c.split("/")[0]
             idx = slot_of(ip, self.bits)
             if idx in slots:
-                slots[idx] = (slots[idx][0], slots[idx][1] | SLOT_SHARED)
+                held = slots[idx]
+                slots[idx] = (held[0], held[1] | SLOT_SHARED, held[2])
             else:
-                slots[idx] = (ip, SLOT_USED)
+                slots[idx] = (ip, SLOT_USED, counters[c])
         current = self.slots.used()
-        for idx, (ip, flags) in slots.items():
+        for idx, (ip, flags, counter) in slots.items():
             old = current.get(idx)
-            if old is not None and old.address == ip:
-                if old.flags != flags:
-                    old.flags = flags
-                    self.slots.put(U32Key(idx), old)
-                continue
-            self.slots.put(U32Key(idx), PrefilterSlot.of(ip, flags))
+            if old is None or (old.address, old.flags, old.counter) != (ip, flags, counter):
+                self.slots.put(U32Key(idx), PrefilterSlot.of(ip, flags, counter))
         for idx in set(current) - set(slots):
             self.slots.put(U32Key(idx), PrefilterSlot())
-        counts: dict[int, int] = {}
-        for c in want:
-            if not c.endswith("/32"):
-                for i in l16_indexes(c):
-                    counts[i] = counts.get(i, 0) + 1
-        have = self.l16.counts()
-        for i in set(counts) | set(have):
-            if counts.get(i, 0) != have.get(i, 0):
-                self.l16.put(U32Key(i), L16Count(counts.get(i, 0)))
-
-    def _exact_counters(self) -> dict[str, tuple[int, int]]:
-        """Packets and bytes of each /32: its slot's and its hash entry's."""
-        out = {c: (v.packets, v.bytes) for c, v in self.exact.entries().items()}
-        for s in self.slots.used().values():
-            c = f"{s.address}/32"
-            p, b = out.get(c, (0, 0))
-            out[c] = (p + s.packets, b + s.bytes)
-        return out
 
     def add(self, cidrs: list[Any]) -> list[str]:
         """All valid and allowed, then stored and programmed; or none."""
@@ -218,15 +227,12 @@ class Prefilter:
             ) from None
 
     def list(self) -> list[dict[str, Any]]:
-        counters = {
-            **self._exact_counters(),
-            **{c: (v.packets, v.bytes) for c, v in self.lpm.entries().items()},
-        }
+        counters, totals = self._programmed(), self.counts.totals()
         with self._lock:
             want = set(self.config) | self.stored
         out = []
         for c in sorted(want, key=lambda x: ipaddress.IPv4Network(x)):
-            packets, nbytes = counters.get(c, (0, 0))
+            packets, nbytes = totals.get(counters.get(c, 0), (0, 0))
             out.append(
                 {
                     "cidr": c,

@@ -64,6 +64,9 @@ class PinnedMap(Generic[K, V]):
     # (daemon/map_migrate.py), each through `upgrade`. A layout is told by its
     # key and value sizes, so each must differ from this one's and the others'.
     PREVIOUS_LAYOUTS: ClassVar[tuple[Layout, ...]] = ()
+    # What the agent refills the map from when it is recreated in another
+    # shape (its entries are derived, not lost), or None.
+    REBUILT_FROM: ClassVar[str | None] = None
 
     @classmethod
     def previous_layout(cls, key_size: int, value_size: int) -> Layout | None:

@@ -1,5 +1,5 @@
 """`prefilter4_exact`: single source addresses XDP drops (bpf/lib/prefilter.h),
-each with what it dropped."""
+each naming its counter in `prefilter4_counts`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import socket
 
 from porin.maps import map_types
 from porin.maps.pinned import PinnedMap
+
+REBUILT_FROM = "the prefilter list (its drop counters restart at 0)"
 
 
 class PrefilterAddr(ctypes.Structure):
@@ -22,17 +24,21 @@ class PrefilterAddr(ctypes.Structure):
         return socket.inet_ntoa(bytes(self.ip))
 
 
-class PrefilterCounters(ctypes.Structure):
-    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+class PrefilterEntry(ctypes.Structure):
+    """struct prefilter_entry: the entry's counter (an index in prefilter4_counts)."""
+
+    _fields_ = [("counter", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
-class PrefilterExactMap(PinnedMap[PrefilterAddr, PrefilterCounters]):
+class PrefilterExactMap(PinnedMap[PrefilterAddr, PrefilterEntry]):
     NAME = "prefilter4_exact"
     TYPE = map_types.HASH
     SIZE = "prefilter_map_size"
     SIZE_FLAG = "PREFILTER_MAP_SIZE"
     KEY = PrefilterAddr
-    VALUE = PrefilterCounters
+    VALUE = PrefilterEntry
+    REBUILT_FROM = REBUILT_FROM
 
-    def entries(self) -> dict[str, PrefilterCounters]:
-        return {f"{k.address}/32": v for k, v in self.items()}
+    def entries(self) -> dict[str, int]:
+        """Each listed /32 with its counter."""
+        return {f"{k.address}/32": v.counter for k, v in self.items()}

@@ -1,5 +1,6 @@
 """`prefilter4_lpm`: source prefixes XDP drops (bpf/lib/prefilter.h), each
-with what it dropped."""
+naming its counter in `prefilter4_counts`. The trie holds every listed
+prefix; `prefilter4_l16` and `prefilter4_l24` spare most packets the lookup."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 
 from porin.maps import map_types
 from porin.maps.pinned import PinnedMap
-from porin.maps.prefilter_exact import PrefilterCounters
+from porin.maps.prefilter_exact import REBUILT_FROM, PrefilterEntry
 
 
 class PrefilterPrefix(ctypes.Structure):
@@ -24,14 +25,16 @@ class PrefilterPrefix(ctypes.Structure):
         return f"{socket.inet_ntoa(bytes(self.ip))}/{self.prefixlen}"
 
 
-class PrefilterLpmMap(PinnedMap[PrefilterPrefix, PrefilterCounters]):
+class PrefilterLpmMap(PinnedMap[PrefilterPrefix, PrefilterEntry]):
     NAME = "prefilter4_lpm"
     TYPE = map_types.LPM_TRIE
     FLAGS = map_types.BPF_F_NO_PREALLOC
     SIZE = "prefilter_map_size"
     SIZE_FLAG = None  # sized by PREFILTER_MAP_SIZE with prefilter4_exact
     KEY = PrefilterPrefix
-    VALUE = PrefilterCounters
+    VALUE = PrefilterEntry
+    REBUILT_FROM = REBUILT_FROM
 
-    def entries(self) -> dict[str, PrefilterCounters]:
-        return {k.prefix: v for k, v in self.items()}
+    def entries(self) -> dict[str, int]:
+        """Each listed prefix with its counter."""
+        return {k.prefix: v.counter for k, v in self.items()}

@@ -1,7 +1,8 @@
 """`prefilter4_slots` and `prefilter4_l16`: the indexes in front of the
 prefilter's hash and trie (bpf/lib/prefilter.h), so a listed /32 is dropped
-with one inlined array lookup and passing traffic skips the trie where no
-prefix is listed."""
+with one inlined array lookup and a listed prefix with one or two (the /16,
+then its /24 block in `prefilter4_l24`); daemon/prefilter_index.py computes
+the prefix index."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 from porin.maps import map_types
 from porin.maps.pinned import PinnedMap, U32Key
+from porin.maps.prefilter_exact import REBUILT_FROM
 
 SLOT_USED = 1
 SLOT_SHARED = 2
@@ -41,13 +43,13 @@ class PrefilterSlot(ctypes.Structure):
     _fields_ = [
         ("ip", ctypes.c_uint8 * 4),
         ("flags", ctypes.c_uint32),
-        ("packets", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64),
+        ("counter", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
     @classmethod
-    def of(cls, ip: str, flags: int) -> PrefilterSlot:
-        return cls(ip=(ctypes.c_uint8 * 4)(*socket.inet_aton(ip)), flags=flags)
+    def of(cls, ip: str, flags: int, counter: int) -> PrefilterSlot:
+        return cls(ip=(ctypes.c_uint8 * 4)(*socket.inet_aton(ip)), flags=flags, counter=counter)
 
     @property
     def address(self) -> str:
@@ -61,30 +63,26 @@ class PrefilterSlotsMap(PinnedMap[U32Key, PrefilterSlot]):
     SIZE_FLAG = "PREFILTER_SLOTS"
     KEY = U32Key
     VALUE = PrefilterSlot
+    REBUILT_FROM = REBUILT_FROM
 
     def used(self) -> dict[int, PrefilterSlot]:
-        return {k.index: v for k, v in self.items() if v.flags & SLOT_USED}
+        return {k.index: v for k, v in self.dump() if v.flags & SLOT_USED}
 
 
-class L16Count(ctypes.Structure):
-    _fields_ = [("prefixes", ctypes.c_uint32)]
+class IndexValue(ctypes.Structure):
+    """A prefix index entry (PREFILTER_IDX_* in bpf/lib/prefilter.h)."""
+
+    _fields_ = [("value", ctypes.c_uint32)]
 
 
-class PrefilterL16Map(PinnedMap[U32Key, L16Count]):
+class PrefilterL16Map(PinnedMap[U32Key, IndexValue]):
     NAME = "prefilter4_l16"
     TYPE = map_types.ARRAY
     SIZE = L16_SIZE
     SIZE_FLAG = "PREFILTER_L16_SIZE"
     KEY = U32Key
-    VALUE = L16Count
+    VALUE = IndexValue
 
-    def counts(self) -> dict[int, int]:
-        return {k.index: v.prefixes for k, v in self.items() if v.prefixes}
-
-
-def l16_indexes(cidr: str) -> range:
-    """The /16s (top 16 bits) a prefix covers part of."""
-    addr, _, plen = cidr.partition("/")
-    n, bits = int.from_bytes(socket.inet_aton(addr), "big"), int(plen)
-    first = n >> 16
-    return range(first, first + (1 << (16 - bits)) if bits < 16 else first + 1)
+    def values(self) -> dict[int, int]:
+        """The entries that are not 0, by /16."""
+        return {k.index: v.value for k, v in self.dump(skip_zero=True)}

@@ -139,3 +139,29 @@ def test_every_action_is_counted(xdp):
         after["tx"] - before["tx"],
     ) == (1, 1, 1)
     assert actions.get_percpu(U32Key(0)) is not None
+
+
+def test_prefixes_are_dropped_through_the_index_and_the_trie_alike(xdp):
+    lxc, listed, _ = xdp
+    index = listed.pf.index
+    listed.set("10.0.0.0/8", "10.1.16.0/20", "192.0.2.128/25")
+    assert len(index.l24.blocks()) == 2  # 10.1/16 (the /20) and 192.0/16 (the /25)
+    cases = {"10.1.17.1": XDP_DROP, "10.1.40.1": XDP_DROP, "10.9.0.1": XDP_DROP,
+             "192.0.2.200": XDP_DROP, "192.0.2.100": XDP_PASS, "192.0.3.1": XDP_PASS}  # fmt: skip
+    for src, want in cases.items():
+        assert lxc.run("from_xdp", frame(src=src))[0] == want, src
+    assert listed.packets() == {"10.0.0.0/8": 2, "10.1.16.0/20": 1, "192.0.2.128/25": 1}
+    # with no block left, a /16 that needs one asks the trie: the same verdicts
+    listed.set()
+    assert index.l24.blocks() == {} and index.l16.values() == {}
+    index.blocks = 1
+    listed.set("10.0.0.0/8", "10.1.16.0/20", "192.0.2.128/25")
+    assert len(index.l24.blocks()) == 1
+    for src, want in cases.items():
+        assert lxc.run("from_xdp", frame(src=src))[0] == want, src
+    assert listed.packets() == {"10.0.0.0/8": 2, "10.1.16.0/20": 1, "192.0.2.128/25": 1}
+    # an entry that stays keeps its counter; one that comes back starts at 0
+    listed.set("10.0.0.0/8")
+    assert index.l24.blocks() == {}
+    listed.set("10.0.0.0/8", "192.0.2.128/25")
+    assert listed.packets() == {"10.0.0.0/8": 2, "192.0.2.128/25": 0}
