@@ -6,9 +6,11 @@
  * lib/verdict.h, and the XDP action counted, as Katran counts its actions):
  *   1. Ethernet header present, else DROP_TRUNCATED
  *   2. not IPv4 (ARP, IPv6, ...) -> on to tc and the stack (REASON_XDP_PASS)
- *   3. IPv4 header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
- *   4. prefilter: the source is on the deny list (an exact address or a
- *      prefix) -> DROP_PREFILTER, counted on the entry (lib/prefilter.h)
+ *   3. prefilter: the source of the IPv4 header is on the deny list (an
+ *      exact address or a prefix) -> DROP_PREFILTER, counted on the entry
+ *      (lib/prefilter.h); no 20-byte header -> DROP_TRUNCATED. A listed
+ *      source is dropped whatever the rest of its header says
+ *   4. IPv4 header valid, else DROP_TRUNCATED / DROP_IP_OPTIONS_BAD
  *   5. not addressed to this device's node address -> on to tc
  *   6. an ICMP echo request, not a fragment -> answered in place and sent
  *      back out (XDP_TX, REASON_XDP_ECHO); nodePortMode dsr: an ICMP error
@@ -58,7 +60,7 @@ static __always_inline int xdp_fragmented(struct xdp_md *ctx)
 	return (ip->frag_off & bpf_htons(0x3fff)) != 0;
 }
 
-/* Step 5: turn an echo request into its reply, in place. */
+/* Step 6: turn an echo request into its reply, in place. */
 static __always_inline int xdp_echo_reply(struct xdp_md *ctx, const struct flow *f,
 					  struct verdict *v)
 {
@@ -115,6 +117,7 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 	struct ethhdr *eth = ctx_data(ctx);
 	__u32 ifindex = ctx_ifindex(ctx);
 	struct host_device *dev;
+	struct iphdr *ip;
 	struct flow f;
 	int ret;
 
@@ -123,11 +126,14 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 		return DROP(DROP_TRUNCATED);
 	if (eth->h_proto != const_htons(ETH_P_IP))
 		return XDP_PASS;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > ctx_data_end(ctx))
+		return DROP(DROP_TRUNCATED);
+	ret = prefilter4(ip->saddr, ctx_len(ctx));
+	if (ret != CTX_GO_ON)
+		return ret;
 	ret = flow_parse4_l3(ctx, &f);
 	if (ret)
-		return ret;
-	ret = prefilter4(f.saddr.v4, ctx_len(ctx));
-	if (ret != CTX_GO_ON)
 		return ret;
 	dev = host_device_of(ifindex);
 	if (!dev || f.daddr.v4 != dev->node_ip)

@@ -136,37 +136,57 @@ class AgentConfig:
 _XDP_CONST_FDS: dict[int, int] = {}
 
 
+def load_xdp(code: bytes, what: str) -> int:
+    """The fd of an XDP program of raw instructions `code`."""
+    import ctypes
+
+    from porin.maps import syscall
+
+    class ProgLoad(ctypes.Structure):
+        _fields_ = [
+            ("prog_type", ctypes.c_uint32),
+            ("insn_cnt", ctypes.c_uint32),
+            ("insns", ctypes.c_uint64),
+            ("license", ctypes.c_uint64),
+            ("pad", ctypes.c_uint8 * 112),
+        ]
+
+    insns = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = ProgLoad(
+        prog_type=6,
+        insn_cnt=len(code) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(lic),
+    )
+    return syscall.bpf(5, attr, f"load {what}")
+
+
 def xdp_const_program(action: int) -> int:
     """The fd of a two-instruction XDP program that returns `action` (loaded
     once per action): XDP_PASS (2) for the lab's bridge ports, XDP_DROP (1)
     as the benchmarks' floor."""
     if action not in _XDP_CONST_FDS:
-        import ctypes
-
-        from porin.maps import syscall
-
-        class ProgLoad(ctypes.Structure):
-            _fields_ = [
-                ("prog_type", ctypes.c_uint32),
-                ("insn_cnt", ctypes.c_uint32),
-                ("insns", ctypes.c_uint64),
-                ("license", ctypes.c_uint64),
-                ("pad", ctypes.c_uint8 * 112),
-            ]
-
         # r0 = action; exit
         code = (
             bytes.fromhex("b7000000")
             + action.to_bytes(4, "little")
-            + bytes.fromhex("9500000000000000")
+            + bytes.fromhex("95" + "00" * 7)
         )
-        insns = ctypes.create_string_buffer(code, 16)
-        lic = ctypes.create_string_buffer(b"GPL")
-        attr = ProgLoad(
-            prog_type=6, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(lic)
-        )
-        _XDP_CONST_FDS[action] = syscall.bpf(5, attr, "load a constant XDP program")
+        _XDP_CONST_FDS[action] = load_xdp(code, "a constant XDP program")
     return _XDP_CONST_FDS[action]
+
+
+def xdp_redirect_program(ifindex: int) -> int:
+    """The fd of an XDP program that redirects every frame to `ifindex` (a
+    bridge port that forwards frames as a NIC's driver would, without an skb)."""
+    code = (
+        bytes.fromhex("b7010000") + ifindex.to_bytes(4, "little")  # r1 = ifindex
+        + bytes.fromhex("b702000000000000")  # r2 = 0
+        + bytes.fromhex("8500000017000000")  # call bpf_redirect
+        + bytes.fromhex("9500000000000000")  # exit
+    )  # fmt: skip
+    return load_xdp(code, "an XDP redirect program")
 
 
 def xdp_pass_program() -> int:
@@ -223,6 +243,7 @@ class Underlay:
         self.ns.exec(["ip", "link", "add", "br0", "type", "bridge"])
         self.ns.exec(["ip", "link", "set", "br0", "up"])
         self._n = 0
+        self.ports: dict[str, str] = {}  # namespace name -> its bridge-side port
 
     def attach(self, ns: Netns, ip: str, gateway: str | None = None, mtu: int = 1500) -> str:
         """Give `ns` an eth0 on this network with `ip`; returns the bridge-side port name."""
@@ -246,6 +267,7 @@ class Underlay:
             ]
         )
         self.ns.exec(["ip", "link", "set", port, "master", "br0", "up"])
+        self.ports[ns.name] = port
         # native XDP on the joining side may XDP_TX into this veth (daemon/xdp.py)
         attach_xdp_pass(self.ns, port)
         ns.exec(["ip", "link", "set", "eth0", "mtu", str(mtu), "up"])

@@ -360,6 +360,38 @@ def prog_test_run(
     return ret, out, duration
 
 
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+class _XdpMd(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint32)
+        for name in ("data", "data_end", "data_meta", "ingress_ifindex", "rx_queue_index",
+                     "egress_ifindex")
+    ]  # fmt: skip
+
+
+def prog_test_run_live(prog_fd: int, data: bytes, ifindex: int, repeat: int) -> int:
+    """Run an XDP program on `repeat` copies of `data` received on `ifindex`
+    (of this thread's namespace) in live-frame mode: what it sends with
+    XDP_TX or a redirect is really sent, as xdp-trafficgen does. Returns the
+    ns the runs took."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    ctx = _XdpMd(data_end=len(data), ingress_ifindex=ifindex)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_in=_addr(data_in),
+        repeat=repeat,
+        ctx_size_in=ctypes.sizeof(ctx),
+        ctx_in=_addr(ctx),
+        flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size=64,
+    )
+    bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN (live frames)")
+    return attr.duration * repeat
+
+
 def prog_test_run_ctx(
     prog_fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1
 ) -> tuple[int, bytes, int, bytes]:
