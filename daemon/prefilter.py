@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,12 @@ def normalize(cidr: Any) -> str:
     return str(net)
 
 
+def _cidr_order(cidr: str) -> tuple[bytes, int]:
+    """Sort key of a normalized CIDR: by address, then prefix length."""
+    addr, _, plen = cidr.partition("/")
+    return socket.inet_aton(addr), int(plen)
+
+
 class Prefilter:
     def __init__(
         self,
@@ -70,6 +77,7 @@ class Prefilter:
         self.exact = PrefilterExactMap(bpffs_root)
         self.lpm = PrefilterLpmMap(bpffs_root)
         self.slots = PrefilterSlotsMap(bpffs_root)
+        self._slots: dict[int, tuple[str, int, int]] | None = None  # see _sync_slots
         self.counts = PrefilterCountsMap(bpffs_root)
         self.index = PrefixIndex(PrefilterL16Map(bpffs_root), PrefilterL24Map(bpffs_root))
         self.bits = slot_bits(self.slots.max_entries)
@@ -161,7 +169,8 @@ class Prefilter:
 
     def _sync_slots(self, counters: dict[str, int]) -> None:
         """The /32 slots for the wanted /32s, only what changed written (a slot
-        that keeps its address keeps its counter)."""
+        that keeps its address keeps its counter). The slots as last written
+        are kept, read again after a write failed part way."""
         slots: dict[int, tuple[str, int, int]] = {}
         for c in sorted(counters):
             if not c.endswith("/32"):
@@ -173,13 +182,17 @@ class Prefilter:
                 slots[idx] = (held[0], held[1] | SLOT_SHARED, held[2])
             else:
                 slots[idx] = (ip, SLOT_USED, counters[c])
-        current = self.slots.used()
-        for idx, (ip, flags, counter) in slots.items():
-            old = current.get(idx)
-            if old is None or (old.address, old.flags, old.counter) != (ip, flags, counter):
-                self.slots.put(U32Key(idx), PrefilterSlot.of(ip, flags, counter))
+        if self._slots is None:
+            self._slots = {i: (s.address, s.flags, s.counter) for i, s in self.slots.used().items()}
+        current, self._slots = self._slots, None
+        for idx, held in slots.items():
+            if current.get(idx) != held:
+                self.slots.put(U32Key(idx), PrefilterSlot.of(*held))
+                current[idx] = held
         for idx in set(current) - set(slots):
             self.slots.put(U32Key(idx), PrefilterSlot())
+            del current[idx]
+        self._slots = current
 
     def add(self, cidrs: list[Any]) -> list[str]:
         """All valid and allowed, then stored and programmed; or none."""
@@ -231,7 +244,7 @@ class Prefilter:
         with self._lock:
             want = set(self.config) | self.stored
         out = []
-        for c in sorted(want, key=lambda x: ipaddress.IPv4Network(x)):
+        for c in sorted(want, key=_cidr_order):
             packets, nbytes = totals.get(counters.get(c, 0), (0, 0))
             out.append(
                 {

@@ -68,24 +68,39 @@ def plan(prefixes: dict[str, int]) -> dict[int, int | Block]:
 
 
 class PrefixIndex:
+    """The index maps as this process last wrote them: read once, then kept
+    (the agent's prefilter is their only writer), and read again after a
+    write failed part way."""
+
     def __init__(self, l16: PrefilterL16Map, l24: PrefilterL24Map) -> None:
         self.l16, self.l24 = l16, l24
         self.blocks = l24.max_entries // BLOCK
         self._warned = False
+        self._have: dict[int, int] | None = None  # /16 -> value, the non-zero ones
+        self._contents: dict[int, Block] = {}  # block -> its values, the used ones
 
     def sync(self, prefixes: dict[str, int]) -> None:
         """Make the index say what `plan(prefixes)` says (the trie must hold
         `prefixes` already; prefixes that went are taken out of it after)."""
         want = plan(prefixes)
-        have = self.l16.values()
-        contents = self.l24.blocks()
+        if self._have is None:
+            self._have, self._contents = self.l16.values(), self.l24.blocks()
+        try:
+            self._apply(want, self._have, self._contents)
+        except BaseException:
+            self._have = None
+            raise
+
+    def _apply(
+        self, want: dict[int, int | Block], have: dict[int, int], contents: dict[int, Block]
+    ) -> None:
         in_use = {v & IDX_MASK for v in have.values() if v & IDX_BLOCK}
         free = iter(sorted(set(range(self.blocks)) - in_use))
-        writes: list[tuple[U32Key, IndexValue]] = []
+        writes: list[tuple[int, int]] = []
         for h, w in sorted(want.items(), key=lambda x: x[0]):
             cur = have.get(h, 0)
             if isinstance(w, tuple):
-                if cur & IDX_BLOCK and contents.get(cur & IDX_MASK, (0,) * BLOCK) == w:
+                if cur & IDX_BLOCK and contents.get(cur & IDX_MASK) == w:
                     continue
                 b = next(free, None)
                 if b is None:
@@ -99,12 +114,18 @@ class PrefixIndex:
                     w = IDX_TRIE
                 else:
                     self.l24.write_block(b, w)
+                    contents[b] = w
                     w = IDX_BLOCK | b
             if cur != w:
-                writes.append((U32Key(h), IndexValue(w)))
-        writes += [(U32Key(h), IndexValue(0)) for h in have if h not in want]
-        self.l16.put_many(writes)
-        final = {**have, **{k.index: v.value for k, v in writes}}
-        still = {v & IDX_MASK for v in final.values() if v & IDX_BLOCK}
+                writes.append((h, w))
+        writes += [(h, 0) for h in have if h not in want]
+        self.l16.put_many([(U32Key(h), IndexValue(v)) for h, v in writes])
+        for h, v in writes:
+            if v:
+                have[h] = v
+            else:
+                have.pop(h, None)
+        still = {v & IDX_MASK for v in have.values() if v & IDX_BLOCK}
         for b in in_use - still:
             self.l24.write_block(b, (0,) * BLOCK)
+            contents.pop(b, None)

@@ -28,12 +28,17 @@ class PrefilterCountsMap(PinnedMap[U32Key, PrefilterCount]):
         )
 
     def totals(self) -> dict[int, tuple[int, int]]:
-        """(packets, bytes) of every counter that has counted, in one batch read."""
+        """(packets, bytes) of every counter that has counted, summed over the
+        CPUs, from one batch read parsed in place (32,769 counters on each CPU)."""
+        raw_keys, raw_vals, n = self.dump_raw()
+        keys, words = memoryview(raw_keys).cast("I"), memoryview(raw_vals).cast("Q")
+        per_key = 2 * self._ncpu  # {packets, bytes} on each CPU, 16 bytes apart
         out = {}
-        for k, values in self.items_percpu_batch():
-            v = self.merge_percpu(values)
-            if v.packets:
-                out[k.index] = (v.packets, v.bytes)
+        for i in range(n):
+            row = words[i * per_key : (i + 1) * per_key]
+            packets = sum(row[0::2])
+            if packets:
+                out[keys[i]] = (packets, sum(row[1::2]))
         return out
 
     def reset(self, counter: int) -> None:

@@ -41,4 +41,4 @@ class PrefilterExactMap(PinnedMap[PrefilterAddr, PrefilterEntry]):
 
     def entries(self) -> dict[str, int]:
         """Each listed /32 with its counter."""
-        return {f"{k.address}/32": v.counter for k, v in self.items()}
+        return {f"{k.address}/32": v.counter for k, v in self.dump()}

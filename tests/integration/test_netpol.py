@@ -151,9 +151,10 @@ class Model:
         return self.nodes[node].porin(*args, check=check)
 
     def apply(self, text: str, node: int = 0) -> None:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write(text)
-        r = self.porin("apply", "-f", f.name, node=node, check=False)
+            f.flush()
+            r = self.porin("apply", "-f", f.name, node=node, check=False)
         assert r.returncode == 0, r.stderr
 
     def reset(self) -> None:
@@ -678,9 +679,10 @@ def test_bad_input_applies_nothing(np):
     bad = policy(
         "broken", "x", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]"
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(good + bad)
-    r = np.porin("apply", "-f", f.name, check=False)
+        f.flush()
+        r = np.porin("apply", "-f", f.name, check=False)
     assert r.returncode != 0
     assert (
         "document 2" in r.stderr and "ipBlock.cidr" in r.stderr and "not a valid CIDR" in r.stderr
@@ -710,11 +712,12 @@ def test_etcd_down_keeps_the_last_policy_and_takes_new_ones(np):
         node.stop_agent()
         node.start_agent()  # from the cached copy
         check(np, lambda s, d: d[0] != "x")
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write(policy("during-outage", "y", "  podSelector: {}"))
-        # taken while etcd is away: enforced on the node that took it, and
-        # written to etcd (so to the other nodes) once it is back
-        r = np.porin("apply", "-f", f.name, check=False)
+            f.flush()
+            # taken while etcd is away: enforced on the node that took it, and
+            # written to etcd (so to the other nodes) once it is back
+            r = np.porin("apply", "-f", f.name, check=False)
         assert r.returncode == 0 and "kvstore pending" in r.stderr, r.stderr
         assert "y/during-outage" in {
             f"{p['namespace']}/{p['name']}" for p in np.nodes[0].porin_json("policy", "list")

@@ -34,9 +34,10 @@ def connects(src, ip: str, port: int) -> bool:
 
 
 def apply(node, text: str, check: bool = True) -> subprocess.CompletedProcess:
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(text)
-    return node.porin("apply", "-f", f.name, check=check)
+        f.flush()
+        return node.porin("apply", "-f", f.name, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +203,9 @@ def test_policies_survive_an_agent_restart_on_the_embedded_store(node, pods):
 def test_delete_of_what_does_not_exist_deletes_nothing(node, pods):
     apply(node, WEB_POLICY)
     other = WEB_POLICY.replace("name: web,", "name: ghost,")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(WEB_POLICY + "---\n" + other)
-    r = node.porin("delete", "-f", f.name, check=False)
+        f.flush()
+        r = node.porin("delete", "-f", f.name, check=False)
     assert r.returncode != 0 and "shop/ghost not found" in r.stderr
     assert [p["name"] for p in node.porin_json("policy", "list")] == ["web"]

@@ -127,13 +127,14 @@ def site():
             p = where.popen(["python3", "-c", ECHO, "80"], stdout=subprocess.PIPE, text=True)
             assert p.stdout.readline().strip() == "ready"
             procs.append(p)
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write(
                 "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
                 "metadata: {name: a-takes-nothing, namespace: press}\n"
                 "spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Ingress]}\n"
             )
-        node.porin("apply", "-f", f.name)
+            f.flush()
+            node.porin("apply", "-f", f.name)
         yield node, pods, procs
     finally:
         for p in procs:
