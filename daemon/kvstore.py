@@ -233,7 +233,7 @@ class EtcdStore:
             ),
         )
         scope = prefix[len(PREFIX) :].strip("/").split("/")[0] or "all"
-        cancelled = threading.Event()
+        cancelled, created = threading.Event(), threading.Event()
 
         def pump() -> None:
             try:
@@ -241,7 +241,10 @@ class EtcdStore:
                     if cancelled.is_set():
                         return
                     if line.strip():
-                        self._deliver(json.loads(line), prefix, scope, fn)
+                        chunk = json.loads(line)
+                        if (chunk.get("result") or {}).get("created"):
+                            created.set()
+                        self._deliver(chunk, prefix, scope, fn)
                 if not cancelled.is_set():
                     log.warning("watch on %s ended: the stream closed", prefix)
             except Exception as e:
@@ -262,6 +265,12 @@ class EtcdStore:
             resp.close()
 
         threading.Thread(target=pump, name=f"watch:{prefix}", daemon=True).start()
+        # the gateway answers before etcd has made the watch: until etcd says
+        # it is made, a change would be in neither a read made now nor the
+        # watch (the caller reads the state after this returns)
+        if not created.wait(self.timeout):
+            cancel()
+            raise KvStoreError(f"etcd {self.endpoint}: the watch on {prefix} was not made")
         return cancel
 
     def _deliver(self, chunk: dict[str, Any], prefix: str, scope: str, fn: WatchFn) -> None:

@@ -10,9 +10,10 @@ import json
 import socket
 import threading
 
+import pytest
 from porinlab import wait_for
 
-from porin.daemon.kvstore import EtcdStore, Event
+from porin.daemon.kvstore import EtcdStore, Event, KvStoreError
 
 
 def b64(x: str) -> str:
@@ -98,3 +99,13 @@ def test_a_stream_etcd_ended_is_closed_on_our_side_too():
     EtcdStore([f"http://127.0.0.1:{gw.port}"]).watch_prefix("/porin/nodes/", got.append)
     assert gw.client_closed.wait(10), "the ended stream's socket was left in CLOSE-WAIT"
     assert len(got) == 2
+
+
+def test_a_watch_etcd_never_confirms_is_refused_and_closed():
+    # until etcd says the watch is made, a change could be in neither the
+    # caller's next read nor the watch: the caller must not go on
+    gw = Gateway([{"result": {"header": {}}}], end=False)
+    store = EtcdStore([f"http://127.0.0.1:{gw.port}"], timeout=1.0)
+    with pytest.raises(KvStoreError, match="was not made"):
+        store.watch_prefix("/porin/nodes/", lambda ev: None)
+    assert gw.client_closed.wait(10), "the refused watch's connection stayed open"
