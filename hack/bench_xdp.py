@@ -72,6 +72,7 @@ from porinlab import (
     attach_xdp,
     in_netns,
     run,
+    start_agents,
     wait_for,
     xdp_const_program,
     xdp_redirect_program,
@@ -228,8 +229,7 @@ def porin_cluster(
         )
         lab.on_close(n.close)
         nodes.append(n)
-    for n in nodes:
-        n.start_agent(timeout=180)
+    start_agents(nodes, timeout=240)
     backend = nodes[1].add_pod()
     nodes[0].porin(
         "service", "update", "--id", "1", "--frontend", f"10.96.{base}.1:80",

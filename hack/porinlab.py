@@ -232,6 +232,21 @@ def attach_xdp_pass(ns: Netns, device: str) -> None:
     attach_xdp(ns, device, xdp_pass_program())
 
 
+def start_agents(nodes: list[Node], timeout: float = 150.0) -> None:
+    """Start the agents of `nodes` together, as a cluster's nodes boot, and
+    wait until every one is ready: their datapath compiles share the CPUs
+    instead of taking turns."""
+    for n in nodes:
+        n.launch_agent()
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        wait_for(
+            n.healthy,
+            max(1.0, deadline - time.monotonic()),
+            f"porin-agent of {n.ns.name} to be ready",
+        )
+
+
 class Underlay:
     """The node network: a bridge in a namespace of its own that nodes and
     "external" hosts join with a veth each (their side named eth0)."""
@@ -468,7 +483,8 @@ class Node:
         """Environment for the porin CLI against this node."""
         return {**os.environ, "PORIN_CONFIG": self.config_path}
 
-    def start_agent(self, timeout: float = 60.0, detach: bool = False) -> None:
+    def launch_agent(self, detach: bool = False) -> None:
+        """Start the agent without waiting for it (see start_agents)."""
         log = open(self.log_path, "a")
         self.proc = self.ns.popen(
             [str(self.bin / "porin-agent"), "--config", self.config_path],
@@ -476,6 +492,9 @@ class Node:
             stderr=subprocess.STDOUT,
             start_new_session=detach,
         )
+
+    def start_agent(self, timeout: float = 60.0, detach: bool = False) -> None:
+        self.launch_agent(detach)
         wait_for(self.healthy, timeout, f"porin-agent of {self.ns.name} to be ready")
 
     def healthy(self) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from porinlab import Etcd, Node, Underlay, wait_for
+from porinlab import Etcd, Node, Underlay, start_agents, wait_for
 
 ETCD_IP = "198.18.0.2"
 NAMESPACES = ("x", "y", "z")
@@ -111,7 +111,7 @@ class Model:
                 clusterCIDR="10.244.0.0/16",
             )
             self.nodes.append(n)
-            n.start_agent()
+        start_agents(self.nodes)
         ports = [
             {"name": f"serve-{p}-{proto.lower()}", "containerPort": p, "protocol": proto}
             for p in (80, 81)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from peers import TCP_HOLD, WHOAMI, start, tcp, udp
-from porinlab import Etcd, Netns, Node, Underlay, wait_for
+from porinlab import Etcd, Netns, Node, Underlay, start_agents, wait_for
 
 ETCD_IP = "198.18.0.2"
 EXT_IP = "198.18.0.200"
@@ -50,7 +50,7 @@ def site(request):
                 nodePortMode=mode,
             )
             nodes.append(n)
-            n.start_agent()
+        start_agents(nodes)
         backend = nodes[1].add_pod()
         procs.append(start(backend, WHOAMI, "8080"))
         nodes[0].porin(

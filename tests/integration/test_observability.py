@@ -13,7 +13,7 @@ import time
 
 import pytest
 from peers import WHOAMI, start, tcp
-from porinlab import VENV_BIN, Etcd, Node, Prometheus, Underlay, wait_for
+from porinlab import VENV_BIN, Etcd, Node, Prometheus, Underlay, start_agents, wait_for
 
 ETCD_IP, PROM_IP = "198.18.0.2", "198.18.0.3"
 PORT = 9962
@@ -42,7 +42,6 @@ class Cluster:
             prometheusListen=f":{PORT}",
         )
         self.nodes.append(node)
-        node.start_agent()
         return node
 
     def close(self) -> None:
@@ -64,6 +63,7 @@ def cluster():
         c.etcd.start()
         for i in (1, 2):
             c.add_node(i)
+        start_agents(c.nodes)
         c.prom = Prometheus(c.underlay, PROM_IP, [f"{n.node_ip}:{PORT}" for n in c.nodes])
         c.prom.start()
         yield c

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from porinlab import CONVERSATION, Etcd, Netns, Node, Underlay, wait_for
+from porinlab import CONVERSATION, Etcd, Netns, Node, Underlay, start_agents, wait_for
 from scapy.all import IP, UDP, rdpcap
 from scapy.layers.vxlan import VXLAN
 
@@ -98,7 +98,8 @@ def cluster(request):
     try:
         c.etcd.start()
         for i in (1, 2, 3):
-            c.add_node(i)
+            c.add_node(i, start=False)
+        start_agents(c.nodes)
         for n in c.nodes:
             for _ in range(2):
                 pod = n.add_pod()
