@@ -85,7 +85,14 @@ class MetricsKey(ctypes.Structure):
 
 
 class MetricsValue(ctypes.Structure):
+    """{packets, bytes}: also the prefilter's counters (maps/prefilter_counts.py)."""
+
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+def sum_percpu(values: list[MetricsValue]) -> MetricsValue:
+    """Per-CPU {packets, bytes} summed."""
+    return MetricsValue(packets=sum(v.packets for v in values), bytes=sum(v.bytes for v in values))
 
 
 @dataclass(frozen=True)
@@ -123,9 +130,7 @@ class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
     VALUE = MetricsValue
 
     def merge_percpu(self, values: list[MetricsValue]) -> MetricsValue:
-        return MetricsValue(
-            packets=sum(v.packets for v in values), bytes=sum(v.bytes for v in values)
-        )
+        return sum_percpu(values)
 
     def metrics(self) -> list[Metric]:
         """Every (reason, direction) that has counted a packet."""

@@ -4,14 +4,10 @@ datapath reads it as "not listed"."""
 
 from __future__ import annotations
 
-import ctypes
-
 from porin.maps import map_types
+from porin.maps.metrics import MetricsValue as PrefilterCount
+from porin.maps.metrics import sum_percpu
 from porin.maps.pinned import PinnedMap, U32Key
-
-
-class PrefilterCount(ctypes.Structure):
-    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
 class PrefilterCountsMap(PinnedMap[U32Key, PrefilterCount]):
@@ -23,9 +19,7 @@ class PrefilterCountsMap(PinnedMap[U32Key, PrefilterCount]):
     VALUE = PrefilterCount
 
     def merge_percpu(self, values: list[PrefilterCount]) -> PrefilterCount:
-        return PrefilterCount(
-            packets=sum(v.packets for v in values), bytes=sum(v.bytes for v in values)
-        )
+        return sum_percpu(values)
 
     def totals(self) -> dict[int, tuple[int, int]]:
         """(packets, bytes) of every counter that has counted, summed over the
