@@ -184,15 +184,18 @@ class Prefilter:
                 slots[idx] = (ip, SLOT_USED, counters[c])
         if self._slots is None:
             self._slots = {i: (s.address, s.flags, s.counter) for i, s in self.slots.used().items()}
-        current, self._slots = self._slots, None
-        for idx, held in slots.items():
-            if current.get(idx) != held:
-                self.slots.put(U32Key(idx), PrefilterSlot.of(*held))
-                current[idx] = held
-        for idx in set(current) - set(slots):
-            self.slots.put(U32Key(idx), PrefilterSlot())
-            del current[idx]
-        self._slots = current
+        current = self._slots
+        try:
+            for idx, held in slots.items():
+                if current.get(idx) != held:
+                    self.slots.put(U32Key(idx), PrefilterSlot.of(*held))
+                    current[idx] = held
+            for idx in set(current) - set(slots):
+                self.slots.put(U32Key(idx), PrefilterSlot())
+                del current[idx]
+        except BaseException:
+            self._slots = None
+            raise
 
     def add(self, cidrs: list[Any]) -> list[str]:
         """All valid and allowed, then stored and programmed; or none."""

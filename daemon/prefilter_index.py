@@ -97,7 +97,7 @@ class PrefixIndex:
         in_use = {v & IDX_MASK for v in have.values() if v & IDX_BLOCK}
         free = iter(sorted(set(range(self.blocks)) - in_use))
         writes: list[tuple[int, int]] = []
-        for h, w in sorted(want.items(), key=lambda x: x[0]):
+        for h, w in sorted(want.items()):
             cur = have.get(h, 0)
             if isinstance(w, tuple):
                 if cur & IDX_BLOCK and contents.get(cur & IDX_MASK) == w:

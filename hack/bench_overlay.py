@@ -115,8 +115,7 @@ def remove_node_leftovers(name: str) -> None:
 
 
 def link_mtu(ns: Netns, dev: str = "eth0") -> int:
-    info = json.loads(ns.exec(["ip", "-j", "link", "show", dev]).stdout)
-    return int(info[0]["mtu"])
+    return int(ns.link(dev)["mtu"])
 
 
 @dataclass

@@ -349,7 +349,7 @@ def flood_cost(
 
 def link_of(ns: Netns, dev: str) -> tuple[int, str]:
     """(ifindex, MAC) of `dev` in `ns`."""
-    info = json.loads(ns.exec(["ip", "-j", "link", "show", dev]).stdout)[0]
+    info = ns.link(dev)
     return int(info["ifindex"]), str(info["address"])
 
 

@@ -100,6 +100,10 @@ class Netns:
     def popen(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
         return subprocess.Popen(["nsenter", f"--net={self.path}", *cmd], **kw)
 
+    def link(self, dev: str) -> dict[str, Any]:
+        """`dev` as `ip -j link show` describes it (ifindex, address, mtu, ...)."""
+        return json.loads(self.exec(["ip", "-j", "link", "show", dev]).stdout)[0]
+
     def close(self) -> None:
         run(["ip", "netns", "del", self.name], check=False)
 
