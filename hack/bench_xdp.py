@@ -21,7 +21,10 @@ the CPU a dropped packet costs, each against a baseline of the same run.
    `snat` (tc), and kube-proxy-style iptables (DNAT + MASQUERADE on a plain
    node 1, host-gw routing to a plain node 2): target dsr in XDP at least
    1.3x iptables. Client and servers pinned to one CPU; variants interleaved
-   per round; medians of same-round ratios.
+   per round; medians of same-round ratios. Only the Porin nodes' bridge
+   ports carry the XDP_PASS program native XDP_TX needs: on the external
+   host's and the plain nodes' it would put their traffic through a veth's
+   NAPI and a copy, a cost of this lab the baseline does not have.
 3. CPU per dropped packet: a UDP flood from a second external host to a
    node that drops it with the prefilter, or with an iptables `raw`
    PREROUTING DROP (behind an XDP_PASS program, so that its veth receives
@@ -248,8 +251,8 @@ def iptables_cluster(lab: Lab, underlay: Underlay, base: int) -> tuple[Variant, 
     and host-gw routing between two plain nodes."""
     n1, n2, pod = lab.netns("ipt1"), lab.netns("ipt2"), lab.netns("iptpod")
     ip1, ip2, pod_ip = f"198.18.0.{base + 1}", f"198.18.0.{base + 2}", "10.250.2.5"
-    underlay.attach(n1, ip1)
-    underlay.attach(n2, ip2)
+    underlay.attach(n1, ip1, xdp_pass=False)  # plain nodes: no XDP on their ports
+    underlay.attach(n2, ip2, xdp_pass=False)
     for n in (n1, n2):
         n.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     n2.exec(["ip", "link", "add", "veth-pod", "type", "veth", "peer", "name", "eth0",
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         underlay = Underlay()
         lab.on_close(underlay.close)
         ext, flooder = lab.netns("ext"), lab.netns("flood")
-        underlay.attach(ext, EXT_IP)
+        underlay.attach(ext, EXT_IP, xdp_pass=False)  # it runs no XDP
         underlay.attach(flooder, FLOODER_IP)
         benchlib.tune_client(ext)
         variants, servers = [], []

@@ -264,8 +264,20 @@ class Underlay:
         self._n = 0
         self.ports: dict[str, str] = {}  # namespace name -> its bridge-side port
 
-    def attach(self, ns: Netns, ip: str, gateway: str | None = None, mtu: int = 1500) -> str:
-        """Give `ns` an eth0 on this network with `ip`; returns the bridge-side port name."""
+    def attach(
+        self,
+        ns: Netns,
+        ip: str,
+        gateway: str | None = None,
+        mtu: int = 1500,
+        xdp_pass: bool = True,
+    ) -> str:
+        """Give `ns` an eth0 on this network with `ip`; returns the bridge-side port name.
+
+        `xdp_pass`: the port gets an XDP_PASS program, which a joining side
+        running native XDP needs (its XDP_TX frames are dropped otherwise). A
+        host that runs no XDP does without, as on a real network: a veth with
+        an XDP program receives in NAPI and copies most skbs into a page."""
         self._n += 1
         port = f"u{self._n}-{uuid.uuid4().hex[:6]}"
         self.ns.exec(
@@ -287,8 +299,8 @@ class Underlay:
         )
         self.ns.exec(["ip", "link", "set", port, "master", "br0", "up"])
         self.ports[ns.name] = port
-        # native XDP on the joining side may XDP_TX into this veth (daemon/xdp.py)
-        attach_xdp_pass(self.ns, port)
+        if xdp_pass:  # native XDP on the joining side may XDP_TX into this veth
+            attach_xdp_pass(self.ns, port)
         ns.exec(["ip", "link", "set", "eth0", "mtu", str(mtu), "up"])
         # frames on a wire carry whole checksums: a veth would hand the
         # sender's checksum offload (a partial checksum) to the receiver's
