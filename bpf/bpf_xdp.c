@@ -175,7 +175,14 @@ static __always_inline int xdp_exit(struct xdp_md *ctx, int ret, struct verdict 
 int from_xdp(struct xdp_md *ctx)
 {
 	struct verdict v;
+	int ret;
 
 	verdict_init(&v, DIR_INGRESS);
-	return xdp_exit(ctx, handle_from_xdp(ctx, &v), &v);
+	ret = handle_from_xdp(ctx, &v);
+	/* The same exit, but with the reason a constant, which the compiler folds
+	 * into the recording: a flood the prefilter drops takes this way, and it
+	 * saves about 1.5 ns a packet (hack/bench_xdp.py). */
+	if (ret == DROP(DROP_PREFILTER))
+		return xdp_exit(ctx, DROP(DROP_PREFILTER), &v);
+	return xdp_exit(ctx, ret, &v);
 }
