@@ -3,7 +3,8 @@
  *   from_xdp  every frame received on the device
  *
  * Packet path, top to bottom (ending in xdp_exit: the verdict recorded once,
- * lib/verdict.h, and the XDP action counted, as Katran counts its actions):
+ * lib/verdict.h, and counted by its reason and XDP action, which gives both
+ * the metrics and Katran's per-action counters):
  *   1. Ethernet header present, else DROP_TRUNCATED
  *   2. not IPv4 (ARP, IPv6, ...) -> on to tc and the stack (REASON_XDP_PASS)
  *   3. prefilter: the source of the IPv4 header is on the deny list (an
@@ -46,9 +47,17 @@
 #error "NODEPORT_DSR must be defined (daemon/datapath.py:build_flags passes it)"
 #endif
 
-/* XDP actions as Katran counts them: index = the action */
+/* Every verdict of from_xdp, counted once by (reason, XDP action): one
+ * per-CPU lookup where the metrics map and an action counter took two.
+ * User space reads them as metrics (reason, ingress), folded into those of
+ * the `metrics` map, and as Katran's per-action counters (aborted, drop,
+ * pass, tx, redirect) summed over the reasons (maps/xdp_metrics.py). */
 #define XDP_ACTIONS 5
-PORIN_MAP("percpu_array", __u32, __u64, xdp_actions, XDP_ACTIONS);
+#define XDP_METRICS_INDEX(reason, action) (((__u32)(reason) << 3) | ((action) & 7))
+#ifndef XDP_METRICS_SLOTS
+#error "XDP_METRICS_SLOTS must be defined (daemon/datapath.py:build_flags passes it)"
+#endif
+PORIN_MAP("percpu_array", __u32, struct metrics_value, xdp_metrics, XDP_METRICS_SLOTS);
 
 /* Any fragment, the first one too: an echo is only answered whole. */
 static __always_inline int xdp_fragmented(struct xdp_md *ctx)
@@ -157,18 +166,21 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 	return XDP_PASS;
 }
 
-/* The verdict, then the action counted. */
+/* The verdict, then counted by reason and action. */
 static __always_inline int xdp_exit(struct xdp_md *ctx, int ret, struct verdict *v)
 {
-	__u32 action;
-	__u64 *n;
+	struct metrics_value *m;
+	__u32 action, idx;
 
 	action = verdict_exit(ctx, ret, v);
 	if (action >= XDP_ACTIONS)
 		action = XDP_ABORTED;
-	n = xdp_actions.lookup(&action);
-	if (n)
-		*n += 1;
+	idx = XDP_METRICS_INDEX(v->reason, action);
+	m = xdp_metrics.lookup(&idx);
+	if (m) {
+		m->packets += 1;
+		m->bytes += ctx_len(ctx);
+	}
 	return action;
 }
 

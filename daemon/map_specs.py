@@ -68,7 +68,7 @@ from porin.maps.prefilter_slots import PrefilterL16Map, PrefilterSlotsMap, slot_
 from porin.maps.sock_config import SockConfigMap
 from porin.maps.sock_rev4 import SockRev4Map
 from porin.maps.tunnel_config import TunnelConfigMap
-from porin.maps.xdp_actions import XdpActionsMap
+from porin.maps.xdp_metrics import XdpMetricsMap
 from porin.maps.xdp_routes4 import XdpRoutesMap
 
 log = logging.getLogger("porin.maps")
@@ -101,7 +101,7 @@ PINNED_MAPS: list[type[PinnedMap]] = [
     PrefilterL16Map,
     PrefilterL24Map,
     PrefilterCountsMap,
-    XdpActionsMap,
+    XdpMetricsMap,
     Lb4FlowsMap,
     XdpRoutesMap,
     Frag4Map,
@@ -199,13 +199,29 @@ def pinned_shape(path: str) -> MapSpec | None:
     return MapSpec(name, i.type, i.key_size, i.value_size, i.max_entries, i.map_flags)
 
 
+# Maps of earlier builds that this one no longer has, and what took their
+# place: unpinned at start, so that no map of an older build is left behind.
+RETIRED_PINS = {
+    "xdp_actions": (
+        "bpf_xdp.c now counts each verdict by reason and action in xdp_metrics; "
+        "the per-action counts restart at 0"
+    ),
+}
+
+
 def reconcile_pins(cfg: AgentConfig, migrate: bool = False) -> list[str]:
     """Unpin every map whose shape differs from what this build and `cfg`
-    create, so the next compile makes it afresh. Returns their names. With
-    `migrate` (the live maps), a hash or LRU map of this layout or of one its
-    module declares as previous is parked so that daemon/map_migrate.py
-    carries its entries over."""
+    create, so the next compile makes it afresh, and every retired one.
+    Returns their names. With `migrate` (the live maps), a hash or LRU map of
+    this layout or of one its module declares as previous is parked so that
+    daemon/map_migrate.py carries its entries over."""
     removed = []
+    for name, why in RETIRED_PINS.items():
+        path = os.path.join(cfg.bpffs_root, name)
+        if os.path.exists(path):
+            log.warning("BPF map %s is no longer used (%s): removing it", path, why)
+            os.unlink(path)
+            removed.append(name)
     for spec in map_specs(cfg):
         path = os.path.join(cfg.bpffs_root, spec.name)
         have = pinned_shape(path)

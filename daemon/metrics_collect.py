@@ -41,7 +41,7 @@ from porin.maps.flow_lost import FlowLostMap
 from porin.maps.metrics import MetricsMap, direction_name, reasons
 from porin.maps.monitor_lost import MonitorLostMap
 from porin.maps.pinned import MapNotFound, PinnedMap
-from porin.maps.xdp_actions import XdpActionsMap
+from porin.maps.xdp_metrics import XdpMetricsMap
 
 log = logging.getLogger("porin.metrics")
 
@@ -130,7 +130,7 @@ class DatapathCollector(Collector):
         )
 
     def _xdp(self) -> Iterator[Metric]:
-        x = self._map(XdpActionsMap)
+        x = self._map(XdpMetricsMap)
         if x is None:  # no uplinks: no XDP program, no series
             return
         fam = CounterMetricFamily(

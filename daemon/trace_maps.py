@@ -34,7 +34,7 @@ ZEROED = {
     "flow_rate",
     "flow_lost",
     "flow_config",
-    "xdp_actions",
+    "xdp_metrics",
     "monitor_config",
 }
 BATCH_BYTES = 4 << 20  # per batch call, keys and values together

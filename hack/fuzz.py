@@ -17,7 +17,7 @@ bytes. Checked for every batch of one kind:
 - every return value is one the program documents (tc: OK, SHOT, REDIRECT;
   XDP: DROP, PASS, TX, REDIRECT; never XDP_ABORTED);
 - the metrics map counts exactly one verdict per packet the kernel ran,
-  under a reason bpf/lib/reasons.h names (and xdp_actions one action);
+  under a reason bpf/lib/reasons.h names (and xdp_metrics one action);
 - malformed packets (random bytes, truncated, bad IPv4 header) create no
   conntrack or NAT entry;
 - the bystander flows set up before (a pod-to-pod connection, a service
@@ -76,7 +76,7 @@ from porin.maps.metrics import MetricsMap, reasons
 from porin.maps.nat import NatMap
 from porin.maps.nonmasq import NonMasqMap
 from porin.maps.tunnel_config import TunnelConfig, TunnelConfigMap
-from porin.maps.xdp_actions import XdpActionsMap
+from porin.maps.xdp_metrics import XdpMetricsMap
 from porin.models import Backend, Service
 
 __all__ = ["Batch", "POD_A", "POD_B", "BYSTANDER_PORTS", "corpus", "from_pod", "fuzz", "Site"]
@@ -143,7 +143,7 @@ class Site:
             self.metrics = MetricsMap(self.root)
             self.ct = Conntrack(self.root)
             self.nat = NatMap(self.root)
-            self.xdp_actions = XdpActionsMap(self.root) if "from_xdp" in self.fds else None
+            self.xdp_metrics = XdpMetricsMap(self.root) if "from_xdp" in self.fds else None
             self._populate()
         except BaseException:
             self.close()
@@ -205,7 +205,7 @@ class Site:
         return Counter({(m.reason, m.direction): m.packets for m in self.metrics.metrics()})
 
     def xdp_counted(self) -> int:
-        return sum(self.xdp_actions.totals().values()) if self.xdp_actions else 0
+        return sum(self.xdp_metrics.totals().values()) if self.xdp_metrics else 0
 
     def state_snapshot(self) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """Both conntrack tables (keys prefixed by the table's index) and NAT."""
@@ -288,10 +288,10 @@ def fuzz_program(site: Site, prog: str, total: int, rnd: random.Random) -> Progr
             unknown = {r for (r, _d), n in delta.items() if n and r not in known}
             if unknown:
                 res.failures.append(f"{batch.kind}: counted under unknown reasons {unknown}")
-            if site.xdp_actions is not None and prog == "from_xdp":
+            if site.xdp_metrics is not None and prog == "from_xdp":
                 got = site.xdp_counted() - xdp0
                 if got != ran:
-                    res.failures.append(f"{batch.kind}: xdp_actions counted {got} for {ran}")
+                    res.failures.append(f"{batch.kind}: xdp_metrics counted {got} for {ran}")
             ct1, nat1 = site.state_snapshot()
             if batch.kind in MALFORMED:
                 new_ct = len(set(ct1) - set(ct0))

@@ -2,12 +2,16 @@
 
 Mirrors bpf/lib/metrics.h; reason and direction names are read from
 bpf/lib/reasons.h, the single source of truth shared with the datapath.
+The uplinks' XDP program counts its verdicts in a map of its own, by reason
+and XDP action (maps/xdp_metrics.py); what `MetricsMap` reports includes
+them, as (reason, ingress).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import re
 from dataclasses import dataclass
 
@@ -59,6 +63,13 @@ def reason_by_name(name: str) -> Reason:
 
 def direction_name(code: int) -> str:
     return _table()[1].get(code, f"dir-{code}")
+
+
+def direction_code(name: str) -> int:
+    for code, n in _table()[1].items():
+        if n == name:
+            return code
+    raise KeyError(name)
 
 
 def reason_text(code: int) -> str:
@@ -132,18 +143,36 @@ class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
     def merge_percpu(self, values: list[MetricsValue]) -> MetricsValue:
         return sum_percpu(values)
 
+    def _xdp_by_reason(self) -> dict[int, MetricsValue]:
+        """The XDP program's counts by reason; none where it is not loaded."""
+        from porin.maps.xdp_metrics import XdpMetricsMap
+
+        root = os.path.dirname(self.path)
+        if not os.path.exists(os.path.join(root, XdpMetricsMap.NAME)):
+            return {}
+        with XdpMetricsMap(root, read_only=True) as x:
+            return x.by_reason()
+
     def metrics(self) -> list[Metric]:
-        """Every (reason, direction) that has counted a packet."""
-        out = []
+        """Every (reason, direction) that has counted a packet, XDP's included."""
+        counts: dict[tuple[int, int], MetricsValue] = {}
         for k, values in self.items_percpu_batch():
             v = self.merge_percpu(values)
             if v.packets:
-                out.append(Metric(k.reason, k.dir, v.packets, v.bytes))
-        return sorted(out, key=lambda m: (m.reason, m.direction))
+                counts[(k.reason, k.dir)] = v
+        ingress = direction_code("ingress")
+        for reason, v in self._xdp_by_reason().items():
+            cur = counts.setdefault((reason, ingress), MetricsValue())
+            cur.packets += v.packets
+            cur.bytes += v.bytes
+        return [Metric(r, d, v.packets, v.bytes) for (r, d), v in sorted(counts.items())]
 
     def count(self, reason: int, direction: int) -> Metric:
         v = self.get_percpu(MetricsKey.of(reason, direction))
-        if v is None:
-            return Metric(reason, direction, 0, 0)
-        m = self.merge_percpu(v)
+        m = self.merge_percpu(v) if v is not None else MetricsValue()
+        if direction == direction_code("ingress"):
+            x = self._xdp_by_reason().get(reason)
+            if x is not None:
+                m.packets += x.packets
+                m.bytes += x.bytes
         return Metric(reason, direction, m.packets, m.bytes)

@@ -5,8 +5,9 @@
  * become known, the conntrack status, and the reason of a non-drop
  * outcome. Every return from the program goes through verdict_exit(),
  * which turns the helpers' return convention (lib/common.h) into a TC
- * action and records the verdict exactly once: the metrics map and, while
- * someone listens, a `porin monitor` event and a flow event (lib/flowlog.h).
+ * action and records the verdict exactly once: the metrics map (XDP has its
+ * own, by reason and action: bpf_xdp.c) and, while someone listens, a
+ * `porin monitor` event and a flow event (lib/flowlog.h).
  *
  * One packet is recorded twice only when it crosses two endpoints of this
  * node: a pod's packet redirected into another local pod is FORWARDED on
@@ -153,7 +154,8 @@ static __always_inline void verdict_flowlog(struct __ctx_buff *ctx, struct verdi
 /* The end of every entry program: `ret` is a helper's result (lib/common.h). */
 static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct verdict *v)
 {
-	__u32 len = ctx_len(ctx), rule = 0, last = 0;
+	__u32 len __attribute__((unused)) = ctx_len(ctx);
+	__u32 rule = 0, last = 0;
 	__u8 decided = 0;
 
 	if (IS_ERR(ret)) {
@@ -162,9 +164,11 @@ static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct 
 	} else if (ret == CTX_GO_ON) {
 		ret = CTX_ACT_OK;
 	}
+#ifndef PORIN_CTX_XDP /* XDP counts by reason and action (bpf_xdp.c xdp_exit) */
 	update_metrics(len, v->reason, v->dir);
 	if (v->flags & VERDICT_F_LOCAL_PEER)
 		update_metrics(len, v->reason, DIR_INGRESS);
+#endif
 	rule = verdict_policy_notify(ctx, v, &decided, &last);
 	monitor_notify(ctx, v->reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP,
 		       v->reason, v->dir, v->src_identity, v->dst_identity, v->ep_id,

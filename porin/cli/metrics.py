@@ -24,7 +24,7 @@ def metrics_list(ctx: Context, drops: bool, output: str) -> None:
     uplinks' XDP program returned (as `porin metrics xdp`)."""
     from porin.maps.metrics import MetricsMap
     from porin.maps.pinned import MapNotFound
-    from porin.maps.xdp_actions import XdpActionsMap
+    from porin.maps.xdp_metrics import XdpMetricsMap
 
     with open_map(ctx, MetricsMap) as m:
         rows = [
@@ -41,7 +41,7 @@ def metrics_list(ctx: Context, drops: bool, output: str) -> None:
             if x.is_drop or not drops
         ]
     try:
-        with XdpActionsMap(ctx.bpffs_root, read_only=True) as xm:
+        with XdpMetricsMap(ctx.bpffs_root, read_only=True) as xm:
             actions = xm.totals()
     except MapNotFound:
         actions = {}  # no XDP on this node
@@ -90,9 +90,9 @@ def metrics_agent(ctx: Context, output: str) -> None:
 @click.pass_obj
 def metrics_xdp(ctx: Context, output: str) -> None:
     """What the uplinks' XDP program returned: aborted, drop, pass, tx, redirect."""
-    from porin.maps.xdp_actions import XdpActionsMap
+    from porin.maps.xdp_metrics import XdpMetricsMap
 
-    with open_map(ctx, XdpActionsMap) as m:
+    with open_map(ctx, XdpMetricsMap) as m:
         totals = m.totals()
     if output == "json":
         return print_json(totals)

@@ -63,6 +63,21 @@ def test_reconcile_unpins_only_maps_of_another_shape(pin_root):
         module.cleanup()
 
 
+def test_a_map_this_build_retired_is_unpinned_with_why(pin_root, caplog):
+    cfg = AgentConfig(bpffs_root=pin_root)
+    module = BPF(  # xdp_actions as the previous release made it
+        text=f"""
+        BPF_TABLE_PINNED("percpu_array", u32, u64, xdp_actions, 5, "{pin_root}/xdp_actions");
+        """.encode()
+    )
+    module.cleanup()
+    with caplog.at_level("WARNING"):
+        assert reconcile_pins(cfg) == ["xdp_actions"]
+    assert not os.path.exists(f"{pin_root}/xdp_actions")
+    assert "no longer used" in caplog.text and "xdp_metrics" in caplog.text
+    assert reconcile_pins(cfg) == []
+
+
 def test_a_map_the_agent_refills_is_not_reported_lost(pin_root, caplog):
     cfg = AgentConfig(bpffs_root=pin_root)
     module = BPF(  # prefilter4_exact as the previous release made it: counters in the value

@@ -10,9 +10,9 @@ from scapy.layers.l2 import ARP, Ether
 
 from porin.daemon.prefilter import Prefilter, normalize
 from porin.maps.host_devices import HostDevice, Ifindex
-from porin.maps.pinned import U32Key
+from porin.maps.metrics import MetricsValue, reason_by_name
 from porin.maps.prefilter_slots import slot_of
-from porin.maps.xdp_actions import XdpActionsMap
+from porin.maps.xdp_metrics import XdpMetricsKey, XdpMetricsMap
 
 XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 NODE_IP = "198.18.0.11"
@@ -37,7 +37,7 @@ class Listed:
 @pytest.fixture
 def xdp(lxc):
     root = lxc.endpoints.path.rsplit("/", 1)[0]
-    listed, actions = Listed(root), XdpActionsMap(root)
+    listed, actions = Listed(root), XdpMetricsMap(root)
     listed.set()
     lxc.host_devices.put(Ifindex(1), HostDevice.of(NODE_IP, masquerade=True))
     yield lxc, listed, actions
@@ -125,20 +125,35 @@ def test_what_is_not_ipv4_passes_and_truncated_ipv4_drops(xdp):
     assert lxc.count("TRUNCATED", DIR_INGRESS) == before + 1
 
 
-def test_every_action_is_counted(xdp):
+def test_every_verdict_is_counted_once_by_reason_and_action(xdp):
     lxc, listed, actions = xdp
-    before = actions.totals()
+    pf, echo, passed = (reason_by_name(n).code for n in ("PREFILTER", "XDP_ECHO", "XDP_PASS"))
+    before, by_pair = actions.totals(), actions.counts()
+    seen = {r: lxc.count(n, DIR_INGRESS)
+            for r, n in ((pf, "PREFILTER"), (echo, "XDP_ECHO"))}  # fmt: skip
     lxc.run("from_xdp", frame())
     listed.set(PEER)
-    lxc.run("from_xdp", frame())
-    lxc.run("from_xdp", bytes(Ether() / IP(src="10.0.0.1", dst=NODE_IP) / ICMP()))
+    dropped = frame()
+    lxc.run("from_xdp", dropped)
+    ping = bytes(Ether() / IP(src="10.0.0.1", dst=NODE_IP) / ICMP())
+    lxc.run("from_xdp", ping)
     after = actions.totals()
-    assert (
-        after["pass"] - before["pass"],
-        after["drop"] - before["drop"],
-        after["tx"] - before["tx"],
-    ) == (1, 1, 1)
-    assert actions.get_percpu(U32Key(0)) is not None
+    assert {k: after[k] - before[k] for k in after} == {
+        "aborted": 0, "drop": 1, "pass": 1, "tx": 1, "redirect": 0
+    }  # fmt: skip
+
+    def grew(reason: int, action: int) -> tuple[int, int]:
+        zero = MetricsValue()
+        now, was = actions.counts().get((reason, action), zero), by_pair.get((reason, action), zero)
+        return now.packets - was.packets, now.bytes - was.bytes
+
+    assert grew(pf, XDP_DROP) == (1, len(dropped))
+    assert grew(echo, XDP_TX) == (1, len(ping))
+    assert grew(passed, XDP_PASS)[0] == 1
+    # the metrics of every program include XDP's, as (reason, ingress)
+    assert lxc.count("PREFILTER", DIR_INGRESS) == seen[pf] + 1
+    assert lxc.count("XDP_ECHO", DIR_INGRESS) == seen[echo] + 1
+    assert actions.get_percpu(XdpMetricsKey.of(pf, XDP_DROP)) is not None
 
 
 def test_prefixes_are_dropped_through_the_index_and_the_trie_alike(xdp):
