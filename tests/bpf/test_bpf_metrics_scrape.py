@@ -7,7 +7,9 @@ lookup per key, one get-next-key per entry) on the real programs' maps.
 
 from __future__ import annotations
 
-from lxc_harness import DIR_EGRESS, POD_A, POD_B
+from collections import Counter
+
+from lxc_harness import DIR_EGRESS, DIR_INGRESS, POD_A, POD_B
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
@@ -16,7 +18,8 @@ from scapy.layers.l2 import Ether
 from porin.daemon.map_pressure import MapPressure
 from porin.daemon.metrics_collect import DatapathCollector
 from porin.maps.ipcache import IpcacheEntry
-from porin.maps.metrics import reason_by_name
+from porin.maps.metrics import reason_by_name, sum_percpu
+from porin.maps.xdp_metrics import XdpMetricsMap
 
 
 def scrape(collector) -> dict[tuple[str, tuple], float]:
@@ -39,16 +42,22 @@ def test_batch_read_of_the_per_cpu_counters_matches_key_by_key(lxc):
     lxc.endpoints.upsert(POD_A)
     lxc.endpoints.upsert(POD_B)
     key = (reason_by_name("INVALID_SIP").code, DIR_EGRESS)
-    before = {(m.reason, m.direction): m.packets for m in lxc.metrics.metrics()}.get(key, 0)
+    xdp_key = (reason_by_name("XDP_PASS").code, DIR_INGRESS)
+    before = {(m.reason, m.direction): m.packets for m in lxc.metrics.metrics()}
     for _ in range(3):
         lxc.run("from_container", spoofed())
-    slow = {
-        (k.reason, k.dir): lxc.metrics.merge_percpu(v).packets
-        for k, v in lxc.metrics.items_percpu()
-    }
+    lxc.run("from_xdp", spoofed())  # not to a node address: passed on
+    slow: Counter = Counter()
+    for k, v in lxc.metrics.items_percpu():
+        slow[(k.reason, k.dir)] += lxc.metrics.merge_percpu(v).packets
+    # XDP's own counters, by (reason, action), join the metrics as (reason, ingress)
+    with XdpMetricsMap(lxc.metrics.path.rsplit("/", 1)[0], read_only=True) as x:
+        for k, v in x.items_percpu():
+            slow[(k.reason, DIR_INGRESS)] += sum_percpu(v).packets
     fast = {(m.reason, m.direction): m.packets for m in lxc.metrics.metrics()}
     assert fast == {k: v for k, v in slow.items() if v}
-    assert fast[key] == before + 3
+    assert fast[key] == before.get(key, 0) + 3
+    assert fast[xdp_key] == before.get(xdp_key, 0) + 1
 
 
 def test_scrape_reports_drops_with_their_reason_and_bytes(lxc, tmp_path):
