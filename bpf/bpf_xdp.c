@@ -192,8 +192,9 @@ int from_xdp(struct xdp_md *ctx)
 	verdict_init(&v, DIR_INGRESS);
 	ret = handle_from_xdp(ctx, &v);
 	/* The same exit, but with the reason a constant, which the compiler folds
-	 * into the recording: a flood the prefilter drops takes this way, and it
-	 * saves about 1.5 ns a packet (hack/bench_xdp.py). */
+	 * into the recording: a flood the prefilter drops takes this way, about
+	 * 1.5 ns a packet faster (measured against the generic exit in one
+	 * process, next to hack/bench_xdp.py's XDP_DROP floor). */
 	if (ret == DROP(DROP_PREFILTER))
 		return xdp_exit(ctx, DROP(DROP_PREFILTER), &v);
 	return xdp_exit(ctx, ret, &v);

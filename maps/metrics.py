@@ -102,7 +102,7 @@ class MetricsValue(ctypes.Structure):
 
 
 def sum_percpu(values: list[MetricsValue]) -> MetricsValue:
-    """Per-CPU {packets, bytes} summed."""
+    """{packets, bytes} summed: a per-CPU value's copies, or several counters."""
     return MetricsValue(packets=sum(v.packets for v in values), bytes=sum(v.bytes for v in values))
 
 
@@ -162,17 +162,13 @@ class MetricsMap(PinnedMap[MetricsKey, MetricsValue]):
                 counts[(k.reason, k.dir)] = v
         ingress = direction_code("ingress")
         for reason, v in self._xdp_by_reason().items():
-            cur = counts.setdefault((reason, ingress), MetricsValue())
-            cur.packets += v.packets
-            cur.bytes += v.bytes
+            key = (reason, ingress)
+            counts[key] = sum_percpu([counts.get(key, MetricsValue()), v])
         return [Metric(r, d, v.packets, v.bytes) for (r, d), v in sorted(counts.items())]
 
     def count(self, reason: int, direction: int) -> Metric:
         v = self.get_percpu(MetricsKey.of(reason, direction))
         m = self.merge_percpu(v) if v is not None else MetricsValue()
         if direction == direction_code("ingress"):
-            x = self._xdp_by_reason().get(reason)
-            if x is not None:
-                m.packets += x.packets
-                m.bytes += x.bytes
+            m = sum_percpu([m, self._xdp_by_reason().get(reason, MetricsValue())])
         return Metric(reason, direction, m.packets, m.bytes)

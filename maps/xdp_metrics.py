@@ -49,7 +49,7 @@ class XdpMetricsMap(PinnedMap[XdpMetricsKey, MetricsValue]):
         """{(reason, action): {packets, bytes}} of every pair that counted a packet."""
         out = {}
         for k, values in self.items_percpu_batch():
-            v = sum_percpu(values)
+            v = self.merge_percpu(values)
             if v.packets:
                 out[(k.reason, k.action)] = v
         return out
@@ -58,9 +58,7 @@ class XdpMetricsMap(PinnedMap[XdpMetricsKey, MetricsValue]):
         """{reason: {packets, bytes}}, the actions summed."""
         out: dict[int, MetricsValue] = {}
         for (reason, _), v in self.counts().items():
-            cur = out.setdefault(reason, MetricsValue())
-            cur.packets += v.packets
-            cur.bytes += v.bytes
+            out[reason] = sum_percpu([out.get(reason, MetricsValue()), v])
         return out
 
     def totals(self) -> dict[str, int]:

@@ -154,7 +154,6 @@ static __always_inline void verdict_flowlog(struct __ctx_buff *ctx, struct verdi
 /* The end of every entry program: `ret` is a helper's result (lib/common.h). */
 static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct verdict *v)
 {
-	__u32 len __attribute__((unused)) = ctx_len(ctx);
 	__u32 rule = 0, last = 0;
 	__u8 decided = 0;
 
@@ -165,9 +164,9 @@ static __always_inline int verdict_exit(struct __ctx_buff *ctx, int ret, struct 
 		ret = CTX_ACT_OK;
 	}
 #ifndef PORIN_CTX_XDP /* XDP counts by reason and action (bpf_xdp.c xdp_exit) */
-	update_metrics(len, v->reason, v->dir);
+	update_metrics(ctx_len(ctx), v->reason, v->dir);
 	if (v->flags & VERDICT_F_LOCAL_PEER)
-		update_metrics(len, v->reason, DIR_INGRESS);
+		update_metrics(ctx_len(ctx), v->reason, DIR_INGRESS);
 #endif
 	rule = verdict_policy_notify(ctx, v, &decided, &last);
 	monitor_notify(ctx, v->reason < FIRST_DROP_REASON ? MONITOR_TYPE_TRACE : MONITOR_TYPE_DROP,
