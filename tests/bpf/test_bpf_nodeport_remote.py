@@ -6,8 +6,6 @@ backend's node and its replies, and SNAT through the overlay in tc."""
 from __future__ import annotations
 
 import os
-import subprocess
-import uuid
 
 import pytest
 from lxc_harness import (
@@ -19,6 +17,22 @@ from lxc_harness import (
     checksums_valid,
     on_ifindex,
 )
+from nodeport_net import (
+    CLIENT,
+    NODE_IP,
+    NODE_PORT,
+    OTHER_POD,
+    PEER_MAC,
+    PEER_NODE,
+    REMOTE_POD,
+    THIRD_NODE,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+    from_client,
+    nodeport,
+)
 from porinlab import in_netns
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, defragment, fragment
 from scapy.layers.l2 import Ether
@@ -29,45 +43,9 @@ from porin.daemon.datapath import compile_programs
 from porin.maps import syscall
 from porin.maps.conntrack_tables import Conntrack
 from porin.maps.dsr4 import Dsr4Map
-from porin.maps.host_devices import HostDevice, Ifindex
-from porin.maps.ipcache import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IpcacheEntry
 from porin.maps.lb4_flows import Lb4FlowsMap
 from porin.maps.tunnel_config import TunnelConfig
-from porin.maps.xdp_routes4 import XdpRoutesMap
 from porin.models import Backend, Service
-
-XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
-NODE_IP, PEER_NODE, THIRD_NODE = "198.18.0.11", "198.18.0.12", "198.18.0.13"
-PEER_MAC, THIRD_MAC = "02:aa:00:00:00:12", "02:aa:00:00:00:13"
-REMOTE_POD, OTHER_POD = "10.244.2.5", "10.244.3.5"
-CLIENT = "203.0.113.7"
-NODE_PORT = 30090
-
-
-@pytest.fixture(scope="module")
-def node_net():
-    """A namespace with the node network on a veth: routes to the
-    other nodes and their neighbours resolved (permanent entries)."""
-    name = f"pltest-fib-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            "ip link set lo up",
-            "ip netns exec sysctl -qw net.ipv4.ip_forward=1",
-            "ip link add node0 mtu 1500 type veth peer name node0p",
-            f"ip addr add {NODE_IP}/24 dev node0",
-            "ip link set node0p up",
-            "ip link set node0 up",
-            f"ip neigh add {PEER_NODE} lladdr {PEER_MAC} dev node0 nud permanent",
-            f"ip neigh add {THIRD_NODE} lladdr {THIRD_MAC} dev node0 nud permanent",
-        ):
-            if cmd.startswith("ip netns exec"):
-                subprocess.run(["ip", "netns", "exec", name, *cmd.split()[3:]], check=True)
-            else:
-                subprocess.run(["ip", "-n", name, *cmd.split()[1:]], check=True)
-        yield f"/var/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,46 +58,6 @@ def dsr_xdp(lxc_datapath):
     )
     yield progs["from_xdp"], root
     del module
-
-
-@pytest.fixture
-def cluster(lxc, services):
-    """This node, two other nodes with a pod each, all in the ipcache."""
-    lxc.host_devices.put(Ifindex(1), HostDevice.of(NODE_IP, masquerade=True))
-    lxc.ipcache.upsert(IpcacheEntry(f"{REMOTE_POD}/32", 400, PEER_NODE))
-    lxc.ipcache.upsert(IpcacheEntry(f"{OTHER_POD}/32", 401, THIRD_NODE))
-    for ip in (PEER_NODE, THIRD_NODE):
-        lxc.ipcache.upsert(IpcacheEntry(f"{ip}/32", IDENTITY_REMOTE_NODE, "", node=True))
-    lxc.ipcache.upsert(IpcacheEntry(f"{NODE_IP}/32", IDENTITY_HOST, "", node=True))
-    services.node.node_ips = [NODE_IP]
-    services.node.is_local = lambda ip: False
-    services.node.xdp_node_ports = True  # nodePortMode dsr with XDP
-    XdpRoutesMap(os.path.dirname(lxc.endpoints.path)).clear()  # XDP's route cache
-    return lxc, services
-
-
-def nodeport(services, *backends: str, algorithm: str = "random", policy: str = "cluster"):
-    services.upsert(
-        Service(
-            id=9,
-            ip="10.96.0.90",
-            port=80,
-            type="nodeport",
-            node_port=NODE_PORT,
-            algorithm=algorithm,
-            external_traffic_policy=policy,
-            backends=[Backend(b, 8080) for b in backends],
-        )
-    )
-
-
-def from_client(l4, size: int = 0, df: bool = True, src: str = CLIENT) -> bytes:
-    return bytes(
-        Ether(src="02:00:00:00:00:fe", dst="02:00:00:00:00:01")
-        / IP(src=src, dst=NODE_IP, flags="DF" if df else 0, id=77)
-        / l4
-        / Raw(b"d" * size)
-    )
 
 
 def run_xdp(prog, frame: bytes) -> tuple[int, bytes]:
