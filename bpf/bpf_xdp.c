@@ -18,7 +18,7 @@
  *      quoting a flow XDP balanced to another node (the frontend as its
  *      source) -> to that flow's backend, the quote made about it, DSR as
  *      the flow (REASON_NODEPORT_DSR)
- *   7. nodePortMode dsr: TCP or UDP to a NodePort frontend (lib/xdp_lb.h):
+ *   7. TCP or UDP to a NodePort frontend. nodePortMode dsr (lib/xdp_lb.h):
  *      the flow's backend (per-CPU LRU, else Maglev or random); one on
  *      another node -> DNAT, DSR header, out of the device the FIB names
  *      (XDP_TX or redirect, REASON_NODEPORT_DSR); too big for the way there and
@@ -26,11 +26,19 @@
  *      follow their first (lib/frag.h: its ports, so its flow and backend);
  *      one whose first was not seen -> on to tc (REASON_FRAG_UNKNOWN). A
  *      local backend, none, or no route -> on to tc, which serves it
- *      (bpf_host.c from_netdev)
+ *      (bpf_host.c from_netdev).
+ *      nodePortMode snat (lib/xdp_snat.h): an established flow's packet
+ *      (conntrack knows it, tc made it) to a backend on another node ->
+ *      conntrack counts it, DNAT, source to this node and the flow's NAT
+ *      port, the overlay's IPIP or VXLAN header, out of the device the FIB
+ *      names (REASON_NODEPORT_SNAT); a SYN, a flow not known, a fragment,
+ *      a local backend, too big for the overlay -> on to tc
  *   8. otherwise -> on to tc (bpf_host.c from_netdev) and the stack
  *      (REASON_XDP_PASS)
  */
 #define PORIN_CTX_XDP 1
+/* as bpf_host.c: the agent's GC protects the NodePort flows of the uplinks */
+#define CT_PROTECT_ON_LOOKUP 0
 #include "lib/common.h"
 #include "lib/reasons.h"
 #include "lib/verdict.h"
@@ -42,6 +50,7 @@
 #include "lib/prefilter.h"
 #include "lib/frag.h"
 #include "lib/xdp_lb.h"
+#include "lib/xdp_snat.h"
 
 #ifndef NODEPORT_DSR
 #error "NODEPORT_DSR must be defined (daemon/datapath.py:build_flags passes it)"
@@ -117,7 +126,10 @@ static __always_inline int xdp_nodeport(struct xdp_md *ctx, struct flow *f, __be
 	svc = lb4_lookup_service(f);
 	if (!svc || !(svc->flags & SVC_F_XDP))
 		return XDP_PASS;
-	ret = xdp_nodeport4(ctx, f, svc, node_ip, v);
+	if (NODEPORT_DSR)
+		ret = xdp_nodeport4(ctx, f, svc, node_ip, v);
+	else
+		ret = xdp_nodeport4_snat(ctx, f, node_ip, v);
 	return ret == CTX_GO_ON ? XDP_PASS : ret;
 }
 
@@ -161,7 +173,7 @@ static __always_inline int handle_from_xdp(struct xdp_md *ctx, struct verdict *v
 			return XDP_PASS;
 		return xdp_echo_reply(ctx, &f, v);
 	}
-	if (NODEPORT_DSR && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP))
+	if (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
 		return xdp_nodeport(ctx, &f, dev->node_ip, v);
 	return XDP_PASS;
 }

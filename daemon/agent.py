@@ -137,7 +137,7 @@ class Agent:
             node_ips=self.host.node_ips if self.host else [],
             node_port_range=cfg.node_ports,
             is_local=self.manager.has_ip,
-            xdp_node_ports=self.xdp is not None and cfg.node_port_mode == "dsr",
+            xdp_node_ports=self.xdp is not None,
         )
         self.services = ServiceManager(LbMaps.open(cfg.bpffs_root), cfg.state_dir, node)
         self.services.restore()

@@ -96,7 +96,7 @@ class NodeContext:
     node_ips: list[str] = field(default_factory=list)
     node_port_range: tuple[int, int] = (30000, 32767)
     is_local: Callable[[str], bool] = lambda ip: True
-    xdp_node_ports: bool = False  # nodePortMode dsr with XDP: node ports marked SVC_F_XDP
+    xdp_node_ports: bool = False  # XDP on the uplinks: node ports marked SVC_F_XDP
 
 
 class ServiceManager:

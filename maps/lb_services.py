@@ -18,7 +18,7 @@ LB_SERVICES_MAP_SIZE = 131072  # lb4_services and lb4_reverse_nat
 
 SVC_F_MAGLEV = 1
 SVC_F_AFFINITY = 2
-SVC_F_XDP = 4  # a NodePort frontend XDP balances (nodePortMode dsr)
+SVC_F_XDP = 4  # a NodePort frontend XDP serves (dsr: every flow; snat: established ones)
 
 
 class Lb4Key(ctypes.Structure):

@@ -65,27 +65,6 @@ struct dsr4_frontend {
 
 PORIN_MAP("lru_hash", struct dsr4_key, struct dsr4_frontend, dsr4, DSR4_MAP_SIZE);
 
-/* The L4 checksum field of `f`'s packet at `l4`, or NULL (none to fix: ICMP,
- * a fragment, UDP sent without one). */
-static __always_inline __u16 *l4_csum_field(const struct flow *f, void *l4, void *end)
-{
-	if (f->is_fragment)
-		return NULL;
-	if (f->proto == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-
-		return (void *)(th + 1) <= end ? &th->check : NULL;
-	}
-	if (f->proto == IPPROTO_UDP) {
-		struct udphdr *uh = l4;
-
-		if ((void *)(uh + 1) > end || !uh->check)
-			return NULL;
-		return &uh->check;
-	}
-	return NULL;
-}
-
 #ifndef PORIN_CTX_XDP /* tc: the backend's node, and the frontend's fallback */
 
 /* Is the IPIP packet (outer header after Ethernet) a DSR one? Fills `opt`. */

@@ -58,7 +58,7 @@
 
 #define SVC_F_MAGLEV 1
 #define SVC_F_AFFINITY 2
-#define SVC_F_XDP 4      /* a NodePort frontend bpf_xdp.c balances (nodePortMode dsr) */
+#define SVC_F_XDP 4      /* a NodePort frontend bpf_xdp.c serves (dsr: every flow; snat: established) */
 
 #define BACKEND_ACTIVE 0
 #define BACKEND_TERMINATING 1

@@ -24,7 +24,28 @@ static __always_inline __u64 l4_csum_flags(const struct flow *f)
 	return f->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
-#ifndef PORIN_CTX_XDP /* the checksum helpers are the skb's; XDP: lib/xdp_lb.h */
+/* The L4 checksum field of `f`'s packet at `l4`, or NULL (none to fix: ICMP,
+ * a fragment, UDP sent without one). */
+static __always_inline __u16 *l4_csum_field(const struct flow *f, void *l4, void *end)
+{
+	if (f->is_fragment)
+		return NULL;
+	if (f->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		return (void *)(th + 1) <= end ? &th->check : NULL;
+	}
+	if (f->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > end || !uh->check)
+			return NULL;
+		return &uh->check;
+	}
+	return NULL;
+}
+
+#ifndef PORIN_CTX_XDP /* the checksum helpers are the skb's; XDP's: lib/xdp_nat.h */
 /* Rewrite the source (src=1) or destination address and, when `port` is
  * non-zero, the matching port (for ICMP echo: the echo id), and the flow
  * record with them. Checksums: IPv4 header, and the L4 pseudo header and

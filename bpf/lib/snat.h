@@ -127,17 +127,25 @@ static __always_inline int snat_allocate(const struct flow *f, __be32 node_ip,
 	return 0;
 }
 
+/* The translation of flow `f` (as it leaves, before SNAT), or NULL. */
+static __always_inline struct nat4_entry *snat_lookup_out(const struct flow *f)
+{
+	struct nat4_key key;
+
+	nat4_key_from_flow(&key, f, NAT_DIR_OUT);
+	return nat4.lookup(&key);
+}
+
+#ifndef PORIN_CTX_XDP /* rewrites through the skb's helpers (XDP's: lib/xdp_snat.h) */
 /* Masquerade a packet leaving through an uplink; 0 or DROP(reason). */
 static __always_inline int snat_egress(struct __sk_buff *skb, struct flow *f, __be32 node_ip)
 {
 	struct nat4_entry fresh = {}, *e;
-	struct nat4_key key;
 	__be32 to_addr;
 	__be16 to_port;
 	int ret;
 
-	nat4_key_from_flow(&key, f, NAT_DIR_OUT);
-	e = nat4.lookup(&key);
+	e = snat_lookup_out(f);
 	if (e) {
 		to_addr = e->to_addr;
 		to_port = e->to_port;
@@ -198,5 +206,6 @@ static __always_inline int snat_icmp_error_ingress(struct __sk_buff *skb, struct
 		return ret;
 	return icmp_quote_rewrite(skb, f, &inner, 1, pod_ip, pod_port);
 }
+#endif /* !PORIN_CTX_XDP */
 
 #endif /* PORIN_SNAT_H */

@@ -19,6 +19,8 @@
 #include "icmp.h"
 #include "lb.h"
 #include "dsr.h"
+#include "xdp_nat.h"
+#include "xdp_encap.h"
 #include "endpoint.h"
 #include "ipcache.h"
 #include "clock.h"
@@ -28,96 +30,6 @@
 #endif
 
 #define AF_INET_ 2
-
-/* Destination of the packet to `addr`:`port`, in place, checksums fixed (a
- * non-first fragment has no ports: its address alone). */
-static __always_inline int xdp_dnat4(struct xdp_md *ctx, const struct flow *f, __be32 addr,
-				     __be16 port)
-{
-	void *end = ctx_data_end(ctx);
-	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
-	void *l4 = ctx_data(ctx) + (f->l4_off & 0xff);
-	__be16 *dport = l4 + 2;
-	__u16 *check;
-	__u16 c;
-
-	if ((void *)(ip + 1) > end)
-		return DROP(DROP_TRUNCATED);
-	check = l4_csum_field(f, l4, end);
-	if (check) {
-		c = csum_replace32(*check, ip->daddr, addr);
-		c = csum_replace16(c, f->dport, port);
-		if (f->proto == IPPROTO_UDP && !c)
-			c = 0xffff; /* 0 would mean "no checksum" */
-		*check = c;
-	}
-	if (!f->is_fragment && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)) {
-		if ((void *)(dport + 1) > end)
-			return DROP(DROP_TRUNCATED);
-		*dport = port;
-	}
-	ipv4_csum_update32(ip, ip->daddr, addr);
-	ip->daddr = addr;
-	return 0;
-}
-
-/* The sum of an IPv4 header of `words` 16-bit words. */
-static __always_inline __u16 xdp_ipv4_csum(const __u16 *hdr, int words)
-{
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 14; i++)
-		if (i < words)
-			sum += hdr[i];
-	return csum_finish(sum);
-}
-
-/* Put the DSR outer header (lib/dsr.h) in front of the packet, with the
- * route's MACs. 0 or DROP(DROP_ENCAP_FAILED). */
-static __always_inline int xdp_dsr4_encap(struct xdp_md *ctx, __be32 saddr, __be32 daddr,
-					  __be32 fe_addr, __be16 fe_port, const __u8 *smac,
-					  const __u8 *dmac)
-{
-	struct iphdr *inner = ctx_data(ctx) + ETH_HLEN, *outer;
-	struct dsr_opt4 *opt;
-	struct ethhdr *eth;
-	__u16 inner_len;
-	__be16 frag, id;
-
-	if ((void *)(inner + 1) > ctx_data_end(ctx))
-		return DROP(DROP_ENCAP_FAILED);
-	inner_len = bpf_ntohs(inner->tot_len);
-	frag = inner->frag_off & bpf_htons(0x4000); /* DF, as the client set it */
-	id = inner->id;
-	if (bpf_xdp_adjust_head(ctx, -(int)DSR_ENCAP_LEN))
-		return DROP(DROP_ENCAP_FAILED);
-	eth = ctx_data(ctx);
-	outer = (void *)(eth + 1);
-	opt = (void *)(outer + 1);
-	if ((void *)(opt + 1) > ctx_data_end(ctx))
-		return DROP(DROP_ENCAP_FAILED);
-	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IP);
-	outer->version = 4;
-	outer->ihl = DSR_ENCAP_LEN / 4;
-	outer->tos = 0;
-	outer->tot_len = bpf_htons(inner_len + DSR_ENCAP_LEN);
-	outer->id = id;
-	outer->frag_off = frag;
-	outer->ttl = 64;
-	outer->protocol = IPPROTO_IPIP;
-	outer->check = 0;
-	outer->saddr = saddr;
-	outer->daddr = daddr;
-	opt->type = DSR_OPT_TYPE;
-	opt->len = DSR_OPT_LEN;
-	opt->port = fe_port;
-	opt->address = fe_addr;
-	outer->check = xdp_ipv4_csum((__u16 *)outer, DSR_ENCAP_LEN / 2);
-	return 0;
-}
 
 /* The packet, too big for the way to the backend's node with the DSR
  * header and not to be fragmented, becomes ICMP fragmentation needed (with
@@ -263,7 +175,7 @@ static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
 		v->reason = DROP_FRAG_NEEDED;
 		return xdp_frag_needed(ctx, fe_addr, r->mtu - DSR_ENCAP_LEN);
 	}
-	ret = xdp_dnat4(ctx, f, b->address, b->port);
+	ret = xdp_nat4_rewrite(ctx, f, 0, b->address, b->port);
 	if (ret)
 		return ret;
 	ret = xdp_dsr4_encap(ctx, node_ip, r->node, fe_addr, fe_port, r->smac, r->dmac);
@@ -340,7 +252,7 @@ static __always_inline int xdp_nodeport4_icmp_error(struct xdp_md *ctx, struct f
 	ret = xdp_icmp_quote_src(ctx, f, b->address, b->port);
 	if (ret)
 		return ret;
-	ret = xdp_dnat4(ctx, f, b->address, 0);
+	ret = xdp_nat4_rewrite(ctx, f, 0, b->address, 0);
 	if (ret)
 		return ret;
 	ret = xdp_dsr4_encap(ctx, node_ip, r->node, inner.saddr.v4, inner.sport, r->smac, r->dmac);

@@ -1,8 +1,9 @@
 """A NodePort reached on one node whose only backend is on another, from an
 external host, with native XDP on the node devices: nodePortMode dsr (XDP
 sends the client's packet to the backend's node, the backend answers the
-client directly as the frontend) and snat (tc translates the source, the
-reply comes back through the frontend node), over both overlays."""
+client directly as the frontend) and snat (tc translates a new flow's source,
+XDP the rest of the flow's packets, the reply comes back through the
+frontend node), over both overlays."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def count(node: Node, reason: str) -> int:
 
 @pytest.fixture(
     scope="module",
-    params=[("dsr", "vxlan"), ("snat", "ipip")],
+    params=[("dsr", "vxlan"), ("snat", "ipip"), ("snat", "vxlan")],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def site(request):
@@ -92,16 +93,23 @@ def test_xdp_is_native_on_the_node_devices(site):
         assert x["mode"] == "native"
 
 
+def xdp_sent(node: Node) -> int:
+    got = node.porin_json("metrics", "xdp")
+    return got["tx"] + got["redirect"]
+
+
 def test_tcp_to_a_backend_on_another_node(site):
     mode, nodes, ext, _ = site
     reason = "NODEPORT_DSR" if mode == "dsr" else "NODEPORT_SNAT"
-    before = count(nodes[0], reason)
+    before, sent = count(nodes[0], reason), xdp_sent(nodes[0])
     seen, peer, port = tcp(ext, NODE1, NODE_PORT).stdout.split()
     # the reply came from the frontend the client used
     assert (peer, port) == (NODE1, str(NODE_PORT))
     # DSR keeps the client's address; SNAT shows the frontend node's
     assert seen == (EXT_IP if mode == "dsr" else NODE1)
     assert count(nodes[0], reason) > before
+    # dsr: every packet of the client's, snat: all but the SYN, sent from XDP
+    assert xdp_sent(nodes[0]) >= sent + (3 if mode == "dsr" else 2)
     if mode == "dsr":
         assert count(nodes[1], "DSR_REPLY") > 0
 
