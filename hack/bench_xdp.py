@@ -15,16 +15,17 @@ the CPU a dropped packet costs, each against a baseline of the same run.
      the test-run harness (the floor with `repeat` 1 minus with `repeat`).
    The runs happen in a namespace of their own whose FIB knows the backend
    nodes' neighbours.
-2. End to end on the node network (native XDP on the node veths): an
-   external host's TCP request/response rate to a NodePort on node 1 whose
-   backend pod is on node 2, with Porin `dsr` in XDP, `dsr` in tc (XDP off),
-   `snat` (tc), and kube-proxy-style iptables (DNAT + MASQUERADE on a plain
-   node 1, host-gw routing to a plain node 2): target dsr in XDP at least
-   1.3x iptables. Client and servers pinned to one CPU; variants interleaved
-   per round; medians of same-round ratios. Only the Porin nodes' bridge
-   ports carry the XDP_PASS program native XDP_TX needs: on the external
-   host's and the plain nodes' it would put their traffic through a veth's
-   NAPI and a copy, a cost of this lab the baseline does not have.
+2. End to end on the node network (native XDP on the node veths): an external
+   host's TCP request/response rate to a NodePort on node 1 whose backend pod
+   is on node 2, with Porin `dsr` in XDP, `dsr` in tc (XDP off), `snat` in
+   XDP (a flow's packets after its SYN; the replies come back through tc),
+   `snat` in tc (XDP off), and kube-proxy-style iptables (DNAT + MASQUERADE
+   on a plain node 1, host-gw routing to a plain node 2): target dsr in XDP
+   at least 1.3x iptables. Client and servers pinned to one CPU; variants
+   interleaved per round; medians of same-round ratios. Only the Porin nodes'
+   bridge ports carry the XDP_PASS program native XDP_TX needs: on the
+   external host's and the plain nodes' it would put their traffic through a
+   veth's NAPI and a copy, a cost of this lab the baseline does not have.
 3. CPU per dropped packet: a UDP flood from a second external host to a
    node that drops it with the prefilter, or with an iptables `raw`
    PREROUTING DROP (behind an XDP_PASS program, so that its veth receives
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, base, mode, xdp in (
             ("porin dsr (XDP)", 20, "dsr", "native"),
             ("porin dsr (tc)", 30, "dsr", "disabled"),
-            ("porin snat (tc)", 40, "snat", "native"),
+            ("porin snat (XDP)", 40, "snat", "native"),
+            ("porin snat (tc)", 50, "snat", "disabled"),
         ):
             log(f"   {name}: etcd and two nodes")
             v, srv = porin_cluster(lab, underlay, name, base, mode, xdp)
@@ -465,22 +467,23 @@ def main(argv: list[str] | None = None) -> int:
             proc = lab.spawn(in_ns(srv, [crr, "server", "8080"]))
             if proc.stdout is None or proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("the request/response server did not start")
-        dsr_xdp = variants[0].nodes[0]
-        tx_before = dsr_xdp.porin_json("metrics", "xdp")
+        by_xdp = {v.name: v.nodes[0] for v in (variants[0], variants[2])}
+        tx_before = {name: n.porin_json("metrics", "xdp") for name, n in by_xdp.items()}
         for r in range(rounds):
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for v in order:
                 v.rr.append(rr_rate(crr, ext, v, rr_s))
             rates = ", ".join(f"{v.name} {v.rr[-1]:.0f}/s" for v in variants)
             log(f"   round {r + 1}: {rates}")
-        tx_after = dsr_xdp.porin_json("metrics", "xdp")
-        sent_by_xdp = sum(tx_after[k] - tx_before[k] for k in ("tx", "redirect"))
-        if sent_by_xdp < rounds * 1000:
-            problems.append(f"dsr (XDP): XDP sent only {sent_by_xdp} frames: not the XDP path")
+        for name, n in by_xdp.items():
+            tx_after = n.porin_json("metrics", "xdp")
+            sent_by_xdp = sum(tx_after[k] - tx_before[name][k] for k in ("tx", "redirect"))
+            if sent_by_xdp < rounds * 1000:
+                problems.append(f"{name}: XDP sent only {sent_by_xdp} frames: not the XDP path")
         rr_ratio = {v.name: [a / b for a, b in zip(v.rr, ipt.rr, strict=True)] for v in variants}
 
         log("3. flood: prefilter vs iptables raw DROP, NAPI threads on CPU " + NAPI_CPU)
-        pf_node = variants[2].nodes[0]  # snat (tc) cluster: XDP on, no DSR in the way
+        pf_node = variants[2].nodes[0]  # the snat cluster with XDP on: no DSR in the way
         pf_node.porin("prefilter", "add", FLOODER_IP)
 
         def pf_dropped() -> int:
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_table(["variant", "transactions", "vs iptables"], rows, {1}))
     dsr_ratio = median(rr_ratio[variants[0].name])
     record("xdp_dsr_vs_iptables", dsr_ratio)
+    record("xdp_snat_vs_iptables", median(rr_ratio[variants[2].name]))
     ok &= dsr_ratio >= 1.3
     print("\nCPU per dropped packet (the receiver's NAPI threads, pinned to their own CPU):")
     rows = [
