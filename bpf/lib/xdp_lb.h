@@ -147,6 +147,18 @@ static __always_inline struct xdp_route4 *xdp_route_to(struct xdp_md *ctx, __be3
 	return xdp_routes4.lookup(&backend);
 }
 
+/* Out of the device the route names: back out of this one (XDP_TX), or
+redirected to another; the verdict says why and to whom. */
+static __always_inline int xdp_route_send(struct xdp_md *ctx, const struct xdp_route4 *r,
+					  __u8 reason, struct verdict *v)
+{
+	v->reason = reason;
+	v->dst_identity = r->identity;
+	if (r->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(r->ifindex, 0);
+}
+
 /* A NodePort packet to frontend `svc` on node address `node_ip`: to its
  * backend on another node with DSR, or CTX_GO_ON (on to tc: a local
  * backend, none, or no way from here). */
@@ -181,11 +193,7 @@ static __always_inline int xdp_nodeport4(struct xdp_md *ctx, struct flow *f,
 	ret = xdp_dsr4_encap(ctx, node_ip, r->node, fe_addr, fe_port, r->smac, r->dmac);
 	if (ret)
 		return ret;
-	v->reason = REASON_NODEPORT_DSR;
-	v->dst_identity = r->identity;
-	if (r->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(r->ifindex, 0);
+	return xdp_route_send(ctx, r, REASON_NODEPORT_DSR, v);
 }
 
 /* The header an ICMP error quotes, sourced from `addr`:`port` instead (the
@@ -258,11 +266,7 @@ static __always_inline int xdp_nodeport4_icmp_error(struct xdp_md *ctx, struct f
 	ret = xdp_dsr4_encap(ctx, node_ip, r->node, inner.saddr.v4, inner.sport, r->smac, r->dmac);
 	if (ret)
 		return ret;
-	v->reason = REASON_NODEPORT_DSR;
-	v->dst_identity = r->identity;
-	if (r->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(r->ifindex, 0);
+	return xdp_route_send(ctx, r, REASON_NODEPORT_DSR, v);
 }
 
 #endif /* PORIN_XDP_LB_H */

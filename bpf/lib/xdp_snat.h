@@ -108,11 +108,7 @@ static __always_inline int xdp_nodeport4_snat(struct xdp_md *ctx, struct flow *f
 	}
 	if (ret)
 		return ret;
-	v->reason = REASON_NODEPORT_SNAT;
-	v->dst_identity = r->identity;
-	if (r->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(r->ifindex, 0);
+	return xdp_route_send(ctx, r, REASON_NODEPORT_SNAT, v);
 }
 
 #endif /* PORIN_XDP_SNAT_H */

@@ -88,6 +88,7 @@ def test_an_established_flow_goes_into_the_overlay_from_xdp_as_tc_sends_it(clust
         udp = got[UDP]
         assert (udp.dport, udp.chksum, outer.flags.DF) == (VXLAN_PORT, 0, 0)
         assert 32768 <= udp.sport < 61000
+        assert (outer.len, udp.len) == (len(out) - 14, len(out) - 34)
         assert (got[VXLAN].flags, got[VXLAN].vni) == (0x08, IDENTITY_REMOTE_NODE)
         # the whole frame inside, its Ethernet header as the client sent it
         assert Ether(bytes(got[VXLAN].payload)).src == Ether(ack).src
