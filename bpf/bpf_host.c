@@ -34,8 +34,9 @@
  *      delivered into the backend pod (REASON_NODEPORT); a backend on
  *      another node: nodePortMode dsr, the DSR header and out to its node
  *      as XDP does it (lib/dsr.h, REASON_NODEPORT_DSR), else source translated
- *      to this node and a NAT port, sent through the overlay
- *      (REASON_NODEPORT_SNAT); no active backend
+ *      to this node and a NAT port, sent through the overlay, or routed
+ *      to the pod without one (tunnel: disabled) (REASON_NODEPORT_SNAT); no
+ *      active backend
  *      -> ICMP port unreachable back out (DROP_NO_SERVICE_BACKEND)
  *   8. otherwise -> stack (REASON_HOST_PASS)
  *
@@ -129,13 +130,14 @@ static __always_inline int nodeport_too_big(struct __sk_buff *ctx,
  * header, as XDP sends it (REASON_NODEPORT_DSR counts both). Otherwise sourced
  * from this node (a NAT port, as masquerade does, so the reply comes back
  * here and is translated back), sent through the overlay as the node
- * itself; the node's own connections always so (a DSR reply would reach
- * the node from its own address). Not a backend behind the overlay: the
- * stack's. */
+ * itself, or without one (`tunnel: disabled`) routed to the backend as the
+ * network routes pods; the node's own connections always so (a DSR reply
+ * would reach the node from its own address). Not a backend behind another
+ * node: the stack's. */
 static __always_inline int nodeport_to_remote(struct __sk_buff *ctx, struct flow *f,
 					      const struct flow *fe, int dsr, struct verdict *v)
 {
-	struct tunnel_config *cfg = tunnel_cfg();
+	struct tunnel_config *cfg = tunnel_cfg_any();
 	struct remote_endpoint_info *info = cfg ? ipcache_lookup(f->daddr.v4) : NULL;
 	int ret;
 
@@ -158,7 +160,12 @@ static __always_inline int nodeport_to_remote(struct __sk_buff *ctx, struct flow
 	v->reason = REASON_NODEPORT_SNAT;
 	if (cfg->mode == TUNNEL_VXLAN)
 		return tunnel_vxlan_redirect(ctx, cfg, info->tunnel_endpoint, IDENTITY_REMOTE_NODE);
-	return tunnel_ipip_redirect(ctx, cfg, info->tunnel_endpoint);
+	if (cfg->mode == TUNNEL_IPIP)
+		return tunnel_ipip_redirect(ctx, cfg, info->tunnel_endpoint);
+	/* the kernel routes it (the route to the pod) and resolves the next hop */
+	if (porin_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0) != TC_ACT_REDIRECT)
+		return DROP(DROP_REDIRECT_FAILED);
+	return TC_ACT_REDIRECT;
 }
 
 /* Translated back and not for a local pod (a NodePort reply from a backend

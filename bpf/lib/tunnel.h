@@ -54,9 +54,22 @@ static __always_inline struct tunnel_config *tunnel_cfg(void)
 	return (cfg && cfg->mode != TUNNEL_NONE) ? cfg : NULL;
 }
 
+/* The configuration whatever the mode, `tunnel: disabled` too (the node's
+ * address, uplink and MTU: nodes reach each other's pods as the network
+ * routes them); NULL before the agent wrote it. */
+static __always_inline struct tunnel_config *tunnel_cfg_any(void)
+{
+	__u32 zero = 0;
+	struct tunnel_config *cfg = tunnel_config.lookup(&zero);
+
+	return (cfg && cfg->node_ip) ? cfg : NULL;
+}
+
 static __always_inline __u32 tunnel_overhead(const struct tunnel_config *cfg)
 {
 	/* VXLAN: outer IPv4 + UDP + VXLAN + inner Ethernet; IPIP: outer IPv4 */
+	if (cfg->mode == TUNNEL_NONE)
+		return 0;
 	return cfg->mode == TUNNEL_VXLAN ? 50 : 20;
 }
 

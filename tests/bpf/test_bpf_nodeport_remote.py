@@ -238,8 +238,10 @@ def test_dsr_only_from_nodes_and_only_to_local_backends(cluster):
 # ---------- SNAT through the overlay (tc) ----------
 
 
-@pytest.mark.parametrize("mode", ["ipip", "vxlan"])
+@pytest.mark.parametrize("mode", ["ipip", "vxlan", "disabled"])
 def test_snat_to_a_backend_on_another_node_and_back(cluster, mode):
+    """Through either overlay, or without one (the network routes pods: the
+    translated packet is handed to the kernel to route, unencapsulated)."""
     lxc, services = cluster
     lxc.tunnel.set(TunnelConfig.of(mode, 55, 1, NODE_IP, 1500))
     nodeport(services, REMOTE_POD)
