@@ -51,9 +51,11 @@ from fuzz_packets import (
     MALFORMED,
     NODE_IP,
     NODE_PORT,
+    PEER_MAC,
     PEER_NODE,
     POD_A,
     POD_B,
+    REMOTE_NODE_PORT,
     REMOTE_POD,
     SVC_IP,
     SVC_PORT,
@@ -61,6 +63,7 @@ from fuzz_packets import (
     bystander_packets,
     corpus,
     from_pod,
+    nodeport_flows,
 )
 from porinlab import Netns, in_netns
 
@@ -124,7 +127,7 @@ class ProgramResult:
 
 class Site:
     """The compiled datapath over populated maps, in a namespace of its own
-    (so FIB lookups see an empty, predictable table)."""
+    (so FIB lookups see only the node network made here)."""
 
     def __init__(
         self, programs: list[str], root: str | None = None, fds: dict[str, int] | None = None
@@ -135,6 +138,29 @@ class Site:
         self.root = root or f"/sys/fs/bpf/plfuzz-{uuid.uuid4().hex[:8]}"
         self.state = tempfile.mkdtemp(prefix="plfuzz-")
         self.ns = Netns(kind="fuzz")
+        # the node network, with the other node's neighbour: the XDP balancer's
+        # FIB lookups find the way there, so its encapsulations are fuzzed too
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["sysctl", "-qw", "net.ipv4.ip_forward=1"],  # as the agent sets it
+            ["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"],
+            ["ip", "addr", "add", f"{NODE_IP}/24", "dev", "node0"],
+            ["ip", "link", "set", "node0p", "up"],
+            ["ip", "link", "set", "node0", "up"],
+            [
+                "ip",
+                "neigh",
+                "add",
+                PEER_NODE,
+                "lladdr",
+                PEER_MAC,
+                "dev",
+                "node0",
+                "nud",
+                "permanent",
+            ],
+        ):
+            self.ns.exec(cmd)
         self.modules: list[Any] = []
         self.fds: dict[str, int] = dict(fds or {})
         try:
@@ -185,11 +211,23 @@ class Site:
             Service(id=2, ip="10.96.0.11", port=SVC_PORT, type="nodeport", node_port=NODE_PORT,
                     algorithm="maglev", backends=backends)
         )  # fmt: skip
+        for sid, proto in ((3, "tcp"), (4, "udp")):
+            svcs.upsert(
+                Service(id=sid, ip=f"10.96.0.{10 + sid}", port=SVC_PORT, protocol=proto,
+                        type="nodeport", node_port=REMOTE_NODE_PORT,
+                        backends=[Backend(REMOTE_POD, 8080)])
+            )  # fmt: skip
         # the bystanders: established before the fuzzing, untouched by it
         with in_netns(self.ns.path):
             for prog, pkt in bystander_packets():
                 if prog in self.fds:
                     syscall.prog_test_run(self.fds[prog], pkt)
+            # the NodePort flows of the corpus's own packets, made by tc, so
+            # that nodePortMode snat's XDP finds them established (and sends
+            # their mutants on into the overlay)
+            if "from_netdev" in self.fds:
+                for pkt in nodeport_flows():
+                    syscall.prog_test_run(self.fds["from_netdev"], pkt)
 
     def run(self, prog: str, pkt: bytes) -> int | None:
         """The program's return value, or None when the kernel refused the frame."""

@@ -14,9 +14,10 @@ from porin.daemon.trace_packet import inet_csum
 from porin.maps.endpoints import EndpointEntry
 
 NODE_IP, PEER_NODE, EXT_IP, OUTSIDE = "198.18.0.11", "198.18.0.12", "198.18.0.100", "203.0.113.7"
-NODE_MAC, EXT_MAC = "02:aa:00:00:00:01", "02:ee:00:00:00:64"
+NODE_MAC, EXT_MAC, PEER_MAC = "02:aa:00:00:00:01", "02:ee:00:00:00:64", "02:aa:00:00:00:12"
 REMOTE_POD, GATEWAY = "10.244.2.5", "10.244.0.1"
 SVC_IP, SVC_PORT, NODE_PORT = "10.96.0.10", 80, 30080
+REMOTE_NODE_PORT = 30081  # a NodePort whose one backend is on another node
 POD_A = EndpointEntry("10.244.0.10", 1, 10, "02:00:00:00:00:0a", "02:aa:00:00:00:0a", identity=300)
 POD_B = EndpointEntry("10.244.0.11", 77, 11, "02:00:00:00:00:0b", "02:aa:00:00:00:0b", identity=301)
 BYSTANDER_PORTS = (50000, 50001, 50002)  # source ports no packet of the corpus uses
@@ -65,6 +66,17 @@ def bystander_packets() -> list[tuple[str, bytes]]:
     ]
 
 
+def nodeport_flows() -> list[bytes]:
+    """The first packets of the flows to REMOTE_NODE_PORT that bases() mutates
+    for from_netdev and from_xdp (TCP and UDP from the external host)."""
+    s = _scapy()
+    ext = s.IP(src=EXT_IP, dst=NODE_IP)
+    return [
+        from_wire(ext / s.TCP(sport=5010, dport=REMOTE_NODE_PORT, flags="S")),
+        from_wire(ext / s.UDP(sport=5011, dport=REMOTE_NODE_PORT) / b"u"),
+    ]
+
+
 def bases(prog: str) -> list[bytes]:
     """Valid packets of the program's own paths, the seeds of the mutations."""
     s = _scapy()
@@ -102,6 +114,15 @@ def bases(prog: str) -> list[bytes]:
         return [
             from_wire(s.IP(src=EXT_IP, dst=NODE_IP) / s.TCP(sport=5000, dport=NODE_PORT)),
             from_wire(s.IP(src=EXT_IP, dst=NODE_IP) / s.UDP(sport=5001, dport=NODE_PORT) / b"u"),
+            # established by nodeport_flows(): nodePortMode snat's XDP sends them on
+            from_wire(
+                s.IP(src=EXT_IP, dst=NODE_IP)
+                / s.TCP(sport=5010, dport=REMOTE_NODE_PORT, flags="A")
+                / (b"t" * 16)
+            ),
+            from_wire(
+                s.IP(src=EXT_IP, dst=NODE_IP) / s.UDP(sport=5011, dport=REMOTE_NODE_PORT) / b"u"
+            ),
             from_wire(s.IP(src=EXT_IP, dst=NODE_IP) / s.ICMP(type=8) / (b"p" * 16)),
             from_wire(
                 s.IP(src=PEER_NODE, dst=NODE_IP)
