@@ -13,6 +13,8 @@ the CPU a dropped packet costs, each against a baseline of the same run.
      these run with `repeat` 1, a fresh packet each, and the XDP_DROP floor
      is timed the same way; target at most 3x. Also printed: the same less
      the test-run harness (the floor with `repeat` 1 minus with `repeat`).
+   - for reference, nodePortMode snat: a packet of a flow tc made (a SYN
+     through from_netdev), sent on in IPIP by XDP, single runs as well.
    The runs happen in a namespace of their own whose FIB knows the backend
    nodes' neighbours.
 2. End to end on the node network (native XDP on the node veths): an external
@@ -90,6 +92,7 @@ from porin.maps import syscall
 from porin.maps.host_devices import HostDevice, sync_host_devices
 from porin.maps.ipcache import IDENTITY_REMOTE_NODE, IpcacheEntry, IpcacheMap
 from porin.maps.lb4_flows import Lb4FlowsMap
+from porin.maps.tunnel_config import TunnelConfig, TunnelConfigMap
 from porin.models import Backend, Service
 
 NODE_IP = "198.18.0.11"
@@ -118,6 +121,7 @@ class PerPacket:
     floor_once: list[float] = field(default_factory=list)
     hit_once: list[float] = field(default_factory=list)
     miss_once: list[float] = field(default_factory=list)
+    snat_once: list[float] = field(default_factory=list)
 
 
 def once(fd: int, frames: list[bytes]) -> float:
@@ -135,6 +139,16 @@ def per_packet(lab: Lab, rounds: int, runs: int, log: Any) -> PerPacket:
     )
     lab.on_close(lambda: module.cleanup())
     xdp = progs["from_xdp"].fd
+    # nodePortMode snat: tc (from_netdev) makes a flow, XDP sends the rest of it
+    snat_module, snat_progs = compile_programs(
+        "bpf_xdp.c", AgentConfig(bpffs_root=root, node_port_mode="snat"), ["from_xdp"]
+    )
+    lab.on_close(lambda: snat_module.cleanup())
+    host_module, host_progs = compile_programs(
+        "bpf_host.c", AgentConfig(bpffs_root=root, node_port_mode="snat"), ["from_netdev"]
+    )
+    lab.on_close(lambda: host_module.cleanup())
+    TunnelConfigMap(root).set(TunnelConfig.of("ipip", 0, 1, NODE_IP, 1500))
     floor = xdp_const_program(XDP_DROP)
     sync_host_devices(root, {1: HostDevice.of(NODE_IP, masquerade=False)})
     ipc = IpcacheMap(root)
@@ -180,6 +194,12 @@ def per_packet(lab: Lab, rounds: int, runs: int, log: Any) -> PerPacket:
             raise RuntimeError(f"the DSR path did not encapsulate (action {ret})")
         if syscall.prog_test_run(xdp, dropped)[0] != XDP_DROP:
             raise RuntimeError("the prefilter did not drop")
+        snat_xdp = snat_progs["from_xdp"].fd
+        syscall.prog_test_run(host_progs["from_netdev"].fd, frame(EXT_IP, NODE_IP, 6, NODE_PORT))
+        established = frame(EXT_IP, NODE_IP, 6, NODE_PORT, "A")
+        ret, out, _ = syscall.prog_test_run(snat_xdp, established)
+        if ret != 4 or len(out) != len(established) + 20:  # XDP_REDIRECT, in IPIP
+            raise RuntimeError(f"SNAT in XDP did not send the established flow on (action {ret})")
         for r in range(rounds):
             res.floor_rep.append(syscall.prog_test_run(floor, dropped, repeat=rep)[2])
             res.exact_rep.append(syscall.prog_test_run(xdp, dropped, repeat=rep)[2])
@@ -194,11 +214,12 @@ def per_packet(lab: Lab, rounds: int, runs: int, log: Any) -> PerPacket:
                 fresh.append(frame(EXT_IP, NODE_IP, sport, NODE_PORT, "A"))
             flows.clear()
             res.miss_once.append(once(xdp, fresh))
+            res.snat_once.append(once(snat_xdp, [established] * runs))
             log(
                 f"  round {r + 1}: floor {res.floor_rep[-1]:.1f} ns, prefilter "
                 f"{res.exact_rep[-1]:.1f}/{res.lpm_rep[-1]:.1f} ns; single runs: floor "
                 f"{res.floor_once[-1]:.0f}, LRU hit {res.hit_once[-1]:.0f}, miss "
-                f"{res.miss_once[-1]:.0f} ns"
+                f"{res.miss_once[-1]:.0f}, SNAT established {res.snat_once[-1]:.0f} ns"
             )
     return res
 
@@ -436,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         lpm_r = [e / f for e, f in zip(pp.lpm_rep, pp.floor_rep, strict=True)]
         hit_r = [h / f for h, f in zip(pp.hit_once, pp.floor_once, strict=True)]
         miss_r = [m / f for m, f in zip(pp.miss_once, pp.floor_once, strict=True)]
+        snat_r = [m / f for m, f in zip(pp.snat_once, pp.floor_once, strict=True)]
 
         log("2. end to end: four two-node clusters on one node network")
         workdir = tempfile.mkdtemp(prefix="plbench-xdp-")
@@ -543,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{median(pp.floor_once):.0f} ns", ratio_cell(hit_r), "<= 3x"],
         ["NodePort DSR, LRU miss (single runs)", f"{median(pp.miss_once):.0f} ns",
          f"{median(pp.floor_once):.0f} ns", ratio_cell(miss_r), "<= 3x"],
+        ["NodePort SNAT, established (single runs)", f"{median(pp.snat_once):.0f} ns",
+         f"{median(pp.floor_once):.0f} ns", ratio_cell(snat_r), "(reference)"],
     ]  # fmt: skip
     print("\nPer packet (BPF_PROG_TEST_RUN), against an XDP program that only drops:")
     print(fmt_table(["path", "porin", "XDP_DROP", "ratio (median of rounds)", "target"], rows,
@@ -550,12 +574,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Single runs include the test-run harness, {harness:.0f} ns (XDP_DROP single minus "
         f"repeated); less it: LRU hit {median(pp.hit_once) - harness:.0f} ns, miss "
-        f"{median(pp.miss_once) - harness:.0f} ns per packet."
+        f"{median(pp.miss_once) - harness:.0f} ns, SNAT established "
+        f"{median(pp.snat_once) - harness:.0f} ns per packet."
     )
     for name, values, limit in (("exact", exact_r, 1.5), ("lpm", lpm_r, 1.5),
                                 ("hit", hit_r, 3.0), ("miss", miss_r, 3.0)):  # fmt: skip
         record(f"xdp_{name}_ratio", median(values))
         ok &= median(values) <= limit
+    record("xdp_snat_established_ratio", median(snat_r))
     rows = [[v.name, f"{median(v.rr):.0f}/s", ratio_cell(rr_ratio[v.name])] for v in variants]
     print("\nNodePort, external host -> node 1 -> backend on node 2, TCP request/response:")
     print(fmt_table(["variant", "transactions", "vs iptables"], rows, {1}))
