@@ -7,21 +7,13 @@ frontend node), over both overlays."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
+from nodeport_site import EXT_IP, count, nodeport_site
 from peers import TCP_HOLD, WHOAMI, start, tcp, udp
-from porinlab import Etcd, Netns, Node, Underlay, start_agents, wait_for
+from porinlab import Node
 
-ETCD_IP = "198.18.0.2"
-EXT_IP = "198.18.0.200"
 NODE1, NODE2 = "198.18.0.21", "198.18.0.22"
 NODE_PORT = 30300
-
-
-def count(node: Node, reason: str) -> int:
-    rows = node.porin_json("metrics", "list")
-    return sum(r["packets"] for r in rows if r["reasonName"] == reason)
 
 
 @pytest.fixture(
@@ -31,59 +23,11 @@ def count(node: Node, reason: str) -> int:
 )
 def site(request):
     mode, tunnel = request.param
-    underlay = Underlay()
-    etcd = Etcd(underlay, ETCD_IP)
-    ext = Netns(kind="ext")
-    nodes: list[Node] = []
-    procs: list[subprocess.Popen] = []
-    try:
-        etcd.start()
-        underlay.attach(ext, EXT_IP)
-        for i, ip in ((1, NODE1), (2, NODE2)):
-            n = Node(
-                pod_cidr=f"10.246.{i}.0/24",
-                underlay=underlay,
-                node_ip=ip,
-                kvstore={"endpoints": [etcd.endpoint]},
-                tunnel=tunnel,
-                clusterCIDR="10.246.0.0/16",
-                xdpMode="native",
-                nodePortMode=mode,
-            )
-            nodes.append(n)
-        start_agents(nodes)
-        backend = nodes[1].add_pod()
-        procs.append(start(backend, WHOAMI, "8080"))
-        nodes[0].porin(
-            "service", "update", "--id", "30", "--frontend", "10.96.3.30:80",
-            "--backends", f"{backend.ip}:8080", "--type", "nodeport",
-            "--node-port", str(NODE_PORT),
-        )  # fmt: skip
-        nodes[0].porin(
-            "service", "update", "--id", "31", "--frontend", "10.96.3.31:53",
-            "--backends", f"{backend.ip}:8080", "--type", "nodeport",
-            "--node-port", str(NODE_PORT), "--protocol", "udp",
-        )  # fmt: skip
-        want = f"{backend.ip}/32"
-        for n in nodes:
-            wait_for(
-                lambda n=n: (
-                    any(e["prefix"] == want for e in n.porin_json("bpf", "ipcache", "list"))
-                    and len(n.porin_json("service", "list")) == 2
-                ),
-                20,
-                f"{n.ns.name} to learn the backend and the services",
-            )
-        yield mode, nodes, ext, backend
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for n in nodes:
-            n.close()
-        ext.close()
-        etcd.close()
-        underlay.close()
+    with nodeport_site(
+        (NODE1, NODE2), "10.246", NODE_PORT, (30, 31),
+        tunnel=tunnel, xdpMode="native", nodePortMode=mode,
+    ) as s:  # fmt: skip
+        yield mode, s.nodes, s.ext, s.backend
 
 
 def test_xdp_is_native_on_the_node_devices(site):
