@@ -173,6 +173,13 @@ static __always_inline __u32 lb4_pick_random(const struct flow *f, const struct 
 	return slot ? slot->backend_id : 0;
 }
 
+/* The hash of `f`'s 5-tuple: its Maglev slot, and the VXLAN source port of
+ * what XDP sends into the overlay (lib/xdp_snat.h). */
+static __always_inline __u32 lb4_flow_hash(const struct flow *f)
+{
+	return jhash_3words(f->saddr.v4, f->daddr.v4, ((__u32)f->sport << 16) | f->dport, f->proto);
+}
+
 static __always_inline __u32 lb4_pick_maglev(const struct flow *f, const struct lb4_service *svc)
 {
 	__u16 id = svc->rev_nat;
@@ -181,7 +188,7 @@ static __always_inline __u32 lb4_pick_maglev(const struct flow *f, const struct 
 
 	if (!t)
 		return 0;
-	h = jhash_3words(f->saddr.v4, f->daddr.v4, ((__u32)f->sport << 16) | f->dport, f->proto);
+	h = lb4_flow_hash(f);
 	idx = h % LB_MAGLEV_TABLE_SIZE;
 	/* keep the bound check: the verifier cannot see through the modulo */
 	asm volatile("" : "+r"(idx));

@@ -31,7 +31,6 @@
 
 #include "common.h"
 #include "flow.h"
-#include "hash.h"
 #include "identity.h"
 #include "conntrack.h"
 #include "lb.h"
@@ -47,7 +46,7 @@ static __always_inline int xdp_nodeport4_snat(struct xdp_md *ctx, struct flow *f
 {
 	struct iphdr *ip = ctx_data(ctx) + ETH_HLEN;
 	struct tunnel_config *cfg = tunnel_cfg();
-	__u32 len = ctx_len(ctx), now, mtu, hash;
+	__u32 len = ctx_len(ctx), now, mtu;
 	struct nat4_entry *nat;
 	struct lb4_backend *b;
 	struct xdp_route4 *r;
@@ -99,10 +98,8 @@ static __always_inline int xdp_nodeport4_snat(struct xdp_md *ctx, struct flow *f
 	if (ret)
 		return ret;
 	if (cfg->mode == TUNNEL_VXLAN) {
-		hash = jhash_3words(f->saddr.v4, f->daddr.v4, ((__u32)f->sport << 16) | f->dport,
-				    f->proto);
-		ret = xdp_vxlan_encap(ctx, cfg->node_ip, r->node, IDENTITY_REMOTE_NODE, hash, r->smac,
-				      r->dmac);
+		ret = xdp_vxlan_encap(ctx, cfg->node_ip, r->node, IDENTITY_REMOTE_NODE,
+				      lb4_flow_hash(f), r->smac, r->dmac);
 	} else {
 		ret = xdp_ipip_encap(ctx, cfg->node_ip, r->node, r->smac, r->dmac);
 	}
